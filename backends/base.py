@@ -1,0 +1,160 @@
+"""The engine interface: what every backend implements and the data that crosses it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length"]
+
+
+class BackendError(Exception):
+    """An engine failure the gateway reports as a server error (never a client's fault)."""
+
+
+class UnsupportedFeature(ValueError):
+    """A request asks for something this backend cannot do; the gateway answers 400."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """How to pick tokens for one sequence. Defaults mean "off" for every processor."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 (or -1) disables
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: int | None = None  # None: none; k: the sampled token plus k alternatives
+    prompt_logprobs: int | None = None  # same for the prompt's tokens (echo)
+    ignore_eos: bool = False
+    min_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 0:
+            raise ValueError("max_tokens must be >= 0")
+        if not self.temperature >= 0.0 or not math.isfinite(self.temperature):
+            raise ValueError("temperature must be a finite number >= 0")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            self.top_k = 0
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError("min_p must be in [0, 1]")
+        if self.repetition_penalty <= 0.0:
+            raise ValueError("repetition_penalty must be > 0")
+        if self.min_tokens > self.max_tokens:
+            raise ValueError("min_tokens must be <= max_tokens")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    """One sequence to generate. The gateway fans `n` choices out into several of these."""
+
+    request_id: str
+    prompt_tokens: list[int]
+    params: SamplingParams
+
+
+@dataclass(slots=True, frozen=True)
+class TopLogprob:
+    token_id: int
+    token: bytes
+    logprob: float
+
+
+@dataclass(slots=True, frozen=True)
+class TokenLogprob:
+    """A token with its log-probability under the model's raw distribution and the
+    most likely alternatives. `logprob` is None only for a prompt's first token."""
+
+    token_id: int
+    token: bytes
+    logprob: float | None
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(slots=True)
+class Chunk:
+    """A piece of one sequence's output. `text` may be empty while a stop string or a
+    multi-byte character is still undecided; the last chunk carries `finish_reason`."""
+
+    token_ids: list[int]
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None  # first chunk only, when asked
+
+
+@dataclass(slots=True)
+class BackendStats:
+    running: int = 0
+    waiting: int = 0
+    max_running: int = 1
+    kv_cache_usage: float | None = None  # fraction of cells in use, when the engine says
+    weight_bytes: int | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """An engine behind the gateway. It knows nothing of HTTP."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Load weights and warm up."""
+
+    async def stop(self) -> None:
+        """Drain and free memory."""
+
+    def generate(self, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        """Stream one sequence. Closing the iterator early cancels it in the engine."""
+        ...
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """Token ids of `text`, with the model's BOS when it wants one. `special`
+        parses control tokens written in the text (a rendered chat template)."""
+        ...
+
+    def detokenize(self, token_ids: list[int]) -> str: ...
+
+    def token_bytes(self, token_id: int) -> bytes: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    @property
+    def chat_template(self) -> ChatTemplateInfo | None: ...
+
+    def stats(self) -> BackendStats: ...
+
+
+@dataclass(slots=True, frozen=True)
+class ChatTemplateInfo:
+    """The model's own chat template (Jinja source) and the special tokens it uses."""
+
+    source: str
+    bos_token: str = ""
+    eos_token: str = ""
+
+
+BackendOptions = dict[str, Any]

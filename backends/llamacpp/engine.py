@@ -1,0 +1,178 @@
+"""A thin, typed handle on llama.cpp through llama-cpp-python's low-level (ctypes) API:
+load a GGUF, tokenize, decode batches of tokens, read logits, free sequences.
+
+The high-level `llama_cpp.Llama` class hides the batch: it decodes one sequence
+and scores prompt tokens at the wrong position under echo. Going one level down
+gives us the batch, which is what continuous batching and correct prompt
+logprobs both need."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+import numpy.typing as npt
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def _init_backend(verbose: bool) -> None:
+    global _backend_ready
+    logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    with _backend_lock:
+        if not _backend_ready:
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+
+
+@dataclass(slots=True, frozen=True)
+class EngineConfig:
+    path: str
+    n_ctx: int
+    n_batch: int
+    n_seq_max: int
+    n_threads: int
+    n_threads_batch: int
+    n_gpu_layers: int
+    use_mmap: bool
+    flash_attn: bool | None  # None: llama.cpp decides (on for CPU)
+    verbose: bool
+
+
+class LlamaEngine:
+    """One model and one context. Not thread-safe for decoding: one thread drives it.
+    Tokenizing reads only the vocabulary and may happen from any thread."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        if not Path(config.path).is_file():
+            raise FileNotFoundError(f"model file not found: {config.path}")
+        _init_backend(config.verbose)
+        self.config = config
+
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = config.n_gpu_layers
+        mparams.use_mmap = config.use_mmap
+        model = llama_cpp.llama_model_load_from_file(config.path.encode(), mparams)
+        if not model:
+            raise RuntimeError(f"llama.cpp could not load {config.path}")
+        self.model = model
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        assert vocab is not None
+        self.vocab = vocab
+
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = config.n_ctx
+        cparams.n_batch = config.n_batch
+        cparams.n_ubatch = config.n_batch
+        cparams.n_seq_max = config.n_seq_max
+        cparams.n_threads = config.n_threads
+        cparams.n_threads_batch = config.n_threads_batch
+        cparams.no_perf = True
+        if config.flash_attn is not None:
+            cparams.flash_attn_type = (
+                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+        ctx = llama_cpp.llama_init_from_model(model, cparams)
+        if not ctx:
+            llama_cpp.llama_model_free(model)
+            raise RuntimeError(f"llama.cpp could not create a context for {config.path}")
+        self.ctx = ctx
+        self.memory = llama_cpp.llama_get_memory(ctx)
+        self.batch = llama_cpp.llama_batch_init(config.n_batch, 0, config.n_seq_max)
+
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
+        self.eog_ids = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+        self.weight_bytes = int(llama_cpp.llama_model_size(model))
+        self._pieces: dict[int, bytes] = {}
+
+    def close(self) -> None:
+        llama_cpp.llama_batch_free(self.batch)
+        llama_cpp.llama_free(self.ctx)
+        llama_cpp.llama_model_free(self.model)
+
+    # -- vocabulary ---------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        data = text.encode()
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+        if n < 0:  # buffer too small: -n is the size needed
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token_id: int) -> bytes:
+        """The bytes a token stands for (empty for control tokens such as EOS)."""
+        cached = self._pieces.get(token_id)
+        if cached is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token_id, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self.vocab, token_id, buf, -n, 0, False)
+            cached = self._pieces[token_id] = buf.raw[:n]
+        return cached
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return b"".join(self.piece(t) for t in token_ids).decode("utf-8", errors="replace")
+
+    @property
+    def bos_id(self) -> int:
+        return int(llama_cpp.llama_vocab_bos(self.vocab))
+
+    def metadata(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def token_text(self, token_id: int) -> str:
+        """A token's text as written in the vocabulary, special tokens included."""
+        if token_id < 0:
+            return ""
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token_id, buf, 256, 0, True)
+        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+
+    # -- decoding -----------------------------------------------------------------
+
+    def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int], want_logits: list[bool]) -> None:
+        """Evaluate one batch (at most n_batch tokens). The logits of a flagged token
+        are then readable with `logits(i)`, i its index in this batch."""
+        n = len(tokens)
+        if not 0 < n <= self.config.n_batch:
+            raise ValueError(f"batch of {n} tokens; the limit is {self.config.n_batch}")
+        b = self.batch
+        b.n_tokens = n
+        for i in range(n):
+            b.token[i] = tokens[i]
+            b.pos[i] = positions[i]
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq_ids[i]
+            b.logits[i] = want_logits[i]
+        rc = llama_cpp.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+
+    def logits(self, index: int) -> npt.NDArray[np.float32]:
+        """A writable view (no copy) of the logits of the index-th token of the last
+        batch (which must have been flagged). It is valid until the next decode."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, index)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def free_sequence(self, seq_id: int, start: int = 0) -> None:
+        """Drop a sequence's KV cells from `start` on."""
+        llama_cpp.llama_memory_seq_rm(self.memory, seq_id, start, -1)

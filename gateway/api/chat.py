@@ -1,0 +1,134 @@
+"""POST /v1/chat/completions: messages rendered with the model's own chat template,
+then generated like any prompt; streamed as chat.completion.chunk deltas."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from backends.base import GenerationRequest
+from gateway.api.checks import check_context, check_token_ids
+from gateway.chat_template import TemplateError, render
+from gateway.errors import invalid
+from gateway.generation import generate
+from gateway.outputs import SequenceOutput, chat_logprobs
+from gateway.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Delta,
+    Usage,
+    new_id,
+    now,
+)
+from gateway.router import Deployment
+from gateway.streaming import event_stream, until_disconnect
+
+router = APIRouter()
+
+
+def chat_prompt(body: ChatCompletionRequest, deployment: Deployment) -> list[int]:
+    backend = deployment.backend
+    template = backend.chat_template
+    if template is None:
+        raise invalid(f"the model {body.model!r} has no chat template; use /v1/completions", "messages")
+    messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in body.messages]
+    try:
+        text = render(template, messages, add_generation_prompt=body.add_generation_prompt)
+    except TemplateError as exc:
+        raise invalid(str(exc), "messages") from exc
+    return backend.tokenize(text, special=True)
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    deployment: Deployment = request.app.state.router.get(body.model)
+    backend = deployment.backend
+    prompt = chat_prompt(body, deployment)
+    # No limit given: generate until the context is full, as OpenAI does.
+    max_tokens = body.output_limit or max(backend.max_model_len - len(prompt), 1)
+    check_context(backend, [prompt], max_tokens, "messages")
+    check_token_ids(backend, [int(k) for k in body.logit_bias], "logit_bias")
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    request_id = new_id("chatcmpl")
+    reqs = [
+        GenerationRequest(
+            f"{request_id}-{i}",
+            prompt,
+            body.sampling_params(
+                max_tokens=max_tokens,
+                seed=None if body.seed is None else body.seed + i,
+                logprobs=logprobs,
+                prompt_logprobs=None,
+            ),
+        )
+        for i in range(body.n)
+    ]
+    if body.stream:
+        return await event_stream(request, _stream(body, deployment, request_id, prompt, reqs))
+    response = await until_disconnect(request, _complete(body, deployment, request_id, prompt, reqs))
+    return JSONResponse(response.model_dump())
+
+
+def _usage(prompt: list[int], outputs: list[SequenceOutput]) -> Usage:
+    completion = sum(len(o.token_ids) for o in outputs)
+    return Usage(prompt_tokens=len(prompt), completion_tokens=completion, total_tokens=len(prompt) + completion)
+
+
+async def _complete(
+    body: ChatCompletionRequest,
+    deployment: Deployment,
+    request_id: str,
+    prompt: list[int],
+    reqs: list[GenerationRequest],
+) -> ChatCompletionResponse:
+    outputs = [SequenceOutput() for _ in reqs]
+    async for index, chunk in generate(deployment, reqs):
+        outputs[index].add(chunk)
+    choices = [
+        ChatChoice(
+            index=i,
+            message=AssistantMessage(content=out.text),
+            logprobs=chat_logprobs(out.logprobs) if body.logprobs else None,
+            finish_reason=out.finish_reason,
+        )
+        for i, out in enumerate(outputs)
+    ]
+    return ChatCompletionResponse(
+        id=request_id, created=now(), model=body.model, choices=choices, usage=_usage(prompt, outputs)
+    )
+
+
+async def _stream(
+    body: ChatCompletionRequest,
+    deployment: Deployment,
+    request_id: str,
+    prompt: list[int],
+    reqs: list[GenerationRequest],
+) -> AsyncGenerator[BaseModel, None]:
+    created = now()
+    outputs = [SequenceOutput() for _ in reqs]
+
+    def event(choice: ChatChunkChoice) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=request_id, created=created, model=body.model, choices=[choice])
+
+    started: set[int] = set()
+    async for index, chunk in generate(deployment, reqs):
+        outputs[index].add(chunk)
+        if index not in started:  # OpenAI sends the role alone first
+            started.add(index)
+            yield event(ChatChunkChoice(index=index, delta=Delta(role="assistant", content="")))
+        logprobs = chat_logprobs(chunk.logprobs or []) if body.logprobs else None
+        if chunk.text or logprobs is not None or chunk.finish_reason is not None:
+            delta = Delta(content=chunk.text) if chunk.text else Delta()
+            yield event(ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=chunk.finish_reason))
+    if body.include_usage:
+        yield ChatCompletionChunk(
+            id=request_id, created=created, model=body.model, choices=[], usage=_usage(prompt, outputs)
+        )

@@ -1,0 +1,162 @@
+"""POST /v1/completions: prompts in, text completions out (one JSON body or SSE)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from backends.base import Backend, GenerationRequest
+from gateway.api.checks import check_context, check_token_ids
+from gateway.errors import invalid
+from gateway.generation import generate
+from gateway.outputs import SequenceOutput, completion_logprobs
+from gateway.protocol import (
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    Usage,
+    new_id,
+    now,
+)
+from gateway.router import Deployment
+from gateway.streaming import event_stream, until_disconnect
+
+router = APIRouter()
+
+
+def prompt_token_lists(body: CompletionRequest, backend: Backend) -> list[list[int]]:
+    """The four prompt shapes OpenAI accepts, as token ids, checked against the model."""
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        lists = [backend.tokenize(prompt)]
+    elif all(isinstance(p, str) for p in prompt):
+        lists = [backend.tokenize(p) for p in prompt]  # type: ignore[arg-type]
+    elif all(isinstance(p, int) for p in prompt):
+        lists = [list(prompt)]  # type: ignore[arg-type]
+    else:
+        lists = [list(p) for p in prompt]  # type: ignore[arg-type]
+    for tokens in lists:
+        if not tokens:
+            raise invalid("prompt must not be empty", "prompt")
+        check_token_ids(backend, tokens, "prompt")
+    return lists
+
+
+def sequences(body: CompletionRequest, request_id: str, prompts: list[list[int]]) -> list[GenerationRequest]:
+    """best_of sequences per prompt. Choice j is seeded seed+j so choices differ yet
+    repeat exactly. Under echo the prompt is scored once per prompt, or by every
+    sequence when streaming, where each choice's first chunk carries its prompt."""
+    best_of = body.best_of or body.n
+    logprobs = body.logprobs if body.logprobs is not None else (0 if best_of > body.n else None)
+    out = []
+    for p, tokens in enumerate(prompts):
+        for j in range(best_of):
+            params = body.sampling_params(
+                max_tokens=body.max_tokens,
+                seed=None if body.seed is None else body.seed + j,
+                logprobs=logprobs,
+                prompt_logprobs=body.logprobs if body.echo and (j == 0 or body.stream) else None,
+            )
+            out.append(GenerationRequest(f"{request_id}-{p}-{j}", tokens, params))
+    return out
+
+
+@router.post("/v1/completions", response_model=None)
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    deployment: Deployment = request.app.state.router.get(body.model)
+    backend = deployment.backend
+    if body.suffix:
+        raise invalid(f"suffix (fill-in-the-middle) is not supported by the {backend.name} backend", "suffix")
+    prompts = prompt_token_lists(body, backend)
+    check_context(backend, prompts, body.max_tokens, "prompt")
+    check_token_ids(backend, [int(k) for k in body.logit_bias], "logit_bias")
+    request_id = new_id("cmpl")
+    reqs = sequences(body, request_id, prompts)
+    if body.stream:
+        return await event_stream(request, _stream(body, deployment, request_id, prompts, reqs))
+    response = await until_disconnect(request, _complete(body, deployment, request_id, prompts, reqs))
+    return JSONResponse(response.model_dump())
+
+
+async def _complete(
+    body: CompletionRequest,
+    deployment: Deployment,
+    request_id: str,
+    prompts: list[list[int]],
+    reqs: list[GenerationRequest],
+) -> CompletionResponse:
+    outputs = [SequenceOutput() for _ in reqs]
+    async for index, chunk in generate(deployment, reqs):
+        outputs[index].add(chunk)
+    best_of = body.best_of or body.n
+    choices: list[CompletionChoice] = []
+    for p, tokens in enumerate(prompts):
+        group = outputs[p * best_of : (p + 1) * best_of]
+        echo_source = group[0]
+        if best_of > body.n:  # keep the n most likely candidates
+            group = sorted(group, key=lambda o: o.cumulative_logprob, reverse=True)[: body.n]
+        for out in group:
+            choices.append(_choice(body, deployment, len(choices), tokens, echo_source, out))
+    usage = _usage(prompts, outputs)
+    return CompletionResponse(id=request_id, created=now(), model=body.model, choices=choices, usage=usage)
+
+
+def _choice(
+    body: CompletionRequest,
+    deployment: Deployment,
+    index: int,
+    prompt: list[int],
+    echo_source: SequenceOutput,
+    out: SequenceOutput,
+) -> CompletionChoice:
+    prefix = deployment.backend.detokenize(prompt) if body.echo else ""
+    logprobs = None
+    if body.logprobs is not None:
+        entries = (echo_source.prompt_logprobs or []) if body.echo else []
+        logprobs = completion_logprobs(entries + out.logprobs)
+    return CompletionChoice(index=index, text=prefix + out.text, logprobs=logprobs, finish_reason=out.finish_reason)
+
+
+def _usage(prompts: list[list[int]], outputs: list[SequenceOutput]) -> Usage:
+    # Every generated token counts, discarded best_of candidates included: the engine made them.
+    prompt_tokens = sum(len(p) for p in prompts)
+    completion_tokens = sum(len(o.token_ids) for o in outputs)
+    return Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+    )
+
+
+async def _stream(
+    body: CompletionRequest,
+    deployment: Deployment,
+    request_id: str,
+    prompts: list[list[int]],
+    reqs: list[GenerationRequest],
+) -> AsyncGenerator[BaseModel, None]:
+    created = now()
+    outputs = [SequenceOutput() for _ in reqs]
+    offsets = [0] * len(reqs)
+    n = body.n  # best_of == n when streaming, so sequence i is choice i
+    started: set[int] = set()
+    async for index, chunk in generate(deployment, reqs):
+        outputs[index].add(chunk)
+        text = chunk.text
+        entries = list(chunk.logprobs or [])
+        if index not in started:
+            started.add(index)
+            if body.echo:
+                text = deployment.backend.detokenize(prompts[index // n]) + text
+                entries = list(chunk.prompt_logprobs or []) + entries
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs = completion_logprobs(entries, offsets[index])
+            offsets[index] += sum(len(t) for t in logprobs.tokens)
+        choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=chunk.finish_reason)
+        yield CompletionResponse(id=request_id, created=created, model=body.model, choices=[choice])
+    if body.include_usage:
+        yield CompletionResponse(
+            id=request_id, created=created, model=body.model, choices=[], usage=_usage(prompts, outputs)
+        )

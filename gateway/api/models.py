@@ -1,0 +1,55 @@
+"""GET /v1/models, /health (the process is alive) and /ready (every model is loaded)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from gateway.errors import OpenAIError
+from gateway.protocol import ModelCard, ModelList
+from gateway.router import Deployment, Router
+
+router = APIRouter()
+
+
+def _cards(d: Deployment) -> list[ModelCard]:
+    max_len = d.backend.max_model_len if d.ready else None
+    return [
+        ModelCard(
+            id=name,
+            created=d.created,
+            root=d.config.name,
+            max_model_len=max_len,
+            backend=d.config.backend,
+            variant=d.config.variant,
+        )
+        for name in [d.config.name, *d.config.aliases]
+    ]
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> ModelList:
+    r: Router = request.app.state.router
+    return ModelList(data=[card for d in r.deployments for card in _cards(d)])
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> ModelCard:
+    r: Router = request.app.state.router
+    for d in r.deployments:
+        for card in _cards(d):
+            if card.id == model_id:
+                return card
+    raise OpenAIError(404, f"the model {model_id!r} does not exist", param="model", code="model_not_found")
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    r: Router = request.app.state.router
+    models = {d.name: "ready" if d.ready else (d.failure or "loading") for d in r.deployments}
+    return JSONResponse({"ready": r.ready, "models": models}, status_code=200 if r.ready else 503)

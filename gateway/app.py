@@ -1,0 +1,45 @@
+"""The application factory: routes, error handlers, and the models' lifecycle."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from gateway.api import chat, completions, models
+from gateway.auth import GuardMiddleware
+from gateway.config import Settings
+from gateway.errors import install_handlers
+from gateway.router import Router, build_deployment
+from gateway.streaming import ClientDisconnected
+
+log = logging.getLogger("lightgate")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    router = Router([build_deployment(m) for m in settings.models])
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await router.start()
+        try:
+            yield
+        finally:
+            await router.stop()
+
+    app = FastAPI(title="Lightgate", version="0.1.0", lifespan=lifespan)
+    app.state.router = router
+    app.state.settings = settings
+    install_handlers(app)
+
+    app.add_middleware(GuardMiddleware, settings=settings)
+
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(_: Request, __: ClientDisconnected) -> Response:
+        return Response(status_code=499)  # nobody is left to read it
+
+    for module in (completions, chat, models):
+        app.include_router(module.router)
+    return app

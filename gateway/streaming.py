@@ -1,0 +1,73 @@
+"""Server-sent events, and the watch on the client: a request whose client goes away
+is cancelled, down to the engine, whether it streams or not."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from gateway.errors import OpenAIError
+
+log = logging.getLogger("lightgate")
+T = TypeVar("T")
+
+DONE = b"data: [DONE]\n\n"
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+def sse(payload: BaseModel) -> bytes:
+    return b"data: " + payload.model_dump_json().encode() + b"\n\n"
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        # Once the body has been read, the server's next message is the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            raise ClientDisconnected from None
+        raise
+    finally:
+        watcher.cancel()
+
+
+async def event_stream(request: Request, events: AsyncIterator[BaseModel]) -> StreamingResponse:
+    """Start streaming once the first event exists, so that errors found before any
+    output (a full queue, an unsupported parameter) still get their HTTP status."""
+    first = await until_disconnect(request, anext(events))
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield sse(first)
+            async for event in events:
+                yield sse(event)
+        except OpenAIError as exc:
+            yield sse(exc.body())
+        except Exception:
+            log.exception("error inside a stream")
+            yield sse(OpenAIError(500, "internal server error", code="internal_error").body())
+        finally:
+            # Closing here also runs when the server cancels us on disconnect.
+            await events.aclose()  # type: ignore[attr-defined]
+        yield DONE
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)

@@ -1,0 +1,46 @@
+"""Shared fixtures: one real gateway for the whole session, serving the real SmolLM2
+model on llama.cpp and two synthetic models for gateway-only behaviour."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from gateway.config import ModelConfig, Settings, default_model
+from tests.server import RunningServer, serve
+
+SMOL = "smollm2-135m"
+FAST = "synthetic-fast"  # no delays: the gateway alone
+SLOW = "synthetic-slow"  # one slot, one queue place, 20 ms per token: queueing and disconnects
+
+
+def gateway_settings() -> Settings:
+    smol = default_model()
+    smol.aliases = ["smol"]
+    smol.options = {"n_ctx": 512}
+    return Settings(
+        models=[
+            smol,
+            ModelConfig(name=FAST, backend="synthetic"),
+            ModelConfig(
+                name=SLOW,
+                backend="synthetic",
+                options={"ttft_ms": 20, "itl_ms": 20},
+                max_running=1,
+                max_queue=1,
+            ),
+        ]
+    )
+
+
+@pytest.fixture(scope="session")
+def gateway() -> Iterator[RunningServer]:
+    with serve(gateway_settings()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def client(gateway: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
