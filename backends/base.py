@@ -109,6 +109,7 @@ class BackendStats:
     max_running: int = 1
     kv_cache_usage: float | None = None  # fraction of cells in use, when the engine says
     weight_bytes: int | None = None
+    generated_tokens: int = 0  # since start, cancelled sequences included
 
 
 @runtime_checkable

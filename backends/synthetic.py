@@ -54,6 +54,7 @@ class SyntheticBackend:
             raise ValueError(f"unknown synthetic options {unknown}; known: {sorted(known)}")
         self.config = SyntheticConfig(**options)  # type: ignore[arg-type]
         self._running = 0
+        self._generated = 0
 
     async def start(self) -> None:
         return None
@@ -83,6 +84,7 @@ class SyntheticBackend:
                 await asyncio.sleep(max(0.0, due - loop.time()))
                 due += c.itl_ms / 1000
                 token = EOS if i == eos_at else ord(c.text[i % len(c.text)])
+                self._generated += 1
                 finish: FinishReason | None = None
                 if token == EOS:
                     finish, text = "stop", stream.flush()
@@ -120,4 +122,6 @@ class SyntheticBackend:
         return ChatTemplateInfo(source=_CHATML)
 
     def stats(self) -> BackendStats:
-        return BackendStats(running=self._running, max_running=self.config.max_running, weight_bytes=0)
+        return BackendStats(
+            running=self._running, max_running=self.config.max_running, weight_bytes=0, generated_tokens=self._generated
+        )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,6 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.protocol import ErrorBody, ErrorDetail, ParamError
 
 log = logging.getLogger("lightgate")
+_FIELD = re.compile(r"^(\d+|[a-z_][a-z0-9_]*)$")
+_TYPE_TAGS = {"str", "int", "float", "bool", "none"}
 
 _TYPES = {
     400: "invalid_request_error",
@@ -67,7 +70,8 @@ def error_response(err: OpenAIError) -> JSONResponse:
 def from_validation(exc: RequestValidationError) -> OpenAIError:
     """The first validation problem, as a 400 that names the parameter."""
     first: dict[str, Any] = exc.errors()[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # pydantic names union members in the path ("prompt.list[int].1"); keep fields and indices.
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and _FIELD.match(str(p)) and p not in _TYPE_TAGS]
     original = (first.get("ctx") or {}).get("error")
     if isinstance(original, ParamError):
         return invalid(str(original), original.param)
@@ -84,6 +88,10 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpenAIError)
     async def _openai(_: Request, exc: OpenAIError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(ParamError)
+    async def _param(_: Request, exc: ParamError) -> JSONResponse:
+        return error_response(invalid(str(exc), exc.param))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

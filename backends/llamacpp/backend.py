@@ -88,6 +88,7 @@ class LlamaCppBackend:
         self._thread: threading.Thread | None = None
         self._running = 0
         self._kv_used = 0
+        self._generated = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -178,6 +179,7 @@ class LlamaCppBackend:
             max_running=1,
             kv_cache_usage=self._kv_used / n_ctx,
             weight_bytes=self._engine.weight_bytes if self._engine else None,
+            generated_tokens=self._generated,
         )
 
     # -- the decode thread ------------------------------------------------------------
@@ -257,6 +259,7 @@ class LlamaCppBackend:
             if params.ignore_eos or produced < params.min_tokens:
                 logits[e.eog_ids] = -np.inf
             token = chain.sample(e.ctx, index)
+            self._generated += 1
             finish: FinishReason | None = None
             if token in eog:
                 finish, text = "stop", stream.flush()

@@ -76,7 +76,9 @@ class LlamaEngine:
         cparams.no_perf = True
         if config.flash_attn is not None:
             cparams.flash_attn_type = (
-                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                if config.flash_attn
+                else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
             )
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not ctx:
