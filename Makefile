@@ -51,4 +51,5 @@ unit: setup
 	$(VENV)/bin/pytest tests/unit
 
 bench: setup
+	$(PY) -m pip install --quiet -e '.[llamacpp,dev,bench]'
 	$(PY) benchmarks/spine.py

@@ -1,0 +1,36 @@
+"""The README's examples work as written (pointed at the test server's port)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shlex
+from pathlib import Path
+
+import httpx
+
+from tests.server import RunningServer
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def test_the_openai_streaming_example(gateway: RunningServer) -> None:
+    [code] = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    assert "http://127.0.0.1:8000/v1" in code
+    code = code.replace("http://127.0.0.1:8000", gateway.base_url)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    assert len(out.getvalue().strip()) > 0
+
+
+def test_the_curl_example(gateway: RunningServer) -> None:
+    [command] = re.findall(r"```sh\n(curl .*?)\n```", README, flags=re.S)
+    words = shlex.split(command.replace("\\\n", " "))
+    url = words[1].replace("localhost:8000", gateway.base_url)
+    body = json.loads(words[words.index("-d") + 1])
+    r = httpx.post(url, json=body)
+    assert r.status_code == 200
+    assert "Paris" in r.json()["choices"][0]["text"]
