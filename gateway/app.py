@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,10 +24,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await router.start()
+        # Models load in the background so /health answers at once and /ready says 503
+        # until they are in; a request for a loading model gets 503 too.
+        loading = asyncio.create_task(router.start())
         try:
             yield
         finally:
+            await loading
             await router.stop()
 
     app = FastAPI(title="Lightgate", version="0.1.0", lifespan=lifespan)

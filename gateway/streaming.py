@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import TypeVar
 
+import anyio
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -49,7 +50,7 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
-async def event_stream(request: Request, events: AsyncIterator[BaseModel]) -> StreamingResponse:
+async def event_stream(request: Request, events: AsyncGenerator[BaseModel, None]) -> StreamingResponse:
     """Start streaming once the first event exists, so that errors found before any
     output (a full queue, an unsupported parameter) still get their HTTP status."""
     first = await until_disconnect(request, anext(events))
@@ -65,8 +66,10 @@ async def event_stream(request: Request, events: AsyncIterator[BaseModel]) -> St
             log.exception("error inside a stream")
             yield sse(OpenAIError(500, "internal server error", code="internal_error").body())
         finally:
-            # Closing here also runs when the server cancels us on disconnect.
-            await events.aclose()  # type: ignore[attr-defined]
+            # This also runs when the server cancels the stream on a disconnect; the
+            # shield lets the close reach the engine inside that cancelled scope.
+            with anyio.CancelScope(shield=True):
+                await events.aclose()
         yield DONE
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -52,6 +53,8 @@ class LlamaCppConfig:
     verbose: bool = False
 
     def __post_init__(self) -> None:
+        if not Path(self.path).is_file():
+            raise FileNotFoundError(f"model file not found: {self.path}")
         if self.n_ctx < 16 or self.n_batch < 1:
             raise ValueError("n_ctx must be >= 16 and n_batch >= 1")
         self.n_threads = self.n_threads or _usable_cores()

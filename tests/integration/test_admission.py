@@ -109,11 +109,13 @@ def test_a_client_leaving_the_queue_frees_its_place(gateway: RunningServer) -> N
 
 
 @pytest.fixture(scope="module")
-def guarded() -> Iterator[RunningServer]:
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    not_a_model = tmp_path_factory.mktemp("models") / "broken.gguf"
+    not_a_model.write_bytes(b"this is not a GGUF file")
     settings = Settings(
         models=[
             ModelConfig(name="fast", backend="synthetic"),
-            ModelConfig(name="broken", backend="llamacpp", path="/nonexistent/model.gguf"),
+            ModelConfig(name="broken", backend="llamacpp", path=str(not_a_model)),
         ],
         api_keys=["sk-test"],
         max_body_bytes=2048,

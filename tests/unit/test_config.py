@@ -41,3 +41,19 @@ def test_a_config_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
     config.write_text("- just\n- a list\n")
     with pytest.raises(ValueError, match="mapping"):
         load_settings(config)
+
+
+def test_serve_refuses_a_missing_model_file_before_starting(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    assert main(["serve", "--model", "/nonexistent/model.gguf", "--port", "1"]) == 2
+    assert "model file not found: /nonexistent/model.gguf" in capsys.readouterr().err
+
+
+def test_serve_refuses_unknown_backend_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("models:\n  - name: s\n    backend: synthetic\n    options: {warp_speed: 9}\n")
+    assert main(["serve", "--config", str(config)]) == 2
+    assert "unknown synthetic options ['warp_speed']" in capsys.readouterr().err
