@@ -4,6 +4,7 @@ check, whether it keeps the contract ("ok") or what it did instead."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -48,40 +49,47 @@ def _echo_check(c: httpx.Client, model: str) -> str:
     return "ok" if error < 0.2 else f"no (off by {error:.1f} nats on average)"
 
 
+def _n_choices(r: httpx.Response, n: int) -> str:
+    return "ok" if r.status_code == 200 and len(r.json()["choices"]) == n else f"no ({r.status_code})"
+
+
+def _usage_chunk(c: httpx.Client, model: str) -> str:
+    body = {"model": model, "prompt": "hi", "max_tokens": 2, "stream": True, "stream_options": {"include_usage": True}}
+    with c.stream("POST", "/v1/completions", json=body) as s:
+        events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    return "ok" if events and events[-1].get("usage") else "no"
+
+
 def probe_contract(base: str, model: str) -> dict[str, str]:
-    out: dict[str, str] = {}
     with httpx.Client(base_url=base, timeout=60) as c:
 
         def post(body: Any) -> httpx.Response:
             return c.post("/v1/completions", json=body)
 
-        r = post({"model": model, "prompt": [504, 3575, 282], "max_tokens": 2})
-        out["token-id prompt"] = _status(r, 200)
-        r = post({"model": model, "prompt": ["Hello", "Bye"], "max_tokens": 2})
-        out["list of prompts"] = (
-            "ok" if r.status_code == 200 and len(r.json()["choices"]) == 2 else f"no ({r.status_code})"
-        )
-        r = c.post("/v1/completions", content=b"{bad json", headers={"content-type": "application/json"})
-        out["bad JSON is 400"] = _status(r, 400)
-        out["unknown model is 404"] = _status(post({"model": "no-such-model", "prompt": "hi", "max_tokens": 1}), 404)
-        out["temperature 9 is 400"] = _status(post({"model": model, "prompt": "hi", "temperature": 9}), 400)
-        out["max_tokens past the context is 400"] = _status(
-            post({"model": model, "prompt": "hi", "max_tokens": 1_000_000}), 400
-        )
-        r = post({"model": model, "prompt": "hi", "max_tokens": 2, "n": 2})
-        out["n=2 gives 2 choices"] = (
-            "ok" if r.status_code == 200 and len(r.json()["choices"]) == 2 else f"no ({r.status_code})"
-        )
-        body = {
-            "model": model,
-            "prompt": "hi",
-            "max_tokens": 2,
-            "stream": True,
-            "stream_options": {"include_usage": True},
+        checks: dict[str, Callable[[], str]] = {
+            "token-id prompt": lambda: _status(
+                post({"model": model, "prompt": [504, 3575, 282], "max_tokens": 2}), 200
+            ),
+            "list of prompts": lambda: _n_choices(post({"model": model, "prompt": ["Hi", "Bye"], "max_tokens": 2}), 2),
+            "bad JSON is 400": lambda: _status(
+                c.post("/v1/completions", content=b"{bad json", headers={"content-type": "application/json"}), 400
+            ),
+            "unknown model is 404": lambda: _status(post({"model": "no-such-model", "prompt": "hi"}), 404),
+            "temperature 9 is 400": lambda: _status(post({"model": model, "prompt": "hi", "temperature": 9}), 400),
+            "max_tokens past the context is 400": lambda: _status(
+                post({"model": model, "prompt": "hi", "max_tokens": 1_000_000}), 400
+            ),
+            "n=2 gives 2 choices": lambda: _n_choices(
+                post({"model": model, "prompt": "hi", "max_tokens": 2, "n": 2}), 2
+            ),
+            "stream include_usage": lambda: _usage_chunk(c, model),
+            "echo logprobs scored right": lambda: _echo_check(c, model),
+            "/health": lambda: _status(c.get("/health"), 200),
         }
-        with c.stream("POST", "/v1/completions", json=body) as s:
-            events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
-        out["stream include_usage"] = "ok" if events and events[-1].get("usage") else "no"
-        out["echo logprobs scored right"] = _echo_check(c, model)
-        out["/health"] = _status(c.get("/health"), 200)
+        out: dict[str, str] = {}
+        for name, check in checks.items():
+            try:
+                out[name] = check()
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                out[name] = f"no ({type(exc).__name__})"
     return out

@@ -95,8 +95,9 @@ def gateway_decode(base: str, tokens: int) -> tuple[float, int]:
 
 def direct_decode(llm: Any, tokens: int) -> tuple[float, int]:
     times: list[float] = []
-    for _ in llm.create_completion(PROMPT, max_tokens=tokens, temperature=0, stream=True):
-        times.append(time.perf_counter())
+    for chunk in llm.create_completion(PROMPT, max_tokens=tokens, temperature=0, stream=True):
+        if chunk["choices"][0]["finish_reason"] is None or chunk["choices"][0]["text"]:
+            times.append(time.perf_counter())  # not the closing chunk, which carries no token
     return decode_rate(times), len(times)
 
 
@@ -148,12 +149,13 @@ def bench_overhead(requests: int) -> dict[str, Any]:
         for i in range(requests + 20):
             start = time.perf_counter()
             with client.stream("POST", "/v1/completions", json=body) as r:
-                for line in r.iter_lines():
+                lines = r.iter_lines()
+                for line in lines:
                     if line.startswith("data: {"):
                         if i >= 20:  # the first 20 warm the connection and the server
                             through_gateway.append((time.perf_counter() - start) * 1000)
                         break
-                for _ in r.iter_lines():
+                for _ in lines:
                     pass
             if i >= 20:
                 progress.advance(task)
