@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from backends.base import (
+    BackendError,
     BackendStats,
     ChatTemplateInfo,
     Chunk,
@@ -36,6 +37,7 @@ class SyntheticConfig:
     text: str = "The quick brown fox jumps over the lazy dog. "
     n_ctx: int = 4096
     max_running: int = 256
+    fail_after_tokens: int | None = None  # injected engine failure mid-stream, for error-path tests
 
     def __post_init__(self) -> None:
         if self.ttft_ms < 0 or self.itl_ms < 0:
@@ -83,6 +85,8 @@ class SyntheticBackend:
                 # Sleep to an absolute deadline so delays do not drift with load.
                 await asyncio.sleep(max(0.0, due - loop.time()))
                 due += c.itl_ms / 1000
+                if i == c.fail_after_tokens:
+                    raise BackendError(f"injected failure after {i} tokens (fail_after_tokens)")
                 token = EOS if i == eos_at else ord(c.text[i % len(c.text)])
                 self._generated += 1
                 finish: FinishReason | None = None

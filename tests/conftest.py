@@ -14,6 +14,7 @@ from tests.server import RunningServer, serve
 SMOL = "smollm2-135m"
 FAST = "synthetic-fast"  # no delays: the gateway alone
 SLOW = "synthetic-slow"  # one slot, one queue place, 20 ms per token: queueing and disconnects
+FAILING = "synthetic-failing"  # the engine fails after 3 tokens
 
 
 def gateway_settings() -> Settings:
@@ -31,6 +32,7 @@ def gateway_settings() -> Settings:
                 max_running=1,
                 max_queue=1,
             ),
+            ModelConfig(name=FAILING, backend="synthetic", options={"fail_after_tokens": 3}),
         ]
     )
 

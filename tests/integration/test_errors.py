@@ -3,13 +3,14 @@ with raw httpx (the bytes on the wire) and with the openai client (what apps see
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import FAST, SMOL
+from tests.conftest import FAILING, FAST, SMOL
 from tests.server import RunningServer
 
 
@@ -154,3 +155,19 @@ def test_health_ready_and_models(gateway: RunningServer, client: openai.OpenAI) 
     assert extra["variant"] == "smollm2-135m-instruct-q4_1"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-9")
+
+
+def test_an_engine_error_after_the_stream_began_is_an_error_event_then_done(gateway: RunningServer) -> None:
+    body = {"model": FAILING, "prompt": "hi", "max_tokens": 10, "stream": True}
+    with httpx.stream("POST", gateway.v1 + "/completions", json=body) as r:
+        assert r.status_code == 200  # the status went out with the first token
+        events = [line for line in r.iter_lines() if line]
+    assert len(events) == 3 + 2
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert error["type"] == "server_error" and "injected failure" in error["message"]
+
+
+def test_an_engine_error_before_any_output_is_a_500_body(gateway: RunningServer) -> None:
+    error = error_of(post(gateway, "/completions", {"model": FAILING, "prompt": "hi", "max_tokens": 10}), 500)
+    assert error["code"] == "engine_error"
