@@ -34,7 +34,7 @@ def _init_backend(verbose: bool) -> None:
 @dataclass(slots=True, frozen=True)
 class EngineConfig:
     path: str
-    n_ctx: int
+    n_ctx_seq: int  # context of each sequence; the context holds n_seq_max of them
     n_batch: int
     n_seq_max: int
     n_threads: int
@@ -67,10 +67,13 @@ class LlamaEngine:
         self.vocab = vocab
 
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = config.n_ctx
+        cparams.n_ctx = config.n_ctx_seq * config.n_seq_max
         cparams.n_batch = config.n_batch
         cparams.n_ubatch = config.n_batch
         cparams.n_seq_max = config.n_seq_max
+        # One KV stream per sequence: each gets its full context, and attention does
+        # not scan the other sequences' cells (llama.h advises this for unrelated prompts).
+        cparams.kv_unified = False
         cparams.n_threads = config.n_threads
         cparams.n_threads_batch = config.n_threads_batch
         cparams.no_perf = True
@@ -89,8 +92,9 @@ class LlamaEngine:
         self.batch = llama_cpp.llama_batch_init(config.n_batch, 0, config.n_seq_max)
 
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
-        self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
+        self.n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(ctx))
         self.eog_ids = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+        self.eog_set = frozenset(self.eog_ids)
         self.weight_bytes = int(llama_cpp.llama_model_size(model))
         self._pieces: dict[int, bytes] = {}
 

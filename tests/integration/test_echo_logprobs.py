@@ -69,7 +69,7 @@ def test_prompt_logprobs_do_not_depend_on_the_prefill_chunking(n_batch: int) -> 
     """Chunked prefill (n_batch smaller than the prompt) must score every position."""
 
     async def run() -> list[float | None]:
-        backend = LlamaCppBackend(str(resolve("smollm2-135m-instruct-q4_1")), n_ctx=256, n_batch=n_batch)
+        backend = LlamaCppBackend(str(resolve("smollm2-135m-instruct-q4_1")), n_ctx=256, n_batch=n_batch, n_parallel=2)
         await backend.start()
         try:
             tokens = backend.tokenize(sample_text())[:40]

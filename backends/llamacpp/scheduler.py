@@ -1,0 +1,223 @@
+"""Continuous batching for llama.cpp: one thread, one context with `n_parallel` slots,
+and one `llama_decode` per step over every running sequence.
+
+A step is: admit waiting jobs into free slots, drop the cancelled, build one batch
+(the next token of every decoding sequence first, then prompt chunks of prefilling
+ones under the token budget, so a long prompt never stalls the others), decode,
+then sample each sequence's next token from its own row of logits."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+
+import numpy as np
+
+from backends.base import BackendError, Chunk, FinishReason, TokenLogprob, TopLogprob
+from backends.llamacpp.engine import LlamaEngine
+from backends.llamacpp.sampler import SamplerChain, sampler_steps
+from backends.llamacpp.sequence import Job, Phase, Sequence
+from backends.logprobs import log_softmax, top_k
+from backends.textstream import TextStream
+
+
+class Scheduler:
+    def __init__(self, engine: LlamaEngine, n_parallel: int, prefix_cache: bool) -> None:
+        self.engine = engine
+        self.n_parallel = n_parallel
+        self.prefix_cache = prefix_cache
+        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.running: list[Sequence] = []
+        self.free_slots: deque[int] = deque(range(n_parallel))
+        self.slot_tokens: list[list[int]] = [[] for _ in range(n_parallel)]  # KV held by each slot
+        self.generated_tokens = 0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="llamacpp-scheduler", daemon=True)
+
+    # -- called from the event loop --------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self._thread.join()
+
+    def submit(self, job: Job) -> None:
+        self.jobs.put(job)
+
+    @property
+    def kv_cells_used(self) -> int:
+        """Cells held by running sequences (a finished one's reusable prefix is not counted)."""
+        return sum(seq.n_cached for seq in list(self.running))
+
+    # -- the loop --------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            self._admit(block=not self.running)
+            for seq in [s for s in self.running if s.job.cancelled.is_set()]:
+                self._finish(seq, keep_cache=False)  # a cancelled sequence frees its cells at once
+            if self.running:
+                try:
+                    self._step()
+                except Exception as exc:  # an engine failure ends the batch's requests, not the thread
+                    for seq in list(self.running):
+                        seq.job.send(BackendError(f"llama.cpp failed: {exc}"))
+                        self._finish(seq, keep_cache=False)
+        self._shut_down()
+
+    def _shut_down(self) -> None:
+        for seq in list(self.running):
+            seq.job.send(BackendError("the llamacpp backend is shutting down"))
+            self._finish(seq, keep_cache=False)
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job.send(BackendError("the llamacpp backend is shutting down"))
+
+    def _admit(self, *, block: bool) -> None:
+        while self.free_slots:
+            try:
+                job = self.jobs.get() if block else self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            block = False
+            if job is None:
+                self._stopping = True
+                return
+            if not job.cancelled.is_set():
+                self.running.append(self._place(job))
+
+    def _place(self, job: Job) -> Sequence:
+        """A slot for the job: the one whose cached tokens share the longest prefix
+        with its prompt (its KV is reused), else the least recently freed."""
+        prompt = job.req.prompt_tokens
+        slot, reuse = self.free_slots[0], 0
+        if self.prefix_cache and job.req.params.prompt_logprobs is None:
+            for candidate in self.free_slots:
+                common = _common_prefix(self.slot_tokens[candidate], prompt)
+                if common > reuse:
+                    slot, reuse = candidate, common
+        reuse = min(reuse, len(prompt) - 1)  # the last prompt token is evaluated for its logits
+        self.free_slots.remove(slot)
+        self.engine.free_sequence(slot, start=reuse)
+        self.slot_tokens[slot] = prompt[:reuse]
+        params = job.req.params
+        steps = sampler_steps(params, penalty_window=self.engine.n_ctx_seq)
+        sampler = SamplerChain(steps, self.engine.n_vocab)
+        seq = Sequence(job, slot, sampler, TextStream(stop=list(params.stop)), n_cached=reuse)
+        if params.prompt_logprobs is not None:
+            seq.prompt_logprobs = [TokenLogprob(prompt[0], self.engine.piece(prompt[0]), None)]
+        return seq
+
+    def _step(self) -> None:
+        e = self.engine
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        wants: list[bool] = []
+        rows: list[tuple[Sequence, int, int]] = []  # (sequence, first row, row count)
+
+        def add(seq: Sequence, batch_tokens: list[int], flags: list[bool]) -> None:
+            rows.append((seq, len(tokens), len(batch_tokens)))
+            tokens.extend(batch_tokens)
+            positions.extend(range(seq.n_cached, seq.n_cached + len(batch_tokens)))
+            slots.extend([seq.slot] * len(batch_tokens))
+            wants.extend(flags)
+
+        for seq in self.running:
+            if seq.phase is Phase.DECODE:
+                add(seq, [seq.generated[-1]], [True])
+        budget = e.config.n_batch - len(tokens)
+        for seq in self.running:
+            if seq.phase is Phase.PREFILL and budget > 0:
+                chunk = seq.prompt[seq.n_cached : seq.n_cached + budget]
+                last = seq.n_cached + len(chunk) == len(seq.prompt)
+                flags = [seq.prompt_logprobs is not None] * len(chunk)
+                flags[-1] = flags[-1] or last
+                add(seq, chunk, flags)
+                budget -= len(chunk)
+        e.decode(tokens, positions, slots, wants)
+        for seq, first, count in rows:
+            self._advance(seq, first, count)
+
+    def _advance(self, seq: Sequence, first: int, count: int) -> None:
+        """Account for the rows just evaluated, then sample where the sequence needs a token."""
+        e = self.engine
+        params = seq.job.req.params
+        if seq.phase is Phase.PREFILL and seq.prompt_logprobs is not None:
+            for j in range(count):
+                target = seq.n_cached + j + 1  # row j predicts the prompt's next token
+                if target < len(seq.prompt):
+                    entry = _logprob_entry(e, e.logits(first + j), seq.prompt[target], params.prompt_logprobs or 0)
+                    seq.prompt_logprobs.append(entry)
+        seq.n_cached += count
+        if seq.phase is Phase.PREFILL:
+            if seq.n_cached < len(seq.prompt):
+                return
+            seq.phase = Phase.DECODE
+            if params.max_tokens == 0:  # echo only: the prompt was all that was asked
+                seq.job.send(Chunk([], "", finish_reason="length", prompt_logprobs=seq.prompt_logprobs))
+                self._finish(seq)
+                return
+        self._sample(seq, first + count - 1)
+
+    def _sample(self, seq: Sequence, row: int) -> None:
+        e = self.engine
+        params = seq.job.req.params
+        logits = e.logits(row)
+        raw = logits.copy() if params.logprobs is not None else None
+        if params.ignore_eos or len(seq.generated) < params.min_tokens:
+            logits[e.eog_ids] = -np.inf
+        token = seq.sampler.sample(e.ctx, row)
+        seq.generated.append(token)
+        self.generated_tokens += 1
+        finish: FinishReason | None = None
+        if token in e.eog_set:
+            finish, text = "stop", seq.stream.flush()
+        else:
+            text = seq.stream.push(e.piece(token))
+            if seq.stream.stopped:
+                finish = "stop"
+            elif len(seq.generated) == params.max_tokens or seq.n_cached + 1 >= e.n_ctx_seq:
+                finish, text = "length", text + seq.stream.flush()
+        logprobs = None
+        if raw is not None and params.logprobs is not None:
+            logprobs = [_logprob_entry(e, raw, token, params.logprobs)]
+        first = len(seq.generated) == 1
+        chunk = Chunk([token], text, logprobs, finish, seq.prompt_logprobs if first else None)
+        seq.job.send(chunk)
+        if finish is not None:
+            self._finish(seq)
+
+    def _finish(self, seq: Sequence, *, keep_cache: bool = True) -> None:
+        """Free the slot. Its KV cells stay for prefix reuse (they are overwritten from
+        the first differing token), or go at once when caching is off."""
+        seq.phase = Phase.FINISHED
+        seq.sampler.close()
+        self.running.remove(seq)
+        if keep_cache and self.prefix_cache:
+            self.slot_tokens[seq.slot] = seq.cached_tokens
+        else:
+            self.engine.free_sequence(seq.slot)
+            self.slot_tokens[seq.slot] = []
+        self.free_slots.append(seq.slot)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _logprob_entry(engine: LlamaEngine, logits: np.ndarray, token: int, k: int) -> TokenLogprob:
+    lp = log_softmax(logits)
+    top = tuple(TopLogprob(i, engine.piece(i), v) for i, v in top_k(lp, k))
+    return TokenLogprob(token, engine.piece(token), float(lp[token]), top)
