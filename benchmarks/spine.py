@@ -18,14 +18,9 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,45 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backends.base import GenerationRequest, SamplingParams
 from backends.synthetic import SyntheticBackend
+from benchmarks.common import free_port, lightgate_config, percentile, server
 from benchmarks.contract import probe_contract
 from compressed_models.catalog import resolve
 
 PROMPT = "Write a long story about a dragon who learns to bake bread. Once upon a time"
 console = Console()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def server(args: list[str], port: int, ready_path: str = "/health") -> Iterator[str]:
-    """A server in its own process on a loopback port, stopped on exit."""
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            try:
-                if httpx.get(base + ready_path, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {' '.join(args)}")
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def lightgate_config(models: list[dict[str, Any]]) -> Path:
-    path = Path(tempfile.mkdtemp()) / "lightgate.yaml"
-    path.write_text(json.dumps({"models": models}))  # JSON is YAML
-    return path
 
 
 def decode_rate(token_times: list[float]) -> float:
@@ -126,11 +88,6 @@ def bench_decode(runs: int, tokens: int, threads: int) -> dict[str, Any]:
             progress.advance(task)
     g, d = statistics.median(gateway), statistics.median(direct)
     return {"gateway_tok_s": g, "direct_tok_s": d, "ratio": g / d, "runs": runs, "tokens": tokens, "threads": threads}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def bench_overhead(requests: int) -> dict[str, Any]:

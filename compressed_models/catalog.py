@@ -3,7 +3,9 @@ and where each variant's weights are on this machine."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +27,67 @@ def manifest(name: str) -> dict[str, Any]:
     return data
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("LIGHTGATE_CACHE", Path.home() / ".cache" / "lightgate")) / "models"
+
+
 def resolve(name: str) -> Path:
-    """The weights of variant `name` on disk."""
+    """The weights of variant `name` on disk (assembled from chunk packages if need be)."""
     source = manifest(name)["source"]
+    if "chunks" in source:
+        return _assembled(name, manifest(name))
     if "package" in source:
-        # find_spec locates the package without importing it: some model packages
-        # import heavy or missing dependencies at import time.
-        spec = importlib.util.find_spec(source["package"])
-        if spec is None or not spec.submodule_search_locations:
-            raise VariantNotFound(
-                f"variant {name!r} lives in the Python package {source['package']!r}, which is not installed"
-            )
-        path = Path(next(iter(spec.submodule_search_locations))) / str(source["resource"])
+        path = _package_file(name, source["package"], str(source["resource"]))
     else:
         path = Path(str(source["path"])).expanduser()
     if not path.is_file():
         raise VariantNotFound(f"variant {name!r}: {path} does not exist")
     return path
+
+
+def _package_file(name: str, package: str, resource: str, install: str = "") -> Path:
+    # find_spec locates the package without importing it: some model packages
+    # import heavy or missing dependencies at import time.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        hint = f" (pip install --no-deps {install})" if install else ""
+        raise VariantNotFound(f"variant {name!r} needs the Python package {package!r}, which is not installed{hint}")
+    return Path(next(iter(spec.submodule_search_locations))) / resource
+
+
+def _assembled(name: str, entry: dict[str, Any]) -> Path:
+    """Concatenate the chunks in order into the cache, once, and check the digest."""
+    target = cache_dir() / f"{name}.gguf"
+    if target.is_file() and target.stat().st_size == entry["size_bytes"]:
+        return target
+    install = " ".join(entry["source"].get("pip", []))
+    chunks = [_package_file(name, c["package"], c["resource"], install) for c in entry["source"]["chunks"]]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    digest = hashlib.sha256()
+    with partial.open("wb") as out:
+        for chunk in chunks:
+            with chunk.open("rb") as f:
+                while block := f.read(1 << 22):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != entry["sha256"]:
+        partial.unlink()
+        got, want = digest.hexdigest(), entry["sha256"]
+        raise VariantNotFound(f"variant {name!r}: the assembled file has sha256 {got}, not {want}")
+    partial.rename(target)
+    return target
+
+
+def pip_requirements(name: str) -> list[str]:
+    """The packages to install (with --no-deps) for a variant that PyPI ships."""
+    source = manifest(name)["source"]
+    return list(source.get("pip", []))
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "pip":
+        raise SystemExit("usage: python -m compressed_models.catalog pip VARIANT")
+    print(" ".join(pip_requirements(sys.argv[2])))

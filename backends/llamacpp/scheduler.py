@@ -17,9 +17,11 @@ import numpy as np
 from backends.base import BackendError, Chunk, FinishReason, TokenLogprob, TopLogprob
 from backends.llamacpp.engine import LlamaEngine
 from backends.llamacpp.sampler import SamplerChain, sampler_steps
-from backends.llamacpp.sequence import Job, Phase, Sequence
+from backends.llamacpp.sequence import Job, Outbox, Phase, Sequence
 from backends.logprobs import log_softmax, top_k
 from backends.textstream import TextStream
+
+_MIN_REUSE = 8  # a shared prefix shorter than this (a BOS, a word) is not worth a slot's cache
 
 
 class Scheduler:
@@ -33,6 +35,7 @@ class Scheduler:
         self.slot_tokens: list[list[int]] = [[] for _ in range(n_parallel)]  # KV held by each slot
         self.generated_tokens = 0
         self._stopping = False
+        self.outbox = Outbox()
         self._thread = threading.Thread(target=self._loop, name="llamacpp-scheduler", daemon=True)
 
     # -- called from the event loop --------------------------------------------------
@@ -64,13 +67,15 @@ class Scheduler:
                     self._step()
                 except Exception as exc:  # an engine failure ends the batch's requests, not the thread
                     for seq in list(self.running):
-                        seq.job.send(BackendError(f"llama.cpp failed: {exc}"))
+                        self.outbox.put(seq.job, BackendError(f"llama.cpp failed: {exc}"))
                         self._finish(seq, keep_cache=False)
+            self.outbox.flush()
         self._shut_down()
+        self.outbox.flush()
 
     def _shut_down(self) -> None:
         for seq in list(self.running):
-            seq.job.send(BackendError("the llamacpp backend is shutting down"))
+            self.outbox.put(seq.job, BackendError("the llamacpp backend is shutting down"))
             self._finish(seq, keep_cache=False)
         while True:
             try:
@@ -78,7 +83,7 @@ class Scheduler:
             except queue.Empty:
                 return
             if job is not None:
-                job.send(BackendError("the llamacpp backend is shutting down"))
+                self.outbox.put(job, BackendError("the llamacpp backend is shutting down"))
 
     def _admit(self, *, block: bool) -> None:
         while self.free_slots:
@@ -103,6 +108,8 @@ class Scheduler:
                 common = _common_prefix(self.slot_tokens[candidate], prompt)
                 if common > reuse:
                     slot, reuse = candidate, common
+            if reuse < _MIN_REUSE:  # not worth evicting that slot's cache: take the least recently used
+                slot, reuse = self.free_slots[0], 0
         reuse = min(reuse, len(prompt) - 1)  # the last prompt token is evaluated for its logits
         self.free_slots.remove(slot)
         self.engine.free_sequence(slot, start=reuse)
@@ -162,7 +169,7 @@ class Scheduler:
                 return
             seq.phase = Phase.DECODE
             if params.max_tokens == 0:  # echo only: the prompt was all that was asked
-                seq.job.send(Chunk([], "", finish_reason="length", prompt_logprobs=seq.prompt_logprobs))
+                self.outbox.put(seq.job, Chunk([], "", finish_reason="length", prompt_logprobs=seq.prompt_logprobs))
                 self._finish(seq)
                 return
         self._sample(seq, first + count - 1)
@@ -191,7 +198,7 @@ class Scheduler:
             logprobs = [_logprob_entry(e, raw, token, params.logprobs)]
         first = len(seq.generated) == 1
         chunk = Chunk([token], text, logprobs, finish, seq.prompt_logprobs if first else None)
-        seq.job.send(chunk)
+        self.outbox.put(seq.job, chunk)
         if finish is not None:
             self._finish(seq)
 

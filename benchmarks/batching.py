@@ -1,0 +1,222 @@
+"""Concurrent streaming load against OpenAI-compatible servers, one server after
+another on the same machine: Lightgate's llama.cpp backend (continuous batching),
+llama.cpp's own C++ `llama-server`, and llama-cpp-python's `llama_cpp.server`.
+
+Closed loop: C users, each sending streaming completions back to back (128 output
+tokens with ignore_eos) until 2*C requests (at least 4) are done. Reported per
+server, model and C: output tokens/s over the wall time, TTFT and ITL p50/p99, and
+dropped streams (an error status, a broken stream or fewer tokens than asked).
+
+    .venv/bin/python benchmarks/batching.py --llama-server PATH [--models smollm2 qwen0.5b]
+
+`llama-server` is built from the llama.cpp source vendored in the llama-cpp-python
+sdist (see docs/benchmarks.md); without --llama-server that peer is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import Progress
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import itertools
+
+from benchmarks.common import free_port, lightgate_config, percentile, server
+from compressed_models.catalog import resolve
+
+MODELS = {"smollm2": "smollm2-135m-instruct-q4_1", "qwen0.5b": "qwen2.5-coder-0.5b-instruct-q4_k_m"}
+console = Console()
+
+
+@dataclass
+class Level:
+    concurrency: int
+    tokens: int = 0
+    wall_s: float = 0.0
+    ttft_ms: list[float] = field(default_factory=list)
+    itl_ms: list[float] = field(default_factory=list)
+    dropped: int = 0
+    requests: int = 0
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "dropped": self.dropped,
+            "output_tok_s": self.tokens / self.wall_s if self.wall_s else 0.0,
+            "ttft_ms_p50": percentile(self.ttft_ms, 50),
+            "ttft_ms_p99": percentile(self.ttft_ms, 99),
+            "itl_ms_p50": percentile(self.itl_ms, 50),
+            "itl_ms_p99": percentile(self.itl_ms, 99),
+        }
+
+
+async def one_request(client: httpx.AsyncClient, model: str, index: int, tokens: int, level: Level) -> None:
+    # Every prompt is new to the server (level and index in it): no server gets to
+    # answer from a cached copy of an earlier prompt.
+    body = {
+        "model": model,
+        "prompt": f"Story {level.concurrency}-{index}: once upon a time, in a land far away,",
+        "max_tokens": tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    start = time.perf_counter()
+    stamps: list[float] = []
+    try:
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                level.dropped += 1
+                return
+            async for line in r.aiter_lines():
+                if line.startswith("data: {") and _has_text(line):
+                    stamps.append(time.perf_counter())
+    except httpx.HTTPError:
+        level.dropped += 1
+        return
+    if len(stamps) < tokens * 0.9:  # a few tokens may merge into one event; many missing is a drop
+        level.dropped += 1
+        return
+    level.tokens += len(stamps)
+    level.ttft_ms.append((stamps[0] - start) * 1000)
+    level.itl_ms.extend((b - a) * 1000 for a, b in itertools.pairwise(stamps))
+
+
+_EMPTY_TEXT = re.compile(r'"text":\s*""')
+
+
+def _has_text(line: str) -> bool:
+    """An event that carries output text (not a usage or closing event). A regex, not
+    json.loads: the client shares the machine's two cores with the server under test."""
+    return '"text":' in line and not _EMPTY_TEXT.search(line)
+
+
+async def run_level(base: str, model: str, concurrency: int, tokens: int, timeout: float) -> Level:
+    level = Level(concurrency)
+    total = max(2 * concurrency, 4)
+    counter = iter(range(total))
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=timeout, limits=limits) as client:
+
+        async def user() -> None:
+            for index in counter:
+                await one_request(client, model, index, tokens, level)
+                level.requests += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+        level.wall_s = time.perf_counter() - start
+    return level
+
+
+def servers(
+    model_path: str, threads: int, slots: int, llama_server: str | None
+) -> dict[str, tuple[list[str], int, str]]:
+    """name -> (command, port, readiness path). Every server: the same model file, threads and slots."""
+    ctx = 512  # per sequence: the prompt and 128 tokens fit easily
+    out: dict[str, tuple[list[str], int, str]] = {}
+    port = free_port()
+    options = {"n_ctx": ctx, "n_parallel": slots, "n_threads": threads}
+    config = lightgate_config([{"name": "m", "backend": "llamacpp", "path": model_path, "options": options}])
+    out["lightgate"] = (
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)],
+        port,
+        "/ready",
+    )
+    if llama_server:
+        port = free_port()
+        out["llama-server"] = (
+            [
+                llama_server,
+                "-m",
+                model_path,
+                "--port",
+                str(port),
+                "-np",
+                str(slots),
+                "-c",
+                str(ctx * slots),
+                "-t",
+                str(threads),
+                "-tb",
+                str(threads),
+                "--alias",
+                "m",
+            ],
+            port,
+            "/health",
+        )
+    port = free_port()
+    out["llama_cpp.server"] = (
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            model_path,
+            "--model_alias",
+            "m",
+            "--port",
+            str(port),
+            "--n_ctx",
+            str(ctx),
+            "--n_threads",
+            str(threads),
+        ],
+        port,
+        "/v1/models",
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 8, 16])
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--llama-server", help="path of a llama-server binary (the C++ peer)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")
+    parser.add_argument("--out", default="bench-results/batching.json")
+    args = parser.parse_args()
+
+    slots = max(args.concurrency)
+    results: list[dict[str, Any]] = []
+    for short in args.models:
+        model_path = str(resolve(MODELS[short]))
+        for name, (cmd, port, ready) in servers(model_path, args.threads, slots, args.llama_server).items():
+            with server(cmd, port, ready) as base, Progress(console=console) as progress:
+                task = progress.add_task(f"{short} on {name}", total=len(args.concurrency))
+                asyncio.run(run_level(base, "m", 1, 8, args.timeout))  # warm up
+                for c in args.concurrency:
+                    level = asyncio.run(run_level(base, "m", c, args.tokens, args.timeout))
+                    results.append({"model": short, "server": name, **level.row()})
+                    progress.advance(task)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print("\n| model | server | C | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | dropped |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['model']} | {r['server']} | {r['concurrency']} | {r['output_tok_s']:.1f} | "
+            f"{r['ttft_ms_p50']:.0f} / {r['ttft_ms_p99']:.0f} | {r['itl_ms_p50']:.1f} / {r['itl_ms_p99']:.1f} | "
+            f"{r['dropped']} of {r['requests']} |"
+        )
+    console.print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

