@@ -10,7 +10,8 @@ dropped streams (an error status, a broken stream or fewer tokens than asked).
     .venv/bin/python benchmarks/batching.py --llama-server PATH [--models smollm2 qwen0.5b]
 
 `llama-server` is built from the llama.cpp source vendored in the llama-cpp-python
-sdist (see docs/benchmarks.md); without --llama-server that peer is skipped.
+sdist (see docs/benchmarks.md); without --llama-server that peer is skipped. vLLM
+runs when --vllm-python and an HF folder per model (--vllm-model smollm2=DIR) are given.
 """
 
 from __future__ import annotations
@@ -122,63 +123,34 @@ async def run_level(base: str, model: str, concurrency: int, tokens: int, timeou
     return level
 
 
-def servers(
-    model_path: str, threads: int, slots: int, llama_server: str | None
-) -> dict[str, tuple[list[str], int, str]]:
-    """name -> (command, port, readiness path). Every server: the same model file, threads and slots."""
+Server = tuple[list[str], int, str, dict[str, str]]  # command, port, readiness path, environment
+
+
+def servers(model_path: str, threads: int, slots: int, args: argparse.Namespace, short: str) -> dict[str, Server]:
+    """name -> how to start it. Every server: the same model, threads and slots."""
     ctx = 512  # per sequence: the prompt and 128 tokens fit easily
-    out: dict[str, tuple[list[str], int, str]] = {}
+    out: dict[str, Server] = {}
     port = free_port()
     options = {"n_ctx": ctx, "n_parallel": slots, "n_threads": threads}
     config = lightgate_config([{"name": "m", "backend": "llamacpp", "path": model_path, "options": options}])
-    out["lightgate"] = (
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)],
-        port,
-        "/ready",
-    )
-    if llama_server:
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)]
+    out["lightgate"] = (cmd, port, "/ready", {})
+    if args.llama_server:
         port = free_port()
-        out["llama-server"] = (
-            [
-                llama_server,
-                "-m",
-                model_path,
-                "--port",
-                str(port),
-                "-np",
-                str(slots),
-                "-c",
-                str(ctx * slots),
-                "-t",
-                str(threads),
-                "-tb",
-                str(threads),
-                "--alias",
-                "m",
-            ],
-            port,
-            "/health",
-        )
+        cmd = [args.llama_server, "-m", model_path, "--port", str(port), "-np", str(slots), "-c", str(ctx * slots)]
+        out["llama-server"] = ([*cmd, "-t", str(threads), "-tb", str(threads), "--alias", "m"], port, "/health", {})
+    hf_dir = dict(pair.split("=", 1) for pair in args.vllm_model).get(short)
+    if args.vllm_python and hf_dir:
+        # vLLM on CPU: bf16 weights from the same GGUF (benchmarks/export_hf.py), its own KV space.
+        port = free_port()
+        cmd = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", hf_dir]
+        cmd += ["--served-model-name", "m", "--port", str(port), "--max-model-len", str(ctx)]
+        cmd += ["--max-num-seqs", str(slots), "--dtype", "bfloat16"]
+        env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}", "HF_HUB_OFFLINE": "1"}
+        out["vllm"] = (cmd, port, "/v1/models", env)
     port = free_port()
-    out["llama_cpp.server"] = (
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            model_path,
-            "--model_alias",
-            "m",
-            "--port",
-            str(port),
-            "--n_ctx",
-            str(ctx),
-            "--n_threads",
-            str(threads),
-        ],
-        port,
-        "/v1/models",
-    )
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--model_alias", "m", "--port", str(port)]
+    out["llama_cpp.server"] = ([*cmd, "--n_ctx", str(ctx), "--n_threads", str(threads)], port, "/v1/models", {})
     return out
 
 
@@ -189,6 +161,15 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llama-server", help="path of a llama-server binary (the C++ peer)")
+    parser.add_argument("--vllm-python", help="a Python with vllm-cpu installed (the vLLM peer)")
+    parser.add_argument(
+        "--vllm-model",
+        nargs="*",
+        default=[],
+        metavar="MODEL=DIR",
+        help="HF folder per model for vLLM, e.g. smollm2=DIR",
+    )
+    parser.add_argument("--servers", nargs="*", help="only these servers (default: every one configured)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")
     parser.add_argument("--out", default="bench-results/batching.json")
     args = parser.parse_args()
@@ -197,8 +178,10 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     for short in args.models:
         model_path = str(resolve(MODELS[short]))
-        for name, (cmd, port, ready) in servers(model_path, args.threads, slots, args.llama_server).items():
-            with server(cmd, port, ready) as base, Progress(console=console) as progress:
+        for name, (cmd, port, ready, env) in servers(model_path, args.threads, slots, args, short).items():
+            if args.servers and name not in args.servers:
+                continue
+            with server(cmd, port, ready, env) as base, Progress(console=console) as progress:
                 task = progress.add_task(f"{short} on {name}", total=len(args.concurrency))
                 asyncio.run(run_level(base, "m", 1, 8, args.timeout))  # warm up
                 for c in args.concurrency:

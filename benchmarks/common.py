@@ -4,6 +4,7 @@ latency statistics."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import tempfile
@@ -23,11 +24,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(args: list[str], port: int, ready_path: str = "/health") -> Iterator[str]:
+def server(args: list[str], port: int, ready_path: str = "/health", env: dict[str, str] | None = None) -> Iterator[str]:
     """A server in its own process on a loopback port, stopped on exit."""
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+    )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # vLLM on a CPU takes a while to start
     try:
         while True:
             try:
