@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length"]
 
@@ -156,6 +156,3 @@ class ChatTemplateInfo:
     source: str
     bos_token: str = ""
     eos_token: str = ""
-
-
-BackendOptions = dict[str, Any]
