@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from backends.base import Chunk, FinishReason, TokenLogprob
-from gateway.protocol import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprobOut
+from gateway.protocol import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprobOut, Usage
 
 
 @dataclass(slots=True)
@@ -30,6 +30,14 @@ class SequenceOutput:
     @property
     def cumulative_logprob(self) -> float:
         return sum(e.logprob or 0.0 for e in self.logprobs)
+
+
+def usage(prompt_tokens: int, outputs: list[SequenceOutput]) -> Usage:
+    """Every generated token counts, discarded best_of candidates included: the engine made them."""
+    completion_tokens = sum(len(o.token_ids) for o in outputs)
+    return Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+    )
 
 
 def token_str(token: bytes) -> str:

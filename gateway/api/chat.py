@@ -14,7 +14,7 @@ from gateway.api.checks import check_context, check_token_ids
 from gateway.chat_template import TemplateError, render
 from gateway.errors import invalid
 from gateway.generation import generate
-from gateway.outputs import SequenceOutput, chat_logprobs
+from gateway.outputs import SequenceOutput, chat_logprobs, usage
 from gateway.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -23,7 +23,6 @@ from gateway.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     Delta,
-    Usage,
     new_id,
     now,
 )
@@ -76,11 +75,6 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     return JSONResponse(response.model_dump())
 
 
-def _usage(prompt: list[int], outputs: list[SequenceOutput]) -> Usage:
-    completion = sum(len(o.token_ids) for o in outputs)
-    return Usage(prompt_tokens=len(prompt), completion_tokens=completion, total_tokens=len(prompt) + completion)
-
-
 async def _complete(
     body: ChatCompletionRequest,
     deployment: Deployment,
@@ -101,7 +95,7 @@ async def _complete(
         for i, out in enumerate(outputs)
     ]
     return ChatCompletionResponse(
-        id=request_id, created=now(), model=body.model, choices=choices, usage=_usage(prompt, outputs)
+        id=request_id, created=now(), model=body.model, choices=choices, usage=usage(len(prompt), outputs)
     )
 
 
@@ -130,5 +124,5 @@ async def _stream(
             yield event(ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=chunk.finish_reason))
     if body.include_usage:
         yield ChatCompletionChunk(
-            id=request_id, created=created, model=body.model, choices=[], usage=_usage(prompt, outputs)
+            id=request_id, created=created, model=body.model, choices=[], usage=usage(len(prompt), outputs)
         )

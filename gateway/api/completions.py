@@ -12,12 +12,11 @@ from backends.base import Backend, GenerationRequest
 from gateway.api.checks import check_context, check_token_ids
 from gateway.errors import invalid
 from gateway.generation import generate
-from gateway.outputs import SequenceOutput, completion_logprobs
+from gateway.outputs import SequenceOutput, completion_logprobs, usage
 from gateway.protocol import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
-    Usage,
     new_id,
     now,
 )
@@ -100,8 +99,8 @@ async def _complete(
             group = sorted(group, key=lambda o: o.cumulative_logprob, reverse=True)[: body.n]
         for out in group:
             choices.append(_choice(body, deployment, len(choices), tokens, echo_source, out))
-    usage = _usage(prompts, outputs)
-    return CompletionResponse(id=request_id, created=now(), model=body.model, choices=choices, usage=usage)
+    counts = usage(sum(len(p) for p in prompts), outputs)
+    return CompletionResponse(id=request_id, created=now(), model=body.model, choices=choices, usage=counts)
 
 
 def _choice(
@@ -118,15 +117,6 @@ def _choice(
         entries = (echo_source.prompt_logprobs or []) if body.echo else []
         logprobs = completion_logprobs(entries + out.logprobs)
     return CompletionChoice(index=index, text=prefix + out.text, logprobs=logprobs, finish_reason=out.finish_reason)
-
-
-def _usage(prompts: list[list[int]], outputs: list[SequenceOutput]) -> Usage:
-    # Every generated token counts, discarded best_of candidates included: the engine made them.
-    prompt_tokens = sum(len(p) for p in prompts)
-    completion_tokens = sum(len(o.token_ids) for o in outputs)
-    return Usage(
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
-    )
 
 
 async def _stream(
@@ -158,5 +148,9 @@ async def _stream(
         yield CompletionResponse(id=request_id, created=created, model=body.model, choices=[choice])
     if body.include_usage:
         yield CompletionResponse(
-            id=request_id, created=created, model=body.model, choices=[], usage=_usage(prompts, outputs)
+            id=request_id,
+            created=created,
+            model=body.model,
+            choices=[],
+            usage=usage(sum(len(p) for p in prompts), outputs),
         )
