@@ -4,7 +4,16 @@ and one `llama_decode` per step over every running sequence.
 A step is: admit waiting jobs into free slots, drop the cancelled, build one batch
 (the next token of every decoding sequence first, then prompt chunks of prefilling
 ones under the token budget, so a long prompt never stalls the others), decode,
-then sample each sequence's next token from its own row of logits."""
+then sample each sequence's next token from its own row of logits.
+
+Slot ids matter for speed. With one KV stream per sequence, llama.cpp splits a
+batch into micro-batches of sequences whose ids are consecutive and in increasing
+order in the batch (`split_equal(sequential=true)`), and each micro-batch is a
+full pass over the weights: 8 decoding sequences listed as slots 4-7 then 0-3
+cost two passes; in slots 0-7, one. So a batch lists its rows in slot order, and a
+new job takes the free slot that adds the fewest runs of consecutive ids (filling
+a gap, extending a run), the least recently freed among equals so that caches of
+recent prompts live longest."""
 
 from __future__ import annotations
 
@@ -31,7 +40,7 @@ class Scheduler:
         self.prefix_cache = prefix_cache
         self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.running: list[Sequence] = []
-        self.free_slots: deque[int] = deque(range(n_parallel))
+        self.free_slots: deque[int] = deque(range(n_parallel))  # least recently freed first
         self.slot_tokens: list[list[int]] = [[] for _ in range(n_parallel)]  # KV held by each slot
         self.generated_tokens = 0
         self._stopping = False
@@ -100,16 +109,18 @@ class Scheduler:
 
     def _place(self, job: Job) -> Sequence:
         """A slot for the job: the one whose cached tokens share the longest prefix
-        with its prompt (its KV is reused), else the least recently freed."""
+        with its prompt (its KV is reused), else the one that keeps slots packed."""
         prompt = job.req.prompt_tokens
-        slot, reuse = self.free_slots[0], 0
+        busy = {seq.slot for seq in self.running}
+        packed = min(self.free_slots, key=lambda c: 1 - ((c - 1) in busy) - ((c + 1) in busy))
+        slot, reuse = packed, 0
         if self.prefix_cache and job.req.params.prompt_logprobs is None:
             for candidate in self.free_slots:
                 common = _common_prefix(self.slot_tokens[candidate], prompt)
                 if common > reuse:
                     slot, reuse = candidate, common
-            if reuse < _MIN_REUSE:  # not worth evicting that slot's cache: take the least recently used
-                slot, reuse = self.free_slots[0], 0
+            if reuse < _MIN_REUSE:  # too short to be worth a slot out of the packing
+                slot, reuse = packed, 0
         reuse = min(reuse, len(prompt) - 1)  # the last prompt token is evaluated for its logits
         self.free_slots.remove(slot)
         self.engine.free_sequence(slot, start=reuse)
@@ -124,31 +135,34 @@ class Scheduler:
 
     def _step(self) -> None:
         e = self.engine
-        tokens: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        wants: list[bool] = []
-        rows: list[tuple[Sequence, int, int]] = []  # (sequence, first row, row count)
-
-        def add(seq: Sequence, batch_tokens: list[int], flags: list[bool]) -> None:
-            rows.append((seq, len(tokens), len(batch_tokens)))
-            tokens.extend(batch_tokens)
-            positions.extend(range(seq.n_cached, seq.n_cached + len(batch_tokens)))
-            slots.extend([seq.slot] * len(batch_tokens))
-            wants.extend(flags)
-
+        # What each sequence contributes: decoding ones their next token first, then
+        # prefilling ones (first come, first served) prompt chunks within the budget.
+        work: dict[int, tuple[Sequence, list[int], list[bool]]] = {}
         for seq in self.running:
             if seq.phase is Phase.DECODE:
-                add(seq, [seq.generated[-1]], [True])
-        budget = e.config.n_batch - len(tokens)
+                work[seq.slot] = (seq, [seq.generated[-1]], [True])
+        budget = e.config.n_batch - len(work)
         for seq in self.running:
             if seq.phase is Phase.PREFILL and budget > 0:
                 chunk = seq.prompt[seq.n_cached : seq.n_cached + budget]
                 last = seq.n_cached + len(chunk) == len(seq.prompt)
                 flags = [seq.prompt_logprobs is not None] * len(chunk)
                 flags[-1] = flags[-1] or last
-                add(seq, chunk, flags)
+                work[seq.slot] = (seq, chunk, flags)
                 budget -= len(chunk)
+
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        wants: list[bool] = []
+        rows: list[tuple[Sequence, int, int]] = []  # (sequence, first row, row count)
+        for slot in sorted(work):  # slot order: see the module's docstring
+            seq, batch_tokens, flags = work[slot]
+            rows.append((seq, len(tokens), len(batch_tokens)))
+            tokens.extend(batch_tokens)
+            positions.extend(range(seq.n_cached, seq.n_cached + len(batch_tokens)))
+            slots.extend([slot] * len(batch_tokens))
+            wants.extend(flags)
         e.decode(tokens, positions, slots, wants)
         for seq, first, count in rows:
             self._advance(seq, first, count)
@@ -181,7 +195,7 @@ class Scheduler:
         raw = logits.copy() if params.logprobs is not None else None
         if params.ignore_eos or len(seq.generated) < params.min_tokens:
             logits[e.eog_ids] = -np.inf
-        token = seq.sampler.sample(e.ctx, row)
+        token = seq.sampler.sample(e.ctx, row, logits)
         seq.generated.append(token)
         self.generated_tokens += 1
         finish: FinishReason | None = None

@@ -135,6 +135,30 @@ def test_a_long_prompt_is_prefilled_in_chunks_beside_running_decodes(small_batch
     assert all(sorted(s.values()) == [1, 31] for s in prefill_steps[:-1]), prefill_steps
 
 
+def test_slots_stay_packed_and_batches_list_them_in_slot_order(small_batches: LlamaCppBackend) -> None:
+    """llama.cpp runs one weight pass per run of consecutive slot ids (see the
+    scheduler's docstring): a new job fills the gap a finished one left."""
+    backend = small_batches
+
+    def request(name: str, text: str, max_tokens: int) -> GenerationRequest:
+        return GenerationRequest(name, backend.tokenize(text), SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+
+    async def run() -> None:
+        tasks = []
+        for name, text, max_tokens in (("b", "Blue", 40), ("a", "Apple", 3), ("c", "Cherry", 40)):
+            tasks.append(asyncio.create_task(_collect(backend.generate(request(name, text, max_tokens)))))
+            while backend.stats().running < len(tasks):  # admitted in this order: slots 0, 1, 2
+                await asyncio.sleep(0.001)
+        await tasks[1]  # "a" is done: slot 1 is free, and so is slot 3
+        await asyncio.gather(_collect(backend.generate(request("e", "Elder", 5))), tasks[0], tasks[2])
+
+    asyncio.run(run())
+    steps = RecordingEngine.steps
+    assert all(list(step) == sorted(step) for step in steps)  # rows in slot order
+    three_running = [set(step) for step in steps if len(step) == 3]
+    assert three_running and all(s == {0, 1, 2} for s in three_running), three_running  # "e" took slot 1, not 3
+
+
 def test_a_shared_prefix_is_reused_and_changes_nothing(small_batches: LlamaCppBackend) -> None:
     backend = small_batches
     system = backend.tokenize("You are a helpful assistant who answers in one sentence. " * 4)
