@@ -50,6 +50,11 @@ class Level:
     itl_ms: list[float] = field(default_factory=list)
     dropped: int = 0
     requests: int = 0
+    reasons: list[str] = field(default_factory=list)  # why each dropped stream counts as dropped
+
+    def drop(self, reason: str) -> None:
+        self.dropped += 1
+        self.reasons.append(reason)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -61,15 +66,16 @@ class Level:
             "ttft_ms_p99": percentile(self.ttft_ms, 99),
             "itl_ms_p50": percentile(self.itl_ms, 50),
             "itl_ms_p99": percentile(self.itl_ms, 99),
+            "drop_reasons": sorted(set(self.reasons)),
         }
 
 
-async def one_request(client: httpx.AsyncClient, model: str, index: int, tokens: int, level: Level) -> None:
-    # Every prompt is new to the server (level and index in it): no server gets to
-    # answer from a cached copy of an earlier prompt.
+async def one_request(client: httpx.AsyncClient, model: str, index: int, tokens: int, level: Level, tag: str) -> None:
+    # Every prompt is new to the server (tag, level and index in it): no server gets
+    # to answer from a cached copy of an earlier prompt, the warm-up's included.
     body = {
         "model": model,
-        "prompt": f"Story {level.concurrency}-{index}: once upon a time, in a land far away,",
+        "prompt": f"Story {tag}{level.concurrency}-{index}: once upon a time, in a land far away,",
         "max_tokens": tokens,
         "temperature": 0,
         "ignore_eos": True,
@@ -80,16 +86,16 @@ async def one_request(client: httpx.AsyncClient, model: str, index: int, tokens:
     try:
         async with client.stream("POST", "/v1/completions", json=body) as r:
             if r.status_code != 200:
-                level.dropped += 1
+                level.drop(f"status {r.status_code}")
                 return
             async for line in r.aiter_lines():
                 if line.startswith("data: {") and _has_text(line):
                     stamps.append(time.perf_counter())
-    except httpx.HTTPError:
-        level.dropped += 1
+    except httpx.HTTPError as exc:
+        level.drop(f"{type(exc).__name__}: {exc}")
         return
     if len(stamps) < tokens * 0.9:  # a few tokens may merge into one event; many missing is a drop
-        level.dropped += 1
+        level.drop(f"{len(stamps)} of {tokens} tokens")
         return
     level.tokens += len(stamps)
     level.ttft_ms.append((stamps[0] - start) * 1000)
@@ -105,7 +111,7 @@ def _has_text(line: str) -> bool:
     return '"text":' in line and not _EMPTY_TEXT.search(line)
 
 
-async def run_level(base: str, model: str, concurrency: int, tokens: int, timeout: float) -> Level:
+async def run_level(base: str, model: str, concurrency: int, tokens: int, timeout: float, tag: str = "") -> Level:
     level = Level(concurrency)
     total = max(2 * concurrency, 4)
     counter = iter(range(total))
@@ -114,7 +120,7 @@ async def run_level(base: str, model: str, concurrency: int, tokens: int, timeou
 
         async def user() -> None:
             for index in counter:
-                await one_request(client, model, index, tokens, level)
+                await one_request(client, model, index, tokens, level, tag)
                 level.requests += 1
 
         start = time.perf_counter()
@@ -183,7 +189,7 @@ def main() -> None:
                 continue
             with server(cmd, port, ready, env) as base, Progress(console=console) as progress:
                 task = progress.add_task(f"{short} on {name}", total=len(args.concurrency))
-                asyncio.run(run_level(base, "m", 1, 8, args.timeout))  # warm up
+                asyncio.run(run_level(base, "m", 1, 8, args.timeout, tag="warm-up "))
                 for c in args.concurrency:
                     level = asyncio.run(run_level(base, "m", c, args.tokens, args.timeout))
                     results.append({"model": short, "server": name, **level.row()})
