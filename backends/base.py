@@ -108,7 +108,8 @@ class BackendStats:
     waiting: int = 0
     max_running: int = 1
     kv_cache_usage: float | None = None  # fraction of cells in use, when the engine says
-    weight_bytes: int | None = None
+    weight_bytes: int | None = None  # the survey's WM: the model's weights as loaded
+    running_memory_bytes: int | None = None  # the survey's RM: peak memory while serving
     generated_tokens: int = 0  # since start, cancelled sequences included
 
 

@@ -25,6 +25,7 @@ from backends.base import (
 from backends.llamacpp.engine import EngineConfig, LlamaEngine
 from backends.llamacpp.scheduler import Scheduler
 from backends.llamacpp.sequence import Job
+from backends.memory import peak_rss_bytes
 
 
 def _usable_cores() -> int:
@@ -162,5 +163,8 @@ class LlamaCppBackend:
             max_running=c.n_parallel,
             kv_cache_usage=sched.kv_cells_used / (c.n_ctx * c.n_parallel),
             weight_bytes=self.engine.weight_bytes,
+            # On the CPU the engine's memory is this process's; with layers on a GPU
+            # llama.cpp does not report device memory through these bindings.
+            running_memory_bytes=peak_rss_bytes() if c.n_gpu_layers == 0 else None,
             generated_tokens=sched.generated_tokens,
         )
