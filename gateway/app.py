@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from gateway.api import chat, completions, models
+from gateway.api import chat, completions, metrics, models
 from gateway.auth import GuardMiddleware
 from gateway.config import Settings
 from gateway.errors import install_handlers
+from gateway.metrics import Metrics
+from gateway.request_log import RequestLogMiddleware
 from gateway.router import Router, build_deployment
 from gateway.streaming import ClientDisconnected
 
@@ -36,9 +38,18 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Lightgate", version="0.1.0", lifespan=lifespan)
     app.state.router = router
     app.state.settings = settings
+    app.state.metrics = Metrics(router) if settings.metrics else None
     install_handlers(app)
 
+    # The last added runs first: every request gets its id and its log line, even
+    # one the guard turns away.
     app.add_middleware(GuardMiddleware, settings=settings)
+    app.add_middleware(
+        RequestLogMiddleware,
+        metrics=app.state.metrics,
+        access=settings.access_log,
+        keep_text=settings.log_prompts,
+    )
 
     @app.exception_handler(ClientDisconnected)
     async def _gone(_: Request, __: ClientDisconnected) -> Response:
@@ -46,4 +57,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     for module in (completions, chat, models):
         app.include_router(module.router)
+    if settings.metrics:
+        app.include_router(metrics.router)
     return app

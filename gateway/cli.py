@@ -25,7 +25,20 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"lightgate: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=10)
+    # The access log's lines are JSON objects already: written as they are, to stdout.
+    access = logging.getLogger("lightgate.access")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=not settings.access_log,  # ours has the request id, model and timings; one is enough
+        timeout_graceful_shutdown=10,
+    )
     return 0
 
 

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     api_keys: list[str] = Field(default_factory=list)  # empty: no authentication
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     log_level: str = "info"
+    metrics: bool = True  # GET /metrics and the per-request measurements behind it
+    access_log: bool = True  # one JSON line per request on the lightgate.access logger
+    log_prompts: bool = False  # add prompts and outputs to the access log (they may be private)
 
     @field_validator("models")
     @classmethod

@@ -5,26 +5,35 @@ into client errors. Leaving the iterator early cancels every sequence in the eng
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from backends.base import BackendError, Chunk, GenerationRequest, UnsupportedFeature
 from gateway.errors import OpenAIError, invalid
 from gateway.limits import QueueFull
+from gateway.request_log import RequestRecord
 from gateway.router import Deployment
 
 
-async def generate(deployment: Deployment, requests: list[GenerationRequest]) -> AsyncIterator[tuple[int, Chunk]]:
-    """Yields (sequence index, chunk) until every sequence has finished."""
+async def generate(
+    deployment: Deployment, requests: list[GenerationRequest], record: RequestRecord
+) -> AsyncIterator[tuple[int, Chunk]]:
+    """Yields (sequence index, chunk) until every sequence has finished, and tells
+    the request's record when it got a slot and what each chunk carried."""
     try:
+        queued = time.perf_counter()
         async with deployment.admission.slot():
+            record.admitted(time.perf_counter() - queued)
             if len(requests) == 1:
                 async with aclosing(deployment.backend.generate(requests[0])) as stream:
                     async for chunk in stream:
+                        record.on_chunk(0, chunk)
                         yield 0, chunk
             else:
-                async for item in _merged(deployment, requests):
-                    yield item
+                async for index, chunk in _merged(deployment, requests):
+                    record.on_chunk(index, chunk)
+                    yield index, chunk
     except QueueFull as exc:
         raise OpenAIError(
             429,

@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from gateway.errors import OpenAIError
+from gateway.request_log import RequestRecord
 
 log = logging.getLogger("lightgate")
 T = TypeVar("T")
@@ -50,9 +51,12 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
-async def event_stream(request: Request, events: AsyncGenerator[BaseModel, None]) -> StreamingResponse:
+async def event_stream(
+    request: Request, record: RequestRecord, events: AsyncGenerator[BaseModel, None]
+) -> StreamingResponse:
     """Start streaming once the first event exists, so that errors found before any
-    output (a full queue, an unsupported parameter) still get their HTTP status."""
+    output (a full queue, an unsupported parameter) still get their HTTP status.
+    An error after that is an error event, and the record keeps its status."""
     first = await until_disconnect(request, anext(events))
 
     async def body() -> AsyncIterator[bytes]:
@@ -61,9 +65,11 @@ async def event_stream(request: Request, events: AsyncGenerator[BaseModel, None]
             async for event in events:
                 yield sse(event)
         except OpenAIError as exc:
+            record.error_status = exc.status
             yield sse(exc.body())
         except Exception:
             log.exception("error inside a stream")
+            record.error_status = 500
             yield sse(OpenAIError(500, "internal server error", code="internal_error").body())
         finally:
             # This also runs when the server cancels the stream on a disconnect; the

@@ -26,6 +26,7 @@ from gateway.protocol import (
     new_id,
     now,
 )
+from gateway.request_log import RequestRecord, bind_request
 from gateway.router import Deployment
 from gateway.streaming import event_stream, until_disconnect
 
@@ -48,6 +49,7 @@ def chat_prompt(body: ChatCompletionRequest, deployment: Deployment) -> list[int
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     deployment: Deployment = request.app.state.router.get(body.model)
+    record = bind_request(request, deployment)
     backend = deployment.backend
     prompt = chat_prompt(body, deployment)
     # No limit given: generate until the context is full, as OpenAI does.
@@ -69,9 +71,10 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         )
         for i in range(body.n)
     ]
+    record.expect(len(prompt), len(reqs), [m.model_dump(exclude_none=True) for m in body.messages])
     if body.stream:
-        return await event_stream(request, _stream(body, deployment, request_id, prompt, reqs))
-    response = await until_disconnect(request, _complete(body, deployment, request_id, prompt, reqs))
+        return await event_stream(request, record, _stream(body, deployment, request_id, prompt, reqs, record))
+    response = await until_disconnect(request, _complete(body, deployment, request_id, prompt, reqs, record))
     return JSONResponse(response.model_dump())
 
 
@@ -81,9 +84,10 @@ async def _complete(
     request_id: str,
     prompt: list[int],
     reqs: list[GenerationRequest],
+    record: RequestRecord,
 ) -> ChatCompletionResponse:
     outputs = [SequenceOutput() for _ in reqs]
-    async for index, chunk in generate(deployment, reqs):
+    async for index, chunk in generate(deployment, reqs, record):
         outputs[index].add(chunk)
     choices = [
         ChatChoice(
@@ -105,6 +109,7 @@ async def _stream(
     request_id: str,
     prompt: list[int],
     reqs: list[GenerationRequest],
+    record: RequestRecord,
 ) -> AsyncGenerator[BaseModel, None]:
     created = now()
     outputs = [SequenceOutput() for _ in reqs]
@@ -113,7 +118,7 @@ async def _stream(
         return ChatCompletionChunk(id=request_id, created=created, model=body.model, choices=[choice])
 
     started: set[int] = set()
-    async for index, chunk in generate(deployment, reqs):
+    async for index, chunk in generate(deployment, reqs, record):
         outputs[index].add(chunk)
         if index not in started:  # OpenAI sends the role alone first
             started.add(index)

@@ -20,6 +20,7 @@ from gateway.protocol import (
     new_id,
     now,
 )
+from gateway.request_log import RequestRecord, bind_request
 from gateway.router import Deployment
 from gateway.streaming import event_stream, until_disconnect
 
@@ -66,6 +67,7 @@ def sequences(body: CompletionRequest, request_id: str, prompts: list[list[int]]
 @router.post("/v1/completions", response_model=None)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     deployment: Deployment = request.app.state.router.get(body.model)
+    record = bind_request(request, deployment)
     backend = deployment.backend
     if body.suffix:
         raise invalid(f"suffix (fill-in-the-middle) is not supported by the {backend.name} backend", "suffix")
@@ -74,9 +76,10 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     check_token_ids(backend, [int(k) for k in body.logit_bias], "logit_bias")
     request_id = new_id("cmpl")
     reqs = sequences(body, request_id, prompts)
+    record.expect(sum(len(p) for p in prompts), len(reqs), body.prompt)
     if body.stream:
-        return await event_stream(request, _stream(body, deployment, request_id, prompts, reqs))
-    response = await until_disconnect(request, _complete(body, deployment, request_id, prompts, reqs))
+        return await event_stream(request, record, _stream(body, deployment, request_id, prompts, reqs, record))
+    response = await until_disconnect(request, _complete(body, deployment, request_id, prompts, reqs, record))
     return JSONResponse(response.model_dump())
 
 
@@ -86,9 +89,10 @@ async def _complete(
     request_id: str,
     prompts: list[list[int]],
     reqs: list[GenerationRequest],
+    record: RequestRecord,
 ) -> CompletionResponse:
     outputs = [SequenceOutput() for _ in reqs]
-    async for index, chunk in generate(deployment, reqs):
+    async for index, chunk in generate(deployment, reqs, record):
         outputs[index].add(chunk)
     best_of = body.best_of or body.n
     choices: list[CompletionChoice] = []
@@ -125,13 +129,14 @@ async def _stream(
     request_id: str,
     prompts: list[list[int]],
     reqs: list[GenerationRequest],
+    record: RequestRecord,
 ) -> AsyncGenerator[BaseModel, None]:
     created = now()
     outputs = [SequenceOutput() for _ in reqs]
     offsets = [0] * len(reqs)
     n = body.n  # best_of == n when streaming, so sequence i is choice i
     started: set[int] = set()
-    async for index, chunk in generate(deployment, reqs):
+    async for index, chunk in generate(deployment, reqs, record):
         outputs[index].add(chunk)
         text = chunk.text
         entries = list(chunk.logprobs or [])

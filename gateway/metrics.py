@@ -1,0 +1,231 @@
+"""Prometheus metrics for GET /metrics: latency histograms and token counters fed by
+each request as it runs, and gauges read from the router and the backends' own
+`stats()` at scrape time (the gateway never guesses an engine's numbers).
+
+Every series carries the labels model, backend and variant, and nothing per
+request, so the number of series stays fixed however many requests pass. Names
+and units follow Prometheus' conventions (base units, `_total` on counters) and
+the histograms use bucket sets like vLLM's, so dashboards built for one read the
+other with small changes. docs/operations.md lists every series."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.router import Deployment, Router
+
+# `_created` timestamps double the exposition and no dashboard reads them.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+LABELS = ("model", "backend", "variant")
+OUTCOMES = ("stop", "length", "aborted", "rejected", "client_error", "server_error")
+
+# vLLM's buckets (vllm/v1/metrics/loggers.py), with steps below its first one added
+# where small models on fast hardware land: a 135M model decodes a token in ~1 ms on
+# a GPU, and a request can wait in no queue at all.
+TTFT_BUCKETS = (
+    *(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75),
+    *(1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0),
+)
+ITL_BUCKETS = (
+    *(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75),
+    *(1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0),
+)
+REQUEST_BUCKETS = (
+    *(0.001, 0.005, 0.01, 0.05, 0.1),
+    *(0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0),
+)
+TOKEN_BUCKETS = tuple(float(m * 10**e) for e in range(6) for m in (1, 2, 5))  # 1 ... 500,000, as vLLM's 1-2-5
+
+
+def labels_of(d: Deployment) -> tuple[str, str, str]:
+    c = d.config
+    variant = c.variant or (Path(c.path).stem if c.path else "")
+    return c.name, c.backend, variant
+
+
+@dataclass(slots=True, frozen=True)
+class ModelSeries:
+    """One model's children of every per-request metric, bound once: `.labels()`
+    takes a lock and a dict lookup, which per token adds up."""
+
+    ttft: Any
+    itl: Any
+    tpot: Any
+    e2e: Any
+    queue: Any
+    prompt_tokens: Any
+    generation_tokens: Any
+    prompt_tokens_total: Any
+    generation_tokens_total: Any
+    requests: dict[str, Any]  # outcome -> counter child
+
+
+class Metrics:
+    def __init__(self, router: Router) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, LABELS, buckets=buckets, registry=r)
+
+        self._ttft = histogram(
+            "lightgate_time_to_first_token_seconds",
+            "From the request's arrival to its first generated token.",
+            TTFT_BUCKETS,
+        )
+        self._itl = histogram(
+            "lightgate_inter_token_latency_seconds",
+            "Between consecutive tokens of one sequence (a chunk of k tokens counts k gaps of 1/k each).",
+            ITL_BUCKETS,
+        )
+        self._tpot = histogram(
+            "lightgate_time_per_output_token_seconds",
+            "Per request: (last token - first token) / (output tokens - 1).",
+            ITL_BUCKETS,
+        )
+        self._e2e = histogram(
+            "lightgate_e2e_request_latency_seconds", "From arrival to the end of the response.", REQUEST_BUCKETS
+        )
+        self._queue = histogram(
+            "lightgate_request_queue_time_seconds",
+            "Time spent waiting for an admission slot before reaching the engine.",
+            REQUEST_BUCKETS,
+        )
+        self._prompt = histogram("lightgate_request_prompt_tokens", "Prompt tokens per request.", TOKEN_BUCKETS)
+        self._generation = histogram(
+            "lightgate_request_generation_tokens", "Generated tokens per request (every choice).", TOKEN_BUCKETS
+        )
+        self._prompt_total = Counter("lightgate_prompt_tokens", "Prompt tokens sent to the engine.", LABELS, registry=r)
+        self._generation_total = Counter(
+            "lightgate_generation_tokens", "Tokens generated, counted as they stream.", LABELS, registry=r
+        )
+        self._requests = Counter(
+            "lightgate_requests",
+            "Requests that reached a model, by outcome: the finish reason (stop, length), aborted by a "
+            "client disconnect, rejected (429, queue full), client_error (other 4xx) or server_error (5xx).",
+            [*LABELS, "outcome"],
+            registry=r,
+        )
+        r.register(EngineCollector(router))
+        prometheus_client.ProcessCollector(registry=r)
+        prometheus_client.PlatformCollector(registry=r)
+        gpu = GpuCollector.create()
+        if gpu is not None:
+            r.register(gpu)
+        self._series: dict[tuple[str, str, str], ModelSeries] = {}
+        for d in router.deployments:  # every series exists from the start, at zero
+            self.series(d)
+
+    def series(self, d: Deployment) -> ModelSeries:
+        key = labels_of(d)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = ModelSeries(
+                ttft=self._ttft.labels(*key),
+                itl=self._itl.labels(*key),
+                tpot=self._tpot.labels(*key),
+                e2e=self._e2e.labels(*key),
+                queue=self._queue.labels(*key),
+                prompt_tokens=self._prompt.labels(*key),
+                generation_tokens=self._generation.labels(*key),
+                prompt_tokens_total=self._prompt_total.labels(*key),
+                generation_tokens_total=self._generation_total.labels(*key),
+                requests={o: self._requests.labels(*key, o) for o in OUTCOMES},
+            )
+        return found
+
+    def exposition(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)
+
+
+def _gauge(name: str, doc: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=LABELS)
+
+
+class EngineCollector(Collector):
+    """Gauges read at scrape time: the gateway's admission queue and what each
+    backend's `stats()` reports. A number a backend does not report is absent."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # the series depend on the models; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        ready = _gauge("lightgate_model_ready", "1 when the model is loaded and serving, else 0.")
+        running = _gauge("lightgate_requests_running", "Requests holding an admission slot (inside the engine).")
+        waiting = _gauge("lightgate_requests_waiting", "Requests queued for an admission slot.")
+        capacity = _gauge("lightgate_requests_max_running", "Admission slots: requests the engine runs at once.")
+        seq_running = _gauge("lightgate_engine_sequences_running", "Sequences the engine is decoding, per stats().")
+        seq_waiting = _gauge("lightgate_engine_sequences_waiting", "Sequences queued inside the engine, per stats().")
+        kv = _gauge("lightgate_kv_cache_usage_ratio", "Fraction of the engine's KV cache in use.")
+        weights = _gauge("lightgate_model_weight_bytes", "Weight memory (the survey's WM): the model as loaded.")
+        peak = _gauge(
+            "lightgate_model_running_memory_bytes",
+            "Running memory (the survey's RM): peak memory while serving; on a CPU, the process's peak RSS.",
+        )
+        for d in self.router.deployments:
+            labels = list(labels_of(d))
+            ready.add_metric(labels, float(d.ready))
+            running.add_metric(labels, d.admission.running)
+            waiting.add_metric(labels, d.admission.waiting)
+            if not d.ready:
+                continue
+            capacity.add_metric(labels, d.admission.max_running)
+            stats = d.backend.stats()
+            seq_running.add_metric(labels, stats.running)
+            seq_waiting.add_metric(labels, stats.waiting)
+            if stats.kv_cache_usage is not None:
+                kv.add_metric(labels, stats.kv_cache_usage)
+            if stats.weight_bytes is not None:
+                weights.add_metric(labels, stats.weight_bytes)
+            if stats.running_memory_bytes is not None:
+                peak.add_metric(labels, stats.running_memory_bytes)
+        yield from (ready, running, waiting, capacity, seq_running, seq_waiting, kv, weights, peak)
+
+
+class GpuCollector(Collector):
+    """GPU memory through NVML. Registered only when a GPU answers, so on a machine
+    without one the series are absent rather than a misleading zero."""
+
+    def __init__(self, nvml: Any, count: int) -> None:
+        self.nvml = nvml
+        self.count = count
+
+    @classmethod
+    def create(cls) -> GpuCollector | None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            count = int(pynvml.nvmlDeviceGetCount())
+        except Exception:  # no driver, no library, no device: all mean "no GPU here"
+            return None
+        return cls(pynvml, count) if count else None
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        used = GaugeMetricFamily("lightgate_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=["gpu", "name"])
+        total = GaugeMetricFamily(
+            "lightgate_gpu_memory_total_bytes", "GPU memory in all (NVML).", labels=["gpu", "name"]
+        )
+        for i in range(self.count):
+            handle = self.nvml.nvmlDeviceGetHandleByIndex(i)
+            name = self.nvml.nvmlDeviceGetName(handle)
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            info = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+            used.add_metric([str(i), name], float(info.used))
+            total.add_metric([str(i), name], float(info.total))
+        yield from (used, total)
