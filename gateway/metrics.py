@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.gpu import GpuCollector
 from gateway.router import Deployment, Router
 
 # `_created` timestamps double the exposition and no dashboard reads them.
@@ -192,40 +193,3 @@ class EngineCollector(Collector):
             if stats.running_memory_bytes is not None:
                 peak.add_metric(labels, stats.running_memory_bytes)
         yield from (ready, running, waiting, capacity, seq_running, seq_waiting, kv, weights, peak)
-
-
-class GpuCollector(Collector):
-    """GPU memory through NVML. Registered only when a GPU answers, so on a machine
-    without one the series are absent rather than a misleading zero."""
-
-    def __init__(self, nvml: Any, count: int) -> None:
-        self.nvml = nvml
-        self.count = count
-
-    @classmethod
-    def create(cls) -> GpuCollector | None:
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            count = int(pynvml.nvmlDeviceGetCount())
-        except Exception:  # no driver, no library, no device: all mean "no GPU here"
-            return None
-        return cls(pynvml, count) if count else None
-
-    def describe(self) -> Iterable[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        used = GaugeMetricFamily("lightgate_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=["gpu", "name"])
-        total = GaugeMetricFamily(
-            "lightgate_gpu_memory_total_bytes", "GPU memory in all (NVML).", labels=["gpu", "name"]
-        )
-        for i in range(self.count):
-            handle = self.nvml.nvmlDeviceGetHandleByIndex(i)
-            name = self.nvml.nvmlDeviceGetName(handle)
-            name = name.decode() if isinstance(name, bytes) else str(name)
-            info = self.nvml.nvmlDeviceGetMemoryInfo(handle)
-            used.add_metric([str(i), name], float(info.used))
-            total.add_metric([str(i), name], float(info.total))
-        yield from (used, total)

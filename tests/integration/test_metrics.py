@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from gateway.config import ModelConfig, Settings
-from gateway.metrics import GpuCollector
+from gateway.gpu import GpuCollector
 from tests.conftest import FAILING, FAST, SLOW, SMOL
 from tests.metrics_util import delta, scrape, value
 from tests.server import RunningServer, serve, wait_until

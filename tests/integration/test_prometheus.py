@@ -19,7 +19,7 @@ import openai
 import pytest
 import yaml
 
-from gateway.metrics import GpuCollector
+from gateway.gpu import GpuCollector
 from tests.conftest import FAILING, FAST, SLOW, SMOL
 from tests.metrics_util import scrape, value
 from tests.server import RunningServer
