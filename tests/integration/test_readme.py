@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from gateway.config import load_settings
 from tests.server import RunningServer
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -35,3 +36,12 @@ def test_the_curl_example(gateway: RunningServer) -> None:
     assert r.status_code == 200
     [choice] = r.json()["choices"]  # sampled at temperature 1: any text of the model's
     assert choice["text"] and choice["finish_reason"] in {"length", "stop"}
+
+
+def test_the_config_example_is_a_valid_config(tmp_path: Path) -> None:
+    [text] = re.findall(r"```yaml\n(.*?)```", README, flags=re.S)
+    path = tmp_path / "lightgate.yaml"
+    path.write_text(text)
+    settings = load_settings(path)
+    assert [m.name for m in settings.models] == ["smollm2-135m", "synthetic"]
+    assert settings.metrics and settings.access_log and not settings.log_prompts
