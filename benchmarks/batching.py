@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import re
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ class Level:
     dropped: int = 0
     requests: int = 0
     reasons: list[str] = field(default_factory=list)  # why each dropped stream counts as dropped
+    retried: int = 0  # requests sent again after a stale kept-alive connection
 
     def drop(self, reason: str) -> None:
         self.dropped += 1
@@ -67,7 +69,19 @@ class Level:
             "itl_ms_p50": percentile(self.itl_ms, 50),
             "itl_ms_p99": percentile(self.itl_ms, 99),
             "drop_reasons": sorted(set(self.reasons)),
+            "retried": self.retried,
         }
+
+    def merge(self, other: Level) -> None:
+        """Pool another round's requests into this one (latencies, drops, counts)."""
+        self.tokens += other.tokens
+        self.wall_s += other.wall_s
+        self.ttft_ms += other.ttft_ms
+        self.itl_ms += other.itl_ms
+        self.dropped += other.dropped
+        self.requests += other.requests
+        self.reasons += other.reasons
+        self.retried += other.retried
 
 
 async def one_request(client: httpx.AsyncClient, model: str, index: int, tokens: int, level: Level, tag: str) -> None:
@@ -83,17 +97,28 @@ async def one_request(client: httpx.AsyncClient, model: str, index: int, tokens:
     }
     start = time.perf_counter()
     stamps: list[float] = []
-    try:
-        async with client.stream("POST", "/v1/completions", json=body) as r:
-            if r.status_code != 200:
-                level.drop(f"status {r.status_code}")
+    for attempt in range(2):
+        answered = False
+        try:
+            async with client.stream("POST", "/v1/completions", json=body) as r:
+                answered = True
+                if r.status_code != 200:
+                    level.drop(f"status {r.status_code}")
+                    return
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {") and _has_text(line):
+                        stamps.append(time.perf_counter())
+            break
+        except httpx.RemoteProtocolError as exc:
+            # A kept-alive connection the server had closed as we reused it: the request
+            # never reached it. Sent again once (the clock keeps running), as clients do.
+            if answered or attempt:
+                level.drop(f"{type(exc).__name__}: {exc}")
                 return
-            async for line in r.aiter_lines():
-                if line.startswith("data: {") and _has_text(line):
-                    stamps.append(time.perf_counter())
-    except httpx.HTTPError as exc:
-        level.drop(f"{type(exc).__name__}: {exc}")
-        return
+            level.retried += 1
+        except httpx.HTTPError as exc:
+            level.drop(f"{type(exc).__name__}: {exc}")
+            return
     if len(stamps) < tokens * 0.9:  # a few tokens may merge into one event; many missing is a drop
         level.drop(f"{len(stamps)} of {tokens} tokens")
         return
@@ -111,9 +136,13 @@ def _has_text(line: str) -> bool:
     return '"text":' in line and not _EMPTY_TEXT.search(line)
 
 
-async def run_level(base: str, model: str, concurrency: int, tokens: int, timeout: float, tag: str = "") -> Level:
+async def run_level(
+    base: str, model: str, concurrency: int, tokens: int, timeout: float, tag: str = "", requests: int = 0
+) -> Level:
+    """Closed loop: `concurrency` users send streaming completions back to back until
+    `requests` are done (default: 2 per user, at least 4)."""
     level = Level(concurrency)
-    total = max(2 * concurrency, 4)
+    total = requests or max(2 * concurrency, 4)
     counter = iter(range(total))
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=base, timeout=timeout, limits=limits) as client:
@@ -177,23 +206,37 @@ def main() -> None:
     )
     parser.add_argument("--servers", nargs="*", help="only these servers (default: every one configured)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="pass over the servers this many times, interleaved, and report the median round's tok/s "
+        "(the machine's speed drifts by several percent over minutes)",
+    )
     parser.add_argument("--out", default="bench-results/batching.json")
     args = parser.parse_args()
 
     slots = max(args.concurrency)
-    results: list[dict[str, Any]] = []
+    levels: dict[tuple[str, str, int], list[Level]] = {}
     for short in args.models:
         model_path = str(resolve(MODELS[short]))
-        for name, (cmd, port, ready, env) in servers(model_path, args.threads, slots, args, short).items():
-            if args.servers and name not in args.servers:
-                continue
-            with server(cmd, port, ready, env) as base, Progress(console=console) as progress:
-                task = progress.add_task(f"{short} on {name}", total=len(args.concurrency))
-                asyncio.run(run_level(base, "m", 1, 8, args.timeout, tag="warm-up "))
-                for c in args.concurrency:
-                    level = asyncio.run(run_level(base, "m", c, args.tokens, args.timeout))
-                    results.append({"model": short, "server": name, **level.row()})
-                    progress.advance(task)
+        chosen = {
+            name: how
+            for name, how in servers(model_path, args.threads, slots, args, short).items()
+            if not args.servers or name in args.servers
+        }
+        for round_ in range(args.rounds):
+            for name, (cmd, port, ready, env) in chosen.items():
+                with server(cmd, port, ready, env) as base, Progress(console=console) as progress:
+                    label = f"{short} on {name}" + (f", round {round_ + 1}/{args.rounds}" if args.rounds > 1 else "")
+                    task = progress.add_task(label, total=len(args.concurrency))
+                    asyncio.run(run_level(base, "m", 1, 8, args.timeout, tag=f"warm-up {round_} "))
+                    for c in args.concurrency:
+                        tag = f"r{round_} " if round_ else ""
+                        level = asyncio.run(run_level(base, "m", c, args.tokens, args.timeout, tag=tag))
+                        levels.setdefault((short, name, c), []).append(level)
+                        progress.advance(task)
+    results = [_summary(short, name, rounds) for (short, name, _), rounds in levels.items()]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print("\n| model | server | C | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | dropped |")
@@ -205,6 +248,21 @@ def main() -> None:
             f"{r['dropped']} of {r['requests']} |"
         )
     console.print(f"\nwrote {args.out}")
+
+
+def _summary(model: str, name: str, rounds: list[Level]) -> dict[str, Any]:
+    """The median round's throughput; latencies and drops pooled over every round."""
+    rates = [lv.tokens / lv.wall_s if lv.wall_s else 0.0 for lv in rounds]
+    pooled = Level(rounds[0].concurrency)
+    for lv in rounds:
+        pooled.merge(lv)
+    return {
+        "model": model,
+        "server": name,
+        **pooled.row(),
+        "output_tok_s": statistics.median(rates),
+        "output_tok_s_rounds": rates,
+    }
 
 
 if __name__ == "__main__":
