@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         "--model", help="serve this .gguf file on llama.cpp (named after the file) instead of the config's models"
     )
     serve.set_defaults(func=_serve)
+    bench = sub.add_parser("bench", help="load-test an OpenAI-compatible server").add_subparsers(
+        dest="bench_command", required=True
+    )
+    from loadtest.cli import add_parser as add_bench_run
+
+    add_bench_run(bench)
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code

@@ -4,16 +4,20 @@ the test process so tests can also look at the engine's state."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import uvicorn
+import yaml
 from fastapi import FastAPI
 
+from benchmarks.common import free_port, server
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.router import Router
@@ -69,3 +73,15 @@ def wait_until(predicate: object, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(predicate())
+
+
+@contextmanager
+def serve_process(models: list[dict[str, object]], tmp_dir: Path) -> Iterator[str]:
+    """Lightgate in its own process (`lightgate serve`), for tests that time it from
+    outside and must not share a GIL with it. Yields the base URL."""
+    config = tmp_dir / "lightgate.yaml"
+    config.write_text(yaml.safe_dump({"models": models, "access_log": False}))
+    port = free_port()
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)]
+    with server(cmd, port, "/ready") as base:
+        yield base

@@ -1,0 +1,155 @@
+"""The load tester measures itself: against the synthetic backend with a configured
+time to first token and inter-token delay (a gateway in its own process), the
+figures it reports match the configured ones at low and high concurrency; an open
+loop keeps its clock; a failing server stops a run on the error ratio; and
+`lightgate bench run` works end to end against the real SmolLM2 model."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.cli import main as lightgate
+from loadtest.client import RequestSpec
+from loadtest.prompts import fixed, wikitext
+from loadtest.shapes import ClosedLoop, OpenLoop, Stop, run
+from loadtest.stats import summarize
+from tests.conftest import SMOL
+from tests.metrics_util import delta, scrape
+from tests.server import RunningServer, serve_process
+
+TTFT_MS, ITL_MS = 50.0, 10.0
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    models: list[dict[str, object]] = [
+        {"name": "timed", "backend": "synthetic", "options": {"ttft_ms": TTFT_MS, "itl_ms": ITL_MS}},
+        {"name": "broken", "backend": "synthetic", "options": {"fail_after_tokens": 2}},
+    ]
+    with serve_process(models, tmp_path_factory.mktemp("loadtest")) as base:
+        yield base
+
+
+@pytest.mark.parametrize("users", [1, 32])
+def test_measured_latencies_match_the_configured_ones(synthetic: str, users: int) -> None:
+    spec = RequestSpec("timed", max_tokens=32)
+    # Users start spread over one request's duration (~360 ms), as Locust's spawn rate
+    # spreads them: 32 users in lockstep would measure the burst, not the tester.
+    shape = ClosedLoop(users, spawn_rate=users / 0.36)
+    requests = 4 * users + 4
+    before = scrape(synthetic)
+    result = asyncio.run(run(synthetic, spec, fixed("hello"), shape, Stop(requests=requests)))
+    after = scrape(synthetic)
+    s = summarize(result)
+    assert s.failed == 0 and s.requests == requests
+    assert s.ttft is not None and s.itl is not None and s.tpot is not None
+    # Tokens follow the configured spacing to within a millisecond.
+    assert s.itl.median * 1000 == pytest.approx(ITL_MS, abs=1.0), s.itl
+    assert s.tpot.median * 1000 == pytest.approx(ITL_MS, abs=1.0), s.tpot
+    # The first token: the configured delay plus what the gateway adds, which it times
+    # itself from a request's arrival; on top of that only loopback HTTP both ways and
+    # the tester's parsing (3-7 ms on this 2-core machine, which drifts).
+    count = delta(before, after, "lightgate_time_to_first_token_seconds_count", model="timed")
+    server_ttft = delta(before, after, "lightgate_time_to_first_token_seconds_sum", model="timed") / count
+    assert count == requests and server_ttft >= TTFT_MS / 1000
+    assert 0 <= (s.ttft.median - server_ttft) * 1000 <= 10, (s.ttft, server_ttft)
+    assert all(r.tokens == 32 and r.prompt_tokens == 5 for r in result.records)  # usage read back
+
+
+def test_chat_requests_are_timed_the_same_way(synthetic: str) -> None:
+    spec = RequestSpec("timed", api="chat", max_tokens=8)
+    before = scrape(synthetic)
+    s = summarize(asyncio.run(run(synthetic, spec, fixed("hi"), ClosedLoop(2), Stop(requests=8))))
+    after = scrape(synthetic)
+    assert s.failed == 0 and s.ttft is not None and s.itl is not None
+    count = delta(before, after, "lightgate_time_to_first_token_seconds_count", model="timed")
+    server_ttft = delta(before, after, "lightgate_time_to_first_token_seconds_sum", model="timed") / count
+    assert 0 <= (s.ttft.median - server_ttft) * 1000 <= 10, (s.ttft, server_ttft)
+    assert s.itl.median * 1000 == pytest.approx(ITL_MS, abs=1.0), s.itl
+
+
+def _bare_ttft(client: httpx.Client) -> float:
+    """Time to the first data line with the plainest client there is: the reference."""
+    body = {"model": "timed", "prompt": "hello", "max_tokens": 4, "stream": True}
+    start = time.perf_counter()
+    with client.stream("POST", "/v1/completions", json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                return time.perf_counter() - start
+    raise AssertionError("no data line")
+
+
+def test_the_tester_adds_nothing_over_a_bare_http_client(synthetic: str) -> None:
+    """Alternating with a bare httpx client on the same server, one request at a time,
+    the tester's TTFT is the bare client's to within a millisecond and a half."""
+    spec = RequestSpec("timed", max_tokens=4)
+    tester: list[float] = []
+    bare: list[float] = []
+    with httpx.Client(base_url=synthetic) as client:
+        _bare_ttft(client)  # open the connection
+        for _ in range(8):
+            result = asyncio.run(run(synthetic, spec, fixed("hello"), ClosedLoop(1), Stop(requests=2)))
+            second = result.records[1].ttft  # its connection already open, as the bare client's is
+            assert second is not None
+            tester.append(second)
+            bare.append(_bare_ttft(client))
+    assert abs(statistics.median(tester) - statistics.median(bare)) * 1000 <= 1.5, (tester, bare)
+
+
+def test_an_open_loop_keeps_its_own_clock(synthetic: str) -> None:
+    spec = RequestSpec("timed", max_tokens=16)  # each takes ~200 ms: many overlap at 50 req/s
+    shape = OpenLoop(rate=50.0, distribution="constant")
+    result = asyncio.run(run(synthetic, spec, fixed("tick"), shape, Stop(requests=40)))
+    starts = [r.start for r in result.records]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(result.records) == 40 and all(r.ok for r in result.records)
+    assert sum(gaps) / len(gaps) == pytest.approx(0.020, abs=0.002)
+    assert max(r.end for r in result.records[:10]) > starts[10]  # did not wait for earlier requests
+
+
+def test_a_failing_server_stops_the_run_on_its_error_ratio(synthetic: str) -> None:
+    spec = RequestSpec("broken", max_tokens=16)
+    result = asyncio.run(
+        run(synthetic, spec, fixed("x"), ClosedLoop(2), Stop(requests=200, max_error_ratio=0.5))
+    )  # fmt: skip
+    assert result.stopped_by == "error ratio above 0.5"
+    assert 10 <= len(result.records) < 20
+    assert all(not r.ok and r.error and "in-stream error" in r.error for r in result.records)
+
+
+def test_bench_run_end_to_end_on_the_real_model(gateway: RunningServer, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["bench", "run", "--base-url", gateway.base_url, "--model", SMOL, "--users", "2", "--requests", "4"]
+    args += ["--max-tokens", "12", "--wikitext-words", "24", "--slo", "ttft=10s,itl=5s", "--out", str(out)]
+    assert lightgate(args) == 0
+    run_json = json.loads((out / "run.json").read_text())
+    assert len(run_json["requests"]) == 4 and all(r["ok"] for r in run_json["requests"])
+    assert all(r["output_tokens"] == 12 for r in run_json["requests"])
+    summary = run_json["summary"]
+    assert summary["goodput"] == pytest.approx(summary["request_rate"])  # generous SLOs: every request met them
+    server = summary["server"]
+    smol = next(d for d in gateway.router.deployments if d.name == SMOL)
+    assert server["weight_bytes"] == smol.backend.stats().weight_bytes
+    assert server["server_generation_tokens"] >= 4 * 12  # the server counted at least what we received
+    with (out / "stats.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["Type"] for r in rows] == ["POST", "TTFT", "ITL", ""]
+    assert rows[0]["Request Count"] == "4" and rows[2]["Request Count"] == str(4 * 11)
+    assert "| output tokens/s |" in (out / "summary.md").read_text()
+
+
+def test_wikitext_prompts_are_passages_of_the_asked_length() -> None:
+    source = wikitext(40, seed=3, count=20)
+    lengths = {len(p.text.split()) for p in source.prompts}
+    assert lengths == {40} and len(source.prompts) == 20
+    assert source.get(0) == wikitext(40, seed=3, count=20).get(0)  # same seed, same requests
