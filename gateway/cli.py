@@ -57,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         dest="bench_command", required=True
     )
     from loadtest.cli import add_parser as add_bench_run
+    from loadtest.compare import add_parser as add_bench_compare
 
     add_bench_run(bench)
+    add_bench_compare(bench)
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code

@@ -13,6 +13,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from loadtest import html, plots
 from loadtest.client import RequestRecord
 from loadtest.shapes import RunResult
 from loadtest.stats import Distribution, Summary
@@ -113,8 +114,21 @@ def write_all(result: RunResult, summary: Summary, out: Path, title: str, config
         "summary": dataclasses.asdict(summary),
         "requests": [r.to_json() for r in records],
     }
-    paths = [out / "run.json", out / "stats.csv", out / "summary.md"]
+    paths = [out / "run.json", out / "stats.csv", out / "summary.md", out / "report.html"]
     paths[0].write_text(json.dumps(document, indent=1))
     locust_csv(result, paths[1], config.get("path", "request"))
     paths[2].write_text(markdown(summary, title))
+    paths[3].write_text(run_html(result, summary, title))
     return paths
+
+
+def run_html(result: RunResult, summary: Summary, title: str) -> str:
+    sections = [("Summary", html.table(None, rows(summary)))]
+    note = ""
+    try:
+        sections.append(("Latency distributions", html.figure(plots.latency_cdfs(result.records), "latency CDFs")))
+        if result.records:
+            sections.append(("Through the run", html.figure(plots.over_time(result.records), "throughput over time")))
+    except RuntimeError as exc:  # no matplotlib: the tables alone
+        note = str(exc)
+    return html.page(title, sections, note)

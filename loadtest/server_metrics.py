@@ -58,3 +58,19 @@ def server_figures(before: Samples | None, after: Samples | None) -> dict[str, f
     if drafted:
         figures["spec_acceptance_rate"] = figures.get("spec_accepted_tokens", 0.0) / drafted
     return figures
+
+
+def engine_of(client: httpx.Client, model: str) -> str | None:
+    """The backend a Lightgate gateway serves `model` on (its metrics' label)."""
+    try:
+        response = client.get("/metrics")
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    for family in text_string_to_metric_families(response.text):
+        if family.name == "lightgate_model_ready":
+            for sample in family.samples:
+                if sample.labels.get("model") == model:
+                    return sample.labels.get("backend")
+    return None

@@ -20,10 +20,11 @@ import pytest
 
 from gateway.cli import main as lightgate
 from loadtest.client import RequestSpec
+from loadtest.compare import Target
 from loadtest.prompts import fixed, wikitext
 from loadtest.shapes import ClosedLoop, OpenLoop, Stop, run
 from loadtest.stats import summarize
-from tests.conftest import SMOL
+from tests.conftest import FAST, SMOL
 from tests.metrics_util import delta, scrape
 from tests.server import RunningServer, serve_process
 
@@ -146,6 +147,7 @@ def test_bench_run_end_to_end_on_the_real_model(gateway: RunningServer, tmp_path
     assert [r["Type"] for r in rows] == ["POST", "TTFT", "ITL", ""]
     assert rows[0]["Request Count"] == "4" and rows[2]["Request Count"] == str(4 * 11)
     assert "| output tokens/s |" in (out / "summary.md").read_text()
+    assert (out / "report.html").read_text().count("<img") == 2  # latency CDFs, the run over time
 
 
 def test_wikitext_prompts_are_passages_of_the_asked_length() -> None:
@@ -153,3 +155,29 @@ def test_wikitext_prompts_are_passages_of_the_asked_length() -> None:
     lengths = {len(p.text.split()) for p in source.prompts}
     assert lengths == {40} and len(source.prompts) == 20
     assert source.get(0) == wikitext(40, seed=3, count=20).get(0)  # same seed, same requests
+
+
+def test_bench_compare_writes_a_table_in_the_shape_of_table_3(gateway: RunningServer, tmp_path: Path) -> None:
+    out = tmp_path / "compare"
+    args = ["bench", "compare", "--base-url", gateway.base_url, "--target", f"q4_1={SMOL}", "--target", FAST]
+    args += ["--concurrency", "2", "--requests", "4", "--single-requests", "2", "--max-tokens", "8"]
+    args += ["--wikitext-words", "16", "--out", str(out)]
+    assert lightgate(args) == 0
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["q4_1", FAST]
+    assert [r["engine"] for r in rows] == ["llamacpp", "synthetic"]
+    smol = next(d for d in gateway.router.deployments if d.name == SMOL)
+    assert rows[0]["weight_bytes"] == smol.backend.stats().weight_bytes
+    assert rows[0]["running_memory_bytes"] >= rows[0]["weight_bytes"]
+    assert all(r["single_tok_s"] > 0 and r["load_tok_s"] > 0 and r["failed"] == 0 for r in rows)
+    table = (out / "compare.md").read_text()
+    assert table.startswith(
+        "| variant | engine | weight memory | running memory | tok/s single stream | tok/s at C=2 |"
+    )
+    assert (out / "compare.html").read_text().count("<img") == 3  # tokens/s, TTFT, memory
+
+
+def test_target_syntax() -> None:
+    assert Target.parse("q4=smol@http://h:1", "http://d") == Target("q4", "smol", "http://h:1")
+    assert Target.parse("smol", "http://d") == Target("smol", "smol", "http://d")
+    assert Target.parse("smol@http://h:1/?a=b", "http://d") == Target("smol", "smol", "http://h:1/?a=b")
