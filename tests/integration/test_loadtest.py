@@ -11,6 +11,8 @@ import csv
 import itertools
 import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from tests.conftest import FAST, SMOL
 from tests.metrics_util import delta, scrape
 from tests.server import RunningServer, serve_process
 
+ROOT = Path(__file__).resolve().parents[2]
 TTFT_MS, ITL_MS = 50.0, 10.0
 
 
@@ -181,3 +184,20 @@ def test_target_syntax() -> None:
     assert Target.parse("q4=smol@http://h:1", "http://d") == Target("q4", "smol", "http://h:1")
     assert Target.parse("smol", "http://d") == Target("smol", "smol", "http://d")
     assert Target.parse("smol@http://h:1/?a=b", "http://d") == Target("smol", "smol", "http://h:1/?a=b")
+
+
+def test_the_locustfile_runs_headless_with_real_locust(gateway: RunningServer, tmp_path: Path) -> None:
+    locust = Path(sys.executable).with_name("locust")
+    final = tmp_path / "locust.json"
+    cmd = [str(locust), "-f", str(ROOT / "loadtest" / "locustfile.py"), "--host", gateway.base_url, "--headless"]
+    cmd += ["-u", "2", "-r", "2", "--run-time", "4s", "--json-file", str(tmp_path / "locust"), "--only-summary"]
+    cmd += ["--model", FAST, "--max-tokens", "8", "--wikitext-words", "16"]
+    run_ = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run_.returncode == 0, run_.stderr[-3000:]
+    stats = {(e["method"], e["name"]): e for e in json.loads(final.read_text())}
+    assert stats, run_.stderr[-3000:] + run_.stdout[-2000:]
+    post, ttft, tpot = (stats[(kind, "/v1/completions")] for kind in ("POST", "TTFT", "TPOT"))
+    assert post["num_requests"] >= 2 and post["num_failures"] == 0
+    assert ttft["num_requests"] == post["num_requests"] == tpot["num_requests"]
+    assert post["total_content_length"] == 8 * post["num_requests"]  # size = output tokens
+    assert 0 < ttft["total_response_time"] < post["total_response_time"]
