@@ -5,14 +5,18 @@ so two servers loaded with the same options get the same requests."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.client import Prompt
 
-# The repository's sibling `shared/data`, where the project keeps WikiText-2.
-WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
+# LIGHTGATE_WIKITEXT, else the repository's sibling `shared/data`, where the project keeps WikiText-2.
+WIKITEXT = Path(
+    os.environ.get("LIGHTGATE_WIKITEXT")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
+)
 
 
 @dataclass(slots=True)
@@ -36,7 +40,10 @@ def fixed(text: str) -> PromptSource:
 def wikitext(words: int, path: Path = WIKITEXT, seed: int = 0, count: int = 1000) -> PromptSource:
     """Passages of about `words` words, each starting at a paragraph of WikiText-2."""
     if not path.is_file():
-        raise FileNotFoundError(f"WikiText-2 not found at {path} (give its wiki.test.raw with --wikitext)")
+        raise FileNotFoundError(
+            f"WikiText-2 not found at {path}: give its wiki.test.raw with --wikitext (or LIGHTGATE_WIKITEXT), "
+            "or prompts with --jsonl or --prompt"
+        )
     # Paragraphs only: skip headings (" = Title = ") and blank lines.
     paragraphs = [p.strip() for p in path.read_text(encoding="utf-8").split("\n") if p.strip()]
     paragraphs = [p for p in paragraphs if not p.startswith("=")]

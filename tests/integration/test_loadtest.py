@@ -34,6 +34,28 @@ ROOT = Path(__file__).resolve().parents[2]
 TTFT_MS, ITL_MS = 50.0, 10.0
 
 
+# WikiText-2's layout (headings between " = " marks, one paragraph a line, tokens
+# spaced), written here so the tests do not depend on where ../shared/data lives.
+_SENTENCES = [
+    "Robert Boulter is an English film , television and theatre actor .",
+    "He had a guest starring role on the television series The Bill in 2000 .",
+    "This was followed by a starring role in the play Herons written by Simon Stephens .",
+    "It was performed in 2001 at the Royal Court Theatre .",
+    "He had a guest role in the television series Judge John Deed in 2002 .",
+    "In 2004 Boulter landed a role as Craig in the episode Teddy 's Story .",
+]
+
+
+@pytest.fixture(scope="module")
+def wiki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lines = []
+    for i in range(60):
+        lines += [f" = Section {i} = ", "", " " + " ".join(_SENTENCES[i % 6 :] + _SENTENCES[: i % 6]), ""]
+    path = tmp_path_factory.mktemp("wikitext") / "wiki.test.raw"
+    path.write_text("\n".join(lines))
+    return path
+
+
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     models: list[dict[str, object]] = [
@@ -131,10 +153,11 @@ def test_a_failing_server_stops_the_run_on_its_error_ratio(synthetic: str) -> No
     assert all(not r.ok and r.error and "in-stream error" in r.error for r in result.records)
 
 
-def test_bench_run_end_to_end_on_the_real_model(gateway: RunningServer, tmp_path: Path) -> None:
+def test_bench_run_end_to_end_on_the_real_model(gateway: RunningServer, tmp_path: Path, wiki: Path) -> None:
     out = tmp_path / "run"
     args = ["bench", "run", "--base-url", gateway.base_url, "--model", SMOL, "--users", "2", "--requests", "4"]
-    args += ["--max-tokens", "12", "--wikitext-words", "24", "--slo", "ttft=10s,itl=5s", "--out", str(out)]
+    args += ["--max-tokens", "12", "--wikitext", str(wiki), "--wikitext-words", "24"]
+    args += ["--slo", "ttft=10s,itl=5s", "--out", str(out)]
     assert lightgate(args) == 0
     run_json = json.loads((out / "run.json").read_text())
     assert len(run_json["requests"]) == 4 and all(r["ok"] for r in run_json["requests"])
@@ -153,18 +176,22 @@ def test_bench_run_end_to_end_on_the_real_model(gateway: RunningServer, tmp_path
     assert (out / "report.html").read_text().count("<img") == 2  # latency CDFs, the run over time
 
 
-def test_wikitext_prompts_are_passages_of_the_asked_length() -> None:
-    source = wikitext(40, seed=3, count=20)
+def test_wikitext_prompts_are_passages_of_the_asked_length(wiki: Path) -> None:
+    source = wikitext(40, wiki, seed=3, count=20)
     lengths = {len(p.text.split()) for p in source.prompts}
     assert lengths == {40} and len(source.prompts) == 20
-    assert source.get(0) == wikitext(40, seed=3, count=20).get(0)  # same seed, same requests
+    assert source.get(0) == wikitext(40, wiki, seed=3, count=20).get(0)  # same seed, same requests
+    assert all(p.text.split()[0][0].isupper() for p in source.prompts)  # each starts a sentence
+    assert not any("=" in p.text for p in source.prompts)  # headings left out
 
 
-def test_bench_compare_writes_a_table_in_the_shape_of_table_3(gateway: RunningServer, tmp_path: Path) -> None:
+def test_bench_compare_writes_a_table_in_the_shape_of_table_3(
+    gateway: RunningServer, tmp_path: Path, wiki: Path
+) -> None:
     out = tmp_path / "compare"
     args = ["bench", "compare", "--base-url", gateway.base_url, "--target", f"q4_1={SMOL}", "--target", FAST]
     args += ["--concurrency", "2", "--requests", "4", "--single-requests", "2", "--max-tokens", "8"]
-    args += ["--wikitext-words", "16", "--out", str(out)]
+    args += ["--wikitext", str(wiki), "--wikitext-words", "16", "--out", str(out)]
     assert lightgate(args) == 0
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["q4_1", FAST]
