@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     from loadtest.cli import add_parser as add_bench_run
     from loadtest.compare import add_parser as add_bench_compare
+    from loadtest.sweep import add_parser as add_bench_sweep
 
     add_bench_run(bench)
+    add_bench_sweep(bench)
     add_bench_compare(bench)
     args = parser.parse_args(argv)
     code: int = args.func(args)

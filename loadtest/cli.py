@@ -81,7 +81,7 @@ def _prompts(args: argparse.Namespace) -> prompt_sources.PromptSource:
     return prompt_sources.wikitext(args.wikitext_words, args.wikitext, args.seed)
 
 
-def _first_model(client: httpx.Client) -> str:
+def first_model(client: httpx.Client) -> str:
     models = client.get("/v1/models").json()["data"]
     if not models:
         raise SystemExit("the server lists no models; give --model")
@@ -94,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
         args.requests = 4 * (args.users if args.rate is None else max(1, round(args.rate)))
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     with httpx.Client(base_url=args.base_url, headers=headers, timeout=30) as client:
-        model = args.model or _first_model(client)
+        model = args.model or first_model(client)
         before = scrape(client, model)
     spec = RequestSpec(model, args.api, args.max_tokens, args.ignore_eos, args.temperature)
     shape, stop = _shape(args), Stop(args.duration, args.requests, args.max_error_ratio)

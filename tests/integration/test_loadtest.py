@@ -228,3 +228,19 @@ def test_the_locustfile_runs_headless_with_real_locust(gateway: RunningServer, t
     assert ttft["num_requests"] == post["num_requests"] == tpot["num_requests"]
     assert post["total_content_length"] == 8 * post["num_requests"]  # size = output tokens
     assert 0 < ttft["total_response_time"] < post["total_response_time"]
+
+
+def test_bench_sweep_goes_from_one_stream_to_saturation(synthetic: str, tmp_path: Path, wiki: Path) -> None:
+    out = tmp_path / "sweep"
+    args = ["bench", "sweep", "--base-url", synthetic, "--model", "timed", "--max-users", "8", "--rates", "2"]
+    args += ["--requests-per-level", "16", "--max-tokens", "8", "--wikitext", str(wiki), "--out", str(out)]
+    assert lightgate(args) == 0
+    levels = json.loads((out / "sweep.json").read_text())
+    assert levels[0]["level"] == "synchronous" and len(levels) == 4
+    done = [lv["summary"]["request_rate"] for lv in levels]
+    one_request_s = (TTFT_MS + 7 * ITL_MS) / 1000
+    assert done[0] == pytest.approx(1 / one_request_s, rel=0.15)  # one stream: one request at a time
+    assert done[-1] == pytest.approx(8 / one_request_s, rel=0.3)  # 8 users: 8 at a time
+    offered = [lv["offered"] for lv in levels[1:3]]
+    assert all(done[0] < rate < done[-1] for rate in offered)
+    assert (out / "sweep.html").read_text().count("<img") == 3
