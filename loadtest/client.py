@@ -1,6 +1,10 @@
 """One streaming request against any OpenAI-compatible server, timed from the client's
 side: when it was sent, when each content chunk arrived, what `usage` said, how
-it ended. Everything else in loadtest/ is built from these records."""
+it ended. Everything else in loadtest/ is built from these records.
+
+The HTTP client is aiohttp, as in vLLM's serving benchmark: its C parser costs a
+fraction of httpx's pure-Python h11 per event, and the client's own CPU is what
+caps a load generator on a small machine (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 
 Api = Literal["completions", "chat"]
 
@@ -115,24 +119,26 @@ class RequestRecord:
         return out
 
 
-async def send(client: httpx.AsyncClient, spec: RequestSpec, prompt: Prompt, index: int, t0: float) -> RequestRecord:
+async def send(
+    session: aiohttp.ClientSession, spec: RequestSpec, prompt: Prompt, index: int, t0: float
+) -> RequestRecord:
     """Send one streaming request and time it; never raises for what the server does."""
     record = RequestRecord(index=index, start=time.perf_counter() - t0)
     try:
-        async with client.stream("POST", spec.path, json=spec.body(prompt.text)) as response:
-            record.status = response.status_code
-            if response.status_code != 200:
-                body = (await response.aread()).decode(errors="replace")
-                record.error = f"HTTP {response.status_code}: {_error_message(body)}"
+        async with session.post(spec.path, json=spec.body(prompt.text)) as response:
+            record.status = response.status
+            if response.status != 200:
+                body = await response.text(errors="replace")
+                record.error = f"HTTP {response.status}: {_error_message(body)}"
                 return record
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
+            async for raw in response.content:  # one SSE line at a time
+                if not raw.startswith(b"data: ") or raw.startswith(b"data: [DONE]"):
                     continue
                 now = time.perf_counter() - t0
-                _read_event(json.loads(line[6:]), now, record)
-    except httpx.HTTPError as exc:
+                _read_event(json.loads(raw[6:]), now, record)
+    except (aiohttp.ClientError, TimeoutError) as exc:
         record.error = f"{type(exc).__name__}: {exc}"
-    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError) as exc:
         record.error = f"malformed stream: {exc!r}"
     finally:
         record.end = time.perf_counter() - t0

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-import httpx
+import aiohttp
 
 from loadtest.client import RequestRecord, RequestSpec, send
 from loadtest.prompts import PromptSource
@@ -124,13 +124,14 @@ async def run(
     timeout_s: float = 600.0,
 ) -> RunResult:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    width = shape.users if isinstance(shape, ClosedLoop) else (shape.max_concurrency or 1000)
-    limits = httpx.Limits(max_connections=width + 8, max_keepalive_connections=width + 8)
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout_s, limits=limits) as client:
-        state = _Run(stop, on_record)
+    state = _Run(stop, on_record)
+    # No connection limit: the load shape decides how many requests are in flight.
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(base_url, headers=headers, timeout=timeout, connector=connector) as session:
 
         async def one(index: int) -> None:
-            state.finished(await send(client, spec, prompts.get(index), index, state.t0))
+            state.finished(await send(session, spec, prompts.get(index), index, state.t0))
 
         if isinstance(shape, ClosedLoop):
             await _closed(shape, state, one)
