@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ from rich.progress import Progress
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.batching import run_level
-from benchmarks.common import free_port, lightgate_config, server
+from benchmarks.common import free_port, lightgate_config, print_table, save_json, server
 
 SETTINGS = {  # name -> environment of the gateway process
     "metrics on": {"LIGHTGATE_METRICS": "true", "LIGHTGATE_ACCESS_LOG": "true"},
@@ -91,17 +90,23 @@ def main() -> None:
         }
         for name in SETTINGS
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    save_json(args.out, results)
     shape = f"{args.concurrency} concurrent streams of {args.tokens} tokens"
-    print(f"\nsynthetic backend, {shape}, median of {args.rounds} rounds")
-    print("\n| gateway setting | output tok/s | vs metrics off | server CPU per token | vs metrics off |")
-    print("|---|---|---|---|---|")
-    for name, r in results.items():
-        print(
-            f"| {name} | {r['tok_s_median']:.0f} | {r['tok_s_vs_metrics_off']:.3f} | "
-            f"{r['cpu_us_per_token_median']:.1f} us | {r['cpu_vs_metrics_off']:.3f} |"
-        )
+    print(f"\nsynthetic backend, {shape}, median of {args.rounds} rounds\n")
+    header = ["gateway setting", "output tok/s", "vs metrics off", "server CPU per token", "vs metrics off"]
+    print_table(
+        header,
+        [
+            [
+                name,
+                f"{r['tok_s_median']:.0f}",
+                f"{r['tok_s_vs_metrics_off']:.3f}",
+                f"{r['cpu_us_per_token_median']:.1f} us",
+                f"{r['cpu_vs_metrics_off']:.3f}",
+            ]
+            for name, r in results.items()
+        ],
+    )
     console.print(f"\nwrote {args.out}")
 
 

@@ -1,0 +1,102 @@
+"""The load tester's own ceiling: how many streaming requests per second it sustains
+on this machine, and what each costs it in CPU, against Locust's FastHttpUser
+driving the same endpoint. The server is Lightgate on the synthetic backend with no
+delays, so the load generators, not the engine, set the pace. Each generator runs
+in its own process for the same time, one after the other, rounds interleaved;
+medians reported.
+
+    .venv/bin/python benchmarks/loadtest_ceiling.py [--users 16] [--seconds 15] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import free_port, lightgate_config, print_table, save_json, server
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def lightgate_tester(base: str, users: int, seconds: float, tokens: int) -> tuple[float, int, float]:
+    """(requests/s, requests, CPU seconds) of `lightgate bench run` in its own process."""
+    out = Path(tempfile.mkdtemp())
+    cmd = [str(BIN / "lightgate"), "bench", "run", "--base-url", base, "--model", "m", "--prompt", "hello"]
+    cmd += ["--users", str(users), "--duration", str(seconds), "--max-tokens", str(tokens), "--out", str(out)]
+    before = _children_cpu()
+    subprocess.run(cmd, check=True, capture_output=True)
+    cpu = _children_cpu() - before
+    summary = json.loads((out / "run.json").read_text())["summary"]
+    assert summary["failed"] == 0, summary["errors"]
+    return summary["request_rate"], summary["requests"], cpu
+
+
+def locust_fasthttp(base: str, users: int, seconds: float, tokens: int) -> tuple[float, int, float]:
+    out = Path(tempfile.mkdtemp()) / "locust"
+    cmd = [str(BIN / "locust"), "-f", str(ROOT / "benchmarks" / "peers" / "locust_fasthttp.py"), "--host", base]
+    cmd += ["--headless", "-u", str(users), "-r", str(users * 10), "--run-time", f"{seconds:g}s"]
+    cmd += ["--json-file", str(out), "--only-summary", "--stop-timeout", "5"]
+    env = {**os.environ, "CEILING_MODEL": "m", "CEILING_MAX_TOKENS": str(tokens)}
+    before = _children_cpu()
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    cpu = _children_cpu() - before
+    [stats] = [e for e in json.loads(out.with_suffix(".json").read_text()) if e["method"] == "POST"]
+    assert stats["num_failures"] == 0, stats
+    elapsed = stats["last_request_timestamp"] - stats["start_time"]
+    return stats["num_requests"] / elapsed, stats["num_requests"], cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default="bench-results/loadtest_ceiling.json")
+    args = parser.parse_args()
+    config = lightgate_config([{"name": "m", "backend": "synthetic", "max_queue": 1024}])
+    port = free_port()
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)]
+    tools = {"lightgate bench run": lightgate_tester, "Locust FastHttpUser": locust_fasthttp}
+    results: dict[str, list[tuple[float, int, float]]] = {name: [] for name in tools}
+    with server(cmd, port, "/ready", {"LIGHTGATE_ACCESS_LOG": "false"}) as base, Progress() as progress:
+        task = progress.add_task("generators", total=args.rounds * len(tools))
+        for _ in range(args.rounds):
+            for name, tool in tools.items():
+                results[name].append(tool(base, args.users, args.seconds, args.tokens))
+                progress.advance(task)
+    rows = {}
+    for name, runs in results.items():
+        rate = statistics.median(r for r, _, _ in runs)
+        cpu_ms = statistics.median(cpu / n * 1000 for _, n, cpu in runs)
+        rows[name] = {"requests_per_s": rate, "cpu_ms_per_request": cpu_ms, "runs": runs}
+    save_json(args.out, rows)
+    shape = f"{args.users} users, streaming, {args.tokens} tokens, {args.seconds:g} s per run"
+    print(f"\nsynthetic backend at zero delay; {shape}; median of {args.rounds} rounds\n")
+    print_table(
+        ["load generator", "requests/s sustained", "client CPU per request"],
+        [[name, f"{row['requests_per_s']:.0f}", f"{row['cpu_ms_per_request']:.2f} ms"] for name, row in rows.items()],
+    )
+    Console().print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
