@@ -174,6 +174,11 @@ def main(args: argparse.Namespace) -> int:
         f"{args.concurrency} users; {args.max_tokens} output tokens (ignore_eos), greedy, "
         f"WikiText-2 prompts of {args.wikitext_words} words"
     )
+    if len({t.base_url for t in targets}) < len(targets):
+        workload += (
+            ". Running memory is the serving process's peak: variants served by one process share it "
+            "(serve each from its own gateway for a figure per variant)"
+        )
     rows: list[Row] = []
     with Progress(console=console) as progress:
         task = progress.add_task("variants", total=len(targets))
