@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from gateway.api import chat, completions, metrics, models
+from gateway.api import chat, completions, metrics, models, tokenize
 from gateway.auth import GuardMiddleware
 from gateway.config import Settings
 from gateway.errors import install_handlers
@@ -55,7 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def _gone(_: Request, __: ClientDisconnected) -> Response:
         return Response(status_code=499)  # nobody is left to read it
 
-    for module in (completions, chat, models):
+    for module in (completions, chat, models, tokenize):
         app.include_router(module.router)
     if settings.metrics:
         app.include_router(metrics.router)

@@ -324,3 +324,26 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class TokenizeRequest(_Request):
+    """POST /tokenize (vLLM's extension): the model's token ids for a text, counted as
+    a completion's `usage.prompt_tokens` counts them (a BOS included, if the model has one)."""
+
+    model: str
+    prompt: str
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeRequest(_Request):
+    model: str
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str

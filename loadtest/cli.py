@@ -46,6 +46,12 @@ def add_parser(bench: Any) -> None:
     src.add_argument("--prompt", help="one fixed prompt for every request")
     src.add_argument("--jsonl", type=Path, help='prompts from a JSONL file ({"prompt": ...} per line)')
     src.add_argument("--wikitext-words", type=int, default=64, help="WikiText-2 passages of this many words")
+    src.add_argument(
+        "--prompt-tokens",
+        metavar="MEAN[,STDEV]",
+        help="prompts of this many of the model's tokens (normally distributed with STDEV), cut from "
+        "WikiText-2 through the server's /tokenize and /detokenize",
+    )
     req.add_argument("--wikitext", type=Path, default=prompt_sources.WIKITEXT, help="WikiText-2's wiki.test.raw")
     req.add_argument("--seed", type=int, default=0)
     load = p.add_argument_group("load (closed loop with --users, open loop with --rate)")
@@ -73,11 +79,17 @@ def _shape(args: argparse.Namespace) -> Shape:
     return ClosedLoop(args.users, args.spawn_rate, args.think_time)
 
 
-def _prompts(args: argparse.Namespace) -> prompt_sources.PromptSource:
+def _prompts(args: argparse.Namespace, client: httpx.Client, model: str) -> prompt_sources.PromptSource:
     if args.prompt is not None:
         return prompt_sources.fixed(args.prompt)
     if args.jsonl is not None:
         return prompt_sources.jsonl(args.jsonl)
+    if args.prompt_tokens is not None:
+        mean, _, stdev = args.prompt_tokens.partition(",")
+        count = min(args.requests or 1000, 1000)
+        lengths = prompt_sources.token_lengths(int(mean), float(stdev or 0), count, args.seed)
+        corpus = prompt_sources.wikitext(64, args.wikitext, args.seed)
+        return prompt_sources.of_token_lengths(client, model, lengths, corpus, args.seed)
     return prompt_sources.wikitext(args.wikitext_words, args.wikitext, args.seed)
 
 
@@ -95,11 +107,11 @@ def main(args: argparse.Namespace) -> int:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     with httpx.Client(base_url=args.base_url, headers=headers, timeout=30) as client:
         model = args.model or first_model(client)
+        source = _prompts(args, client, model)
         before = scrape(client, model)
     spec = RequestSpec(model, args.api, args.max_tokens, args.ignore_eos, args.temperature)
     shape, stop = _shape(args), Stop(args.duration, args.requests, args.max_error_ratio)
     slo = parse_slo(args.slo)
-    source = _prompts(args)
     title = f"{model} at {args.base_url}: {shape.describe()}"
 
     with Progress(

@@ -18,12 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from gateway.cli import main as lightgate
 from loadtest.client import RequestSpec
 from loadtest.compare import Target
-from loadtest.prompts import fixed, wikitext
+from loadtest.prompts import fixed, of_token_lengths, token_lengths, wikitext
 from loadtest.shapes import ClosedLoop, OpenLoop, Stop, run
 from loadtest.stats import summarize
 from tests.conftest import FAST, SMOL
@@ -156,12 +157,13 @@ def test_a_failing_server_stops_the_run_on_its_error_ratio(synthetic: str) -> No
 def test_bench_run_end_to_end_on_the_real_model(gateway: RunningServer, tmp_path: Path, wiki: Path) -> None:
     out = tmp_path / "run"
     args = ["bench", "run", "--base-url", gateway.base_url, "--model", SMOL, "--users", "2", "--requests", "4"]
-    args += ["--max-tokens", "12", "--wikitext", str(wiki), "--wikitext-words", "24"]
+    args += ["--max-tokens", "12", "--wikitext", str(wiki), "--prompt-tokens", "24,4"]
     args += ["--slo", "ttft=10s,itl=5s", "--out", str(out)]
     assert lightgate(args) == 0
     run_json = json.loads((out / "run.json").read_text())
     assert len(run_json["requests"]) == 4 and all(r["ok"] for r in run_json["requests"])
     assert all(r["output_tokens"] == 12 for r in run_json["requests"])
+    assert all(abs(r["prompt_tokens"] - 24) <= 13 for r in run_json["requests"])  # 24 tokens, stdev 4
     summary = run_json["summary"]
     assert summary["goodput"] == pytest.approx(summary["request_rate"])  # generous SLOs: every request met them
     server = summary["server"]
@@ -244,3 +246,33 @@ def test_bench_sweep_goes_from_one_stream_to_saturation(synthetic: str, tmp_path
     offered = [lv["offered"] for lv in levels[1:3]]
     assert all(done[0] < rate < done[-1] for rate in offered)
     assert (out / "sweep.html").read_text().count("<img") == 3
+
+
+def test_tokenize_and_detokenize_endpoints(gateway: RunningServer, client: openai.OpenAI) -> None:
+    text = "The capital of France is Paris."
+    r = httpx.post(gateway.base_url + "/tokenize", json={"model": SMOL, "prompt": text})
+    assert r.status_code == 200
+    tokens = r.json()["tokens"]
+    usage = client.completions.create(model=SMOL, prompt=text, max_tokens=1).usage
+    assert usage is not None and r.json()["count"] == len(tokens) == usage.prompt_tokens
+    assert r.json()["max_model_len"] == 512
+    back = httpx.post(gateway.base_url + "/detokenize", json={"model": SMOL, "tokens": tokens}).json()["prompt"]
+    assert back.strip() == text
+    bad = httpx.post(gateway.base_url + "/detokenize", json={"model": SMOL, "tokens": [10**9]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
+    assert httpx.post(gateway.base_url + "/tokenize", json={"model": "nope", "prompt": "x"}).status_code == 404
+
+
+def test_prompts_of_exact_token_lengths(gateway: RunningServer, wiki: Path) -> None:
+    lengths = token_lengths(40, 8, 12, seed=1)
+    assert len(set(lengths)) > 3
+    with httpx.Client(base_url=gateway.base_url) as http:
+        source = of_token_lengths(http, SMOL, lengths, wikitext(64, wiki), seed=1)
+    spec = RequestSpec(SMOL, max_tokens=1)
+    result = asyncio.run(run(gateway.base_url, spec, source, ClosedLoop(2), Stop(requests=len(lengths))))
+    seen = [r.prompt_tokens for r in result.records]
+    assert all(r.ok for r in result.records)
+    # The server's own count of each prompt; re-tokenizing a slice can merge across
+    # its edges, so a token either way is allowed, and most must be exact.
+    assert all(abs(s - n) <= 1 for s, n in zip(seen, lengths, strict=True) if s is not None), (seen, lengths)
+    assert sum(s == n for s, n in zip(seen, lengths, strict=True)) >= len(lengths) * 0.75, (seen, lengths)
