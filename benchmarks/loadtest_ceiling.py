@@ -1,9 +1,9 @@
 """The load tester's own ceiling: how many streaming requests per second it sustains
 on this machine, and what each costs it in CPU, against Locust's FastHttpUser
-driving the same endpoint. The server is Lightgate on the synthetic backend with no
-delays, so the load generators, not the engine, set the pace. Each generator runs
-in its own process for the same time, one after the other, rounds interleaved;
-medians reported.
+driving the same endpoint (reading lines only, and decoding events as a tester
+must). The server is Lightgate on the synthetic backend with no delays, so the
+load generators, not the engine, set the pace. Each generator runs in its own
+process for the same time, one after the other, rounds interleaved; medians.
 
     .venv/bin/python benchmarks/loadtest_ceiling.py [--users 16] [--seconds 15] [--rounds 3]
 """
@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -29,6 +30,9 @@ from benchmarks.common import free_port, lightgate_config, print_table, save_jso
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+Tool = Callable[[str, int, float, int], tuple[float, int, float]]  # (requests/s, requests, CPU seconds)
 
 
 def _children_cpu() -> float:
@@ -49,9 +53,17 @@ def lightgate_tester(base: str, users: int, seconds: float, tokens: int) -> tupl
     return summary["request_rate"], summary["requests"], cpu
 
 
-def locust_fasthttp(base: str, users: int, seconds: float, tokens: int) -> tuple[float, int, float]:
+def locust_fasthttp(user_class: str) -> Tool:
+    def measure(base: str, users: int, seconds: float, tokens: int) -> tuple[float, int, float]:
+        return _locust(user_class, base, users, seconds, tokens)
+
+    return measure
+
+
+def _locust(user_class: str, base: str, users: int, seconds: float, tokens: int) -> tuple[float, int, float]:
     out = Path(tempfile.mkdtemp()) / "locust"
-    cmd = [str(BIN / "locust"), "-f", str(ROOT / "benchmarks" / "peers" / "locust_fasthttp.py"), "--host", base]
+    cmd = [str(BIN / "locust"), "-f", str(ROOT / "benchmarks" / "peers" / "locust_fasthttp.py"), user_class]
+    cmd += ["--host", base]
     cmd += ["--headless", "-u", str(users), "-r", str(users * 10), "--run-time", f"{seconds:g}s"]
     cmd += ["--json-file", str(out), "--only-summary", "--stop-timeout", "5"]
     env = {**os.environ, "CEILING_MODEL": "m", "CEILING_MAX_TOKENS": str(tokens)}
@@ -75,7 +87,11 @@ def main() -> None:
     config = lightgate_config([{"name": "m", "backend": "synthetic", "max_queue": 1024}])
     port = free_port()
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)]
-    tools = {"lightgate bench run": lightgate_tester, "Locust FastHttpUser": locust_fasthttp}
+    tools: dict[str, Tool] = {
+        "lightgate bench run": lightgate_tester,
+        "Locust FastHttpUser, reading lines": locust_fasthttp("LinesUser"),
+        "Locust FastHttpUser, decoding events": locust_fasthttp("EventsUser"),
+    }
     results: dict[str, list[tuple[float, int, float]]] = {name: [] for name in tools}
     with server(cmd, port, "/ready", {"LIGHTGATE_ACCESS_LOG": "false"}) as base, Progress() as progress:
         task = progress.add_task("generators", total=args.rounds * len(tools))

@@ -8,7 +8,6 @@ the client, add the server's own figures, and write the results.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from loadtest import prompts as prompt_sources
 from loadtest.client import RequestRecord, RequestSpec
 from loadtest.report import print_summary, write_all
 from loadtest.server_metrics import scrape, server_figures
-from loadtest.shapes import ClosedLoop, OpenLoop, Shape, Stop, run
+from loadtest.shapes import ClosedLoop, OpenLoop, Shape, Stop, run, run_loop
 from loadtest.stats import parse_slo, summarize
 
 
@@ -126,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
             rate = tokens[0] / (time.perf_counter() - started)
             progress.update(task, advance=1, description=f"{title} [{rate:.0f} tok/s]")
 
-        result = asyncio.run(
+        result = run_loop(
             run(args.base_url, spec, source, shape, stop, on_record=on_record, api_key=args.api_key,
                 timeout_s=args.timeout)
         )  # fmt: skip

@@ -131,11 +131,15 @@ async def send(
                 body = await response.text(errors="replace")
                 record.error = f"HTTP {response.status}: {_error_message(body)}"
                 return record
-            async for raw in response.content:  # one SSE line at a time
-                if not raw.startswith(b"data: ") or raw.startswith(b"data: [DONE]"):
-                    continue
+            # Whatever arrived, split into lines here: one wake-up per network read
+            # instead of one per line costs the tester half its CPU per request.
+            pending = b""
+            async for data in response.content.iter_any():
                 now = time.perf_counter() - t0
-                _read_event(json.loads(raw[6:]), now, record)
+                *lines, pending = (pending + data).split(b"\n")
+                for line in lines:
+                    if line.startswith(b"data: {"):
+                        _read_event(json.loads(line[6:].decode()), now, record)
     except (aiohttp.ClientError, TimeoutError) as exc:
         record.error = f"{type(exc).__name__}: {exc}"
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError) as exc:

@@ -10,7 +10,6 @@ tokens/s at concurrency C, TTFT and ITL, perplexity.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from loadtest import html, plots
 from loadtest import prompts as prompt_sources
 from loadtest.client import RequestSpec
 from loadtest.server_metrics import engine_of, scrape, server_figures
-from loadtest.shapes import ClosedLoop, Stop, run
+from loadtest.shapes import ClosedLoop, Stop, run, run_loop
 from loadtest.stats import Summary, summarize
 
 
@@ -187,7 +186,7 @@ def main(args: argparse.Namespace) -> int:
             spec = RequestSpec(target.model, max_tokens=args.max_tokens)
             with httpx.Client(base_url=target.base_url, timeout=30) as client:
                 before = scrape(client, target.model)
-                single, load = asyncio.run(measure(target, spec, source, args))
+                single, load = run_loop(measure(target, spec, source, args))
                 load.server = server_figures(before, scrape(client, target.model))
                 engine = engine_of(client, target.model) or "-"
             rows.append(_row(target, engine, single, load))

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 
 from loadtest.client import RequestRecord, RequestSpec, send
 from loadtest.prompts import PromptSource
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True, frozen=True)
@@ -176,3 +178,13 @@ async def _open(shape: OpenLoop, state: _Run, one: Callable[[int], Awaitable[Non
         await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
     if tasks:
         await asyncio.gather(*tasks)
+
+
+def run_loop(work: Coroutine[Any, Any, T]) -> T:
+    """Run the load on uvloop where it exists: a faster event loop is more requests a
+    second from the same CPU, which is what caps a load generator on a small machine."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(work)
+    return uvloop.run(work)

@@ -9,7 +9,6 @@ between the two, so the curve shows where latency starts to climb.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 from dataclasses import asdict
@@ -25,7 +24,7 @@ from loadtest import html, plots
 from loadtest import prompts as prompt_sources
 from loadtest.cli import first_model
 from loadtest.client import RequestSpec
-from loadtest.shapes import ClosedLoop, OpenLoop, Shape, Stop, run
+from loadtest.shapes import ClosedLoop, OpenLoop, Shape, Stop, run, run_loop
 from loadtest.stats import Summary, summarize
 
 
@@ -96,7 +95,7 @@ def main(args: argparse.Namespace) -> int:
     source = prompt_sources.wikitext(args.wikitext_words, args.wikitext, args.seed)
     with Progress(console=console) as progress:
         task = progress.add_task(f"sweep of {model}", total=args.rates + 2)
-        levels = asyncio.run(sweep(args.base_url, spec, source, args, lambda name: progress.advance(task)))
+        levels = run_loop(sweep(args.base_url, spec, source, args, lambda name: progress.advance(task)))
     title = f"Sweep of {model} at {args.base_url}"
     table = Table(title=title)
     for h in HEADER:
