@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
+from compressed_models.schema import Manifest
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
 
@@ -18,17 +21,59 @@ class VariantNotFound(LookupError):
     pass
 
 
-def manifest(name: str) -> dict[str, Any]:
-    path = CATALOG_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in CATALOG_DIR.glob("*.yaml"))
-        raise VariantNotFound(f"no catalog entry {name!r}; known: {', '.join(known)}")
-    data: dict[str, Any] = yaml.safe_load(path.read_text())
-    return data
+def cache_root() -> Path:
+    return Path(os.environ.get("LIGHTGATE_CACHE", Path.home() / ".cache" / "lightgate"))
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LIGHTGATE_CACHE", Path.home() / ".cache" / "lightgate")) / "models"
+    return cache_root() / "models"
+
+
+def user_catalog_dir() -> Path:
+    """Variants built on this machine (`lightgate models build-gguf`) are listed here."""
+    return cache_root() / "catalog"
+
+
+def _manifest_files() -> dict[str, Path]:
+    files = {p.stem: p for p in sorted(CATALOG_DIR.glob("*.yaml"))}
+    for p in sorted(user_catalog_dir().glob("*.yaml")):
+        files.setdefault(p.stem, p)  # a packaged entry is never shadowed
+    return files
+
+
+def names() -> list[str]:
+    return sorted(_manifest_files())
+
+
+def manifest(name: str) -> dict[str, Any]:
+    """The variant's manifest, checked against the schema."""
+    path = _manifest_files().get(name)
+    if path is None:
+        raise VariantNotFound(f"no catalog entry {name!r}; known: {', '.join(names())}")
+    data: dict[str, Any] = yaml.safe_load(path.read_text())
+    try:
+        Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"{path}: not a valid manifest: {exc}") from exc
+    if data["name"] != name:
+        raise ValueError(f"{path}: the manifest is named {data['name']!r}, not {name!r}")
+    return data
+
+
+def verify(name: str) -> Path:
+    """The variant's file, its size and sha256 checked against the manifest."""
+    entry = manifest(name)
+    path = resolve(name)
+    if entry.get("size_bytes") is not None and path.stat().st_size != entry["size_bytes"]:
+        raise VariantNotFound(f"variant {name!r}: {path} has {path.stat().st_size} bytes, not {entry['size_bytes']}")
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    want = entry.get("sha256") or entry.get("sha256_prefix") or ""
+    if not digest.hexdigest().startswith(want):
+        raise VariantNotFound(f"variant {name!r}: {path} has sha256 {digest.hexdigest()}, not {want}")
+    return path
 
 
 def resolve(name: str) -> Path:

@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     add_bench_run(bench)
     add_bench_sweep(bench)
     add_bench_compare(bench)
+    from compressed_models.cli import add_parser as add_models
+
+    add_models(sub)
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code

@@ -28,15 +28,16 @@ def chunked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, byte
     catalog_dir = tmp_path / "catalog"
     catalog_dir.mkdir()
     chunks = "\n".join(f"    - {{package: lg_test_part{i}, resource: data/part0{i}.bin}}" for i in range(1, 4))
+    about = "base_model: test/tiny\nmethod: Q4_0\nformat: gguf\nengines: [llamacpp]\nlicence: MIT\n"
     (catalog_dir / "tiny.yaml").write_text(
-        f"name: tiny\nsource:\n  chunks:\n{chunks}\n  pip: [lg-test-part1==1]\n"
+        f"name: tiny\n{about}source:\n  chunks:\n{chunks}\n  pip: [lg-test-part1==1]\n"
         f"size_bytes: {len(whole)}\nsha256: {hashlib.sha256(whole).hexdigest()}\n"
     )
     (catalog_dir / "bad.yaml").write_text(
-        f"name: bad\nsource:\n  chunks:\n{chunks}\nsize_bytes: {len(whole)}\nsha256: {'0' * 64}\n"
+        f"name: bad\n{about}source:\n  chunks:\n{chunks}\nsize_bytes: {len(whole)}\nsha256: '{'0' * 64}'\n"
     )
     (catalog_dir / "absent.yaml").write_text(
-        "name: absent\nsource:\n  chunks:\n    - {package: lg_test_absent, resource: x.bin}\n"
+        f"name: absent\n{about}source:\n  chunks:\n    - {{package: lg_test_absent, resource: x.bin}}\n"
         "  pip: [lg-test-absent==1]\nsize_bytes: 1\nsha256: x\n"
     )
     monkeypatch.setattr(catalog, "CATALOG_DIR", catalog_dir)
@@ -73,3 +74,26 @@ def test_unknown_variants_and_missing_packages_are_named(chunked: tuple[Path, by
 def test_the_default_model_resolves_to_the_package_file() -> None:
     path = catalog.resolve("smollm2-135m-instruct-q4_1")
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size == 98_362_432
+
+
+def test_every_packaged_manifest_meets_the_schema() -> None:
+    for name in catalog.names():
+        entry = catalog.manifest(name)
+        assert entry["name"] == name and entry["licence"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"package": "p"},  # no resource
+        {"package": "p", "resource": "r", "path": "/x"},  # two kinds
+        {},  # none
+    ],
+)
+def test_a_source_is_exactly_one_kind(source: dict[str, object]) -> None:
+    from pydantic import ValidationError
+
+    from compressed_models.schema import Source
+
+    with pytest.raises(ValidationError):
+        Source.model_validate(source)

