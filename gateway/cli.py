@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     add_bench_sweep(bench)
     add_bench_compare(bench)
     from compressed_models.cli import add_parser as add_models
+    from compressed_models.eval_cli import add_parser as add_eval
 
     add_models(sub)
+    add_eval(sub)
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code

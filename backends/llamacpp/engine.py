@@ -135,6 +135,11 @@ class LlamaEngine:
     def bos_id(self) -> int:
         return int(llama_cpp.llama_vocab_bos(self.vocab))
 
+    @property
+    def add_bos(self) -> bool:
+        """Whether the model's tokenizer starts a text with BOS."""
+        return bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+
     def metadata(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(1 << 16)
         n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))

@@ -1,0 +1,63 @@
+"""`lightgate eval ppl VARIANT`: perplexity by llama.cpp's protocol on WikiText-2's test
+text, from the engine's logits or through a server (`--base-url`, `--model`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+
+from compressed_models import catalog, perplexity
+from loadtest.prompts import WIKITEXT
+
+
+def add_parser(sub: Any) -> None:
+    ev = sub.add_parser("eval", help="evaluate compressed variants").add_subparsers(dest="eval_command", required=True)
+    p = ev.add_parser("ppl", help="perplexity by llama.cpp's protocol (n_ctx chunks, second halves scored)")
+    p.add_argument("variant", help="a catalog variant (GGUF), or a label when --base-url is given")
+    p.add_argument("--text", type=Path, default=WIKITEXT, help="the text (default: WikiText-2 test)")
+    p.add_argument("--ctx", type=int, default=512, help="chunk length in tokens")
+    p.add_argument("--max-chunks", type=int, help="score only the first chunks (quick runs)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--base-url", help="score through this OpenAI-compatible server instead of the engine")
+    p.add_argument("--model", help="the server's model name (with --base-url)")
+    p.add_argument("--out", type=Path, help="results JSON (default: bench-results/ppl-<variant>.json)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    console = Console()
+    text = args.text.read_text(encoding="utf-8")
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"perplexity of {args.variant}", total=None)
+
+        def step(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        started = time.perf_counter()
+        if args.base_url:
+            result = perplexity.with_server(
+                args.base_url, args.model or args.variant, text, args.ctx, args.max_chunks, step
+            )
+            where = args.base_url
+        else:
+            path = str(catalog.resolve(args.variant))
+            result = perplexity.with_engine(path, text, args.ctx, args.max_chunks, args.threads, step)
+            where = path
+    seconds = time.perf_counter() - started
+    console.print(
+        f"{args.variant}: perplexity {result.ppl:.4f} over {result.tokens_scored} tokens "
+        f"({result.chunks} chunks of {result.n_ctx}), {seconds:.0f} s"
+    )
+    out = args.out or Path("bench-results") / f"ppl-{args.variant}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"variant": args.variant, "where": where, "text": str(args.text), "ppl": result.ppl, "seconds": seconds}
+    record.update(protocol=result.protocol, n_ctx=result.n_ctx, chunks=result.chunks, tokens=result.tokens_scored)
+    out.write_text(json.dumps(record, indent=2))
+    console.print(f"wrote {out}")
+    return 0

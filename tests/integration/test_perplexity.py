@@ -1,0 +1,84 @@
+"""Perplexity by llama.cpp's protocol, three ways that must agree: our engine's
+logits, an independent computation with llama-cpp-python's high-level `Llama`
+(logits for every position), and a live gateway's echoed prompt logprobs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backends.logprobs import log_softmax
+from compressed_models import perplexity
+from compressed_models.catalog import resolve
+from gateway.cli import main as lightgate
+from tests.conftest import SMOL
+from tests.server import RunningServer
+
+CTX = 128
+TEXT = " ".join(
+    [
+        "Robert Boulter is an English film , television and theatre actor .",
+        "He had a guest starring role on the television series The Bill in 2000 .",
+        "This was followed by a starring role in the play Herons written by Simon Stephens ,",
+        "which was performed in 2001 at the Royal Court Theatre .",
+        "He had a guest role in the television series Judge John Deed in 2002 .",
+        "In 2004 Boulter landed a role as Craig in the episode Teddy 's Story of The Long Firm ;",
+        "he starred alongside actors Mark Strong and Derek Jacobi .",
+    ]
+    * 4
+)
+
+
+@pytest.fixture(scope="module")
+def ours() -> perplexity.Perplexity:
+    return perplexity.with_engine(str(resolve("smollm2-135m-instruct-q4_1")), TEXT, CTX, max_chunks=2)
+
+
+def independent() -> float:
+    """The same protocol over llama-cpp-python's high-level API, with flash attention
+    on as llama.cpp's default is on a CPU (it moves logits by up to ~0.5 nats)."""
+    from llama_cpp import Llama
+
+    llm = Llama(str(resolve("smollm2-135m-instruct-q4_1")), n_ctx=CTX, logits_all=True, flash_attn=True, verbose=False)
+    tokens = llm.tokenize(TEXT.encode(), add_bos=True)
+    add_bos = llm.tokenize(b"", add_bos=True) != []
+    nll, count = 0.0, 0
+    for i in range(2):
+        chunk = tokens[i * CTX : (i + 1) * CTX]
+        if add_bos:
+            chunk[0] = llm.token_bos()
+        llm.reset()  # type: ignore[no-untyped-call]
+        llm.eval(chunk)
+        scores = np.asarray(llm.scores[:CTX])
+        for j in range(CTX // 2, CTX - 1):
+            nll -= float(log_softmax(scores[j])[chunk[j + 1]])
+            count += 1
+    return math.exp(nll / count)
+
+
+def test_the_protocol_scores_second_halves(ours: perplexity.Perplexity) -> None:
+    assert ours.chunks == 2 and ours.tokens_scored == 2 * (CTX - CTX // 2 - 1)
+    assert 1 < ours.ppl < 1000
+
+
+def test_engine_perplexity_matches_an_independent_computation(ours: perplexity.Perplexity) -> None:
+    assert ours.ppl == pytest.approx(independent(), rel=1e-3)
+
+
+def test_through_the_gateway_it_is_the_same(ours: perplexity.Perplexity, gateway: RunningServer) -> None:
+    served = perplexity.with_server(gateway.base_url, SMOL, TEXT, CTX, max_chunks=2)
+    assert served.tokens_scored == ours.tokens_scored
+    assert served.ppl == pytest.approx(ours.ppl, rel=1e-3)
+
+
+def test_eval_ppl_command(tmp_path: Path) -> None:
+    text, out = tmp_path / "text.raw", tmp_path / "ppl.json"
+    text.write_text(TEXT)
+    args = ["eval", "ppl", "smollm2-135m-instruct-q4_1", "--text", str(text), "--ctx", str(CTX)]
+    assert lightgate([*args, "--max-chunks", "1", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["chunks"] == 1 and record["tokens"] == CTX - CTX // 2 - 1 and record["ppl"] > 1
