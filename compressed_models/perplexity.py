@@ -8,6 +8,7 @@ OpenAI-compatible server's echoed prompt logprobs, the same way."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -53,8 +54,6 @@ def with_engine(
     step: Callable[[int, int], None] | None = None,
 ) -> Perplexity:
     """From the engine's own logits, one chunk per decode. step(done, total) reports progress."""
-    import os
-
     n_threads = threads or len(os.sched_getaffinity(0))
     engine = LlamaEngine(EngineConfig(path, n_ctx, n_ctx, 1, n_threads, n_threads, 0, True, None, False))
     try:

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+import httpx
+
 from gateway.config import ModelConfig, load_settings
 
 
@@ -69,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     add_models(sub)
     add_eval(sub)
     args = parser.parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except (OSError, ValueError, LookupError, RuntimeError, httpx.HTTPError) as exc:
+        # A missing file, an unreachable server, a bad option value: one line, not a trace.
+        print(f"lightgate: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

@@ -5,6 +5,7 @@ speculative acceptance). A server without /metrics simply adds nothing."""
 from __future__ import annotations
 
 import httpx
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[str, float]  # series name -> value, summed over the model's series
@@ -24,16 +25,24 @@ COUNTERS = {
 }
 
 
-def scrape(client: httpx.Client, model: str) -> Samples | None:
-    """The samples of `model` (series with that model label, or no model label)."""
+def _families(client: httpx.Client) -> list[Metric] | None:
+    """The server's /metrics, parsed; None when it has none (or is not a Prometheus target)."""
     try:
         response = client.get("/metrics")
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
         return None
+    return list(text_string_to_metric_families(response.text))
+
+
+def scrape(client: httpx.Client, model: str) -> Samples | None:
+    """The samples of `model` (series with that model label, or no model label)."""
+    families = _families(client)
+    if families is None:
+        return None
     out: Samples = {}
-    for family in text_string_to_metric_families(response.text):
+    for family in families:
         for s in family.samples:
             name = s.labels.get("model_name", s.labels.get("model"))
             if name in (None, model):
@@ -62,13 +71,7 @@ def server_figures(before: Samples | None, after: Samples | None) -> dict[str, f
 
 def engine_of(client: httpx.Client, model: str) -> str | None:
     """The backend a Lightgate gateway serves `model` on (its metrics' label)."""
-    try:
-        response = client.get("/metrics")
-    except httpx.HTTPError:
-        return None
-    if response.status_code != 200:
-        return None
-    for family in text_string_to_metric_families(response.text):
+    for family in _families(client) or []:
         if family.name == "lightgate_model_ready":
             for sample in family.samples:
                 if sample.labels.get("model") == model:

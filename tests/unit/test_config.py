@@ -57,3 +57,19 @@ def test_serve_refuses_unknown_backend_options(tmp_path: Path, capsys: pytest.Ca
     config.write_text("models:\n  - name: s\n    backend: synthetic\n    options: {warp_speed: 9}\n")
     assert main(["serve", "--config", str(config)]) == 2
     assert "unknown synthetic options ['warp_speed']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["eval", "ppl", "smollm2-135m-instruct-q4_1", "--text", "/no/such/text"], "No such file"),
+        (["models", "show", "no-such-variant"], "no catalog entry 'no-such-variant'"),
+        (["bench", "run", "--base-url", "http://127.0.0.1:1"], "connect"),  # no --model: /v1/models unreachable
+    ],
+)
+def test_other_commands_fail_in_one_line(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lightgate: ") and says.lower() in err.lower() and "Traceback" not in err
