@@ -2,19 +2,18 @@
 side: when it was sent, when each content chunk arrived, what `usage` said, how
 it ended. Everything else in loadtest/ is built from these records.
 
-The HTTP client is aiohttp, as in vLLM's serving benchmark: its C parser costs a
-fraction of httpx's pure-Python h11 per event, and the client's own CPU is what
-caps a load generator on a small machine (docs/benchmarks.md)."""
+The HTTP client is loadtest/http.py's: the client's own CPU is what caps a load
+generator on a small machine, and that module says how it keeps it low."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import aiohttp
+from loadtest.http import Client, HttpError
 
 Api = Literal["completions", "chat"]
 
@@ -114,41 +113,48 @@ class RequestRecord:
         return (self.chunk_times[-1] - self.chunk_times[0]) / (self.tokens - 1)
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        # By hand, not dataclasses.asdict: that deep-copies every chunk time, and a run's
+        # report writes a hundred thousand of these.
+        out = {name: getattr(self, name) for name in self.__slots__}
         out.update(ttft=self.ttft, e2e=self.e2e, tpot=self.tpot, ok=self.ok)
         return out
 
 
-async def send(
-    session: aiohttp.ClientSession, spec: RequestSpec, prompt: Prompt, index: int, t0: float
-) -> RequestRecord:
+async def send(client: Client, spec: RequestSpec, prompt: Prompt, index: int, t0: float) -> RequestRecord:
     """Send one streaming request and time it; never raises for what the server does."""
     record = RequestRecord(index=index, start=time.perf_counter() - t0)
+    events = _EventReader(record, t0)
     try:
-        async with session.post(spec.path, json=spec.body(prompt.text)) as response:
-            record.status = response.status
-            if response.status != 200:
-                body = await response.text(errors="replace")
-                record.error = f"HTTP {response.status}: {_error_message(body)}"
-                return record
-            # Whatever arrived, split into lines here: one wake-up per network read
-            # instead of one per line costs the tester half its CPU per request.
-            pending = b""
-            async for data in response.content.iter_any():
-                now = time.perf_counter() - t0
-                *lines, pending = (pending + data).split(b"\n")
-                for line in lines:
-                    if line.startswith(b"data: {"):
-                        _read_event(json.loads(line[6:].decode()), now, record)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        record.status, body = await client.post(spec.path, json.dumps(spec.body(prompt.text)).encode(), events.feed)
+        if record.status != 200:
+            record.error = f"HTTP {record.status}: {_error_message(body.decode(errors='replace'))}"
+    except (HttpError, TimeoutError) as exc:
         record.error = f"{type(exc).__name__}: {exc}"
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError) as exc:
-        record.error = f"malformed stream: {exc!r}"
     finally:
         record.end = time.perf_counter() - t0
     if record.error is None and not record.chunk_times:
         record.error = "the stream carried no text"
     return record
+
+
+class _EventReader:
+    """Splits a stream's body into SSE lines as the bytes arrive and reads each event."""
+
+    __slots__ = ("pending", "record", "t0")
+
+    def __init__(self, record: RequestRecord, t0: float) -> None:
+        self.record, self.t0, self.pending = record, t0, b""
+
+    def feed(self, data: bytes, arrived: float) -> None:
+        if self.record.error is not None:
+            return  # a malformed stream is read to its end and ignored, so the connection stays usable
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        try:
+            for line in lines:
+                if line.startswith(b"data: {"):
+                    _read_event(json.loads(line[6:]), arrived - self.t0, self.record)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            self.record.error = f"malformed stream: {exc!r}"
 
 
 def _read_event(event: dict[str, Any], now: float, record: RequestRecord) -> None:

@@ -115,7 +115,8 @@ def write_all(result: RunResult, summary: Summary, out: Path, title: str, config
         "requests": [r.to_json() for r in records],
     }
     paths = [out / "run.json", out / "stats.csv", out / "summary.md", out / "report.html"]
-    paths[0].write_text(json.dumps(document, indent=1))
+    # Compact: json's C encoder does not indent, and a run can hold a hundred thousand requests.
+    paths[0].write_text(json.dumps(document))
     locust_csv(result, paths[1], config.get("path", "request"))
     paths[2].write_text(markdown(summary, title))
     paths[3].write_text(run_html(result, summary, title))

@@ -33,7 +33,10 @@ def _families(client: httpx.Client) -> list[Metric] | None:
         return None
     if response.status_code != 200:
         return None
-    return list(text_string_to_metric_families(response.text))
+    try:
+        return list(text_string_to_metric_families(response.text))
+    except ValueError:  # a server that answers /metrics with something else (an SPA, a catch-all route)
+        return None
 
 
 def scrape(client: httpx.Client, model: str) -> Samples | None:

@@ -14,9 +14,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-import aiohttp
-
 from loadtest.client import RequestRecord, RequestSpec, send
+from loadtest.http import Client
 from loadtest.prompts import PromptSource
 
 T = TypeVar("T")
@@ -128,17 +127,18 @@ async def run(
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     state = _Run(stop, on_record)
     # No connection limit: the load shape decides how many requests are in flight.
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(base_url, headers=headers, timeout=timeout, connector=connector) as session:
+    client = Client(base_url, headers, timeout_s)
 
-        async def one(index: int) -> None:
-            state.finished(await send(session, spec, prompts.get(index), index, state.t0))
+    async def one(index: int) -> None:
+        state.finished(await send(client, spec, prompts.get(index), index, state.t0))
 
+    try:
         if isinstance(shape, ClosedLoop):
             await _closed(shape, state, one)
         else:
             await _open(shape, state, one)
+    finally:
+        client.close()
     records = sorted(state.result_records, key=lambda r: r.index)
     first = min((r.start for r in records), default=0.0)
     last = max((r.end for r in records), default=0.0)

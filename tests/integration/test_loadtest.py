@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import httpx
 import openai
 import pytest
@@ -25,6 +24,7 @@ import pytest
 from gateway.cli import main as lightgate
 from loadtest.client import RequestSpec
 from loadtest.compare import Target
+from loadtest.http import Client
 from loadtest.prompts import fixed, of_token_lengths, token_lengths, wikitext
 from loadtest.shapes import ClosedLoop, OpenLoop, Stop, run
 from loadtest.stats import summarize
@@ -108,24 +108,27 @@ def test_chat_requests_are_timed_the_same_way(synthetic: str) -> None:
 
 async def _bare_ttfts(base: str, count: int) -> list[float]:
     """Time to the first data line with the plainest client on the tester's own HTTP
-    library (aiohttp): the reference, so the difference is the tester's own work."""
-    body = {"model": "timed", "prompt": "hello", "max_tokens": 4, "stream": True}
+    client (loadtest/http.py): the reference, so the difference is the tester's own work."""
+    body = json.dumps({"model": "timed", "prompt": "hello", "max_tokens": 4, "stream": True}).encode()
     out: list[float] = []
-    async with aiohttp.ClientSession(base) as session:
-        for i in range(count + 1):  # the first opens the connection and is not kept
-            start = time.perf_counter()
-            async with session.post("/v1/completions", json=body) as response:
-                async for line in response.content:
-                    if line.startswith(b"data: {"):
-                        if i:
-                            out.append(time.perf_counter() - start)
-                        break
-                await response.read()
+    client = Client(base)
+    for i in range(count + 1):  # the first opens the connection and is not kept
+        first: list[float] = []
+
+        def on_chunk(data: bytes, arrived: float, first: list[float] = first) -> None:
+            if not first and b"data: {" in data:
+                first.append(arrived)
+
+        start = time.perf_counter()
+        assert (await client.post("/v1/completions", body, on_chunk))[0] == 200
+        if i:
+            out.append(first[0] - start)
+    client.close()
     return out
 
 
 def test_the_tester_adds_nothing_over_a_bare_http_client(synthetic: str) -> None:
-    """Alternating with a bare aiohttp client on the same server, one request at a
+    """Alternating with a bare client on the same server, one request at a
     time, the tester's TTFT is the bare client's to within a millisecond and a half."""
     spec = RequestSpec("timed", max_tokens=4)
     tester: list[float] = []
