@@ -13,15 +13,16 @@ from typing import Any
 
 from locust import FastHttpUser, task
 
+from loadtest.client import RequestSpec
+
 
 def _body() -> dict[str, Any]:
-    return {
-        "model": os.environ.get("CEILING_MODEL", "m"),
-        "prompt": "hello",
-        "max_tokens": int(os.environ.get("CEILING_MAX_TOKENS", "16")),
-        "stream": True,
-        "ignore_eos": True,
-    }
+    # The very body the Lightgate tester sends (usage in the stream included), so
+    # the server does the same work for every generator.
+    spec = RequestSpec(
+        model=os.environ.get("CEILING_MODEL", "m"), max_tokens=int(os.environ.get("CEILING_MAX_TOKENS", "16"))
+    )
+    return spec.body("hello")
 
 
 class LinesUser(FastHttpUser):
