@@ -1,5 +1,6 @@
-"""`lightgate eval ppl VARIANT`: perplexity by llama.cpp's protocol on WikiText-2's test
-text, from the engine's logits or through a server (`--base-url`, `--model`)."""
+"""`lightgate eval ppl VARIANT`: perplexity by llama.cpp's or GPTQ's protocol on
+WikiText-2's test text, from the engine's logits or through a server (`--base-url`,
+`--model`). The result is kept for `lightgate bench compare` (compressed_models/results.py)."""
 
 from __future__ import annotations
 
@@ -12,27 +13,35 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
-from compressed_models import catalog, perplexity
+from compressed_models import catalog, perplexity, results
 from loadtest.prompts import WIKITEXT
 
 
 def add_parser(sub: Any) -> None:
     ev = sub.add_parser("eval", help="evaluate compressed variants").add_subparsers(dest="eval_command", required=True)
-    p = ev.add_parser("ppl", help="perplexity by llama.cpp's protocol (n_ctx chunks, second halves scored)")
+    p = ev.add_parser("ppl", help="perplexity on WikiText-2 by llama.cpp's or GPTQ's protocol")
     p.add_argument("variant", help="a catalog variant (GGUF), or a label when --base-url is given")
     p.add_argument("--text", type=Path, default=WIKITEXT, help="the text (default: WikiText-2 test)")
-    p.add_argument("--ctx", type=int, default=512, help="chunk length in tokens")
+    p.add_argument(
+        "--protocol",
+        choices=["llamacpp", "gptq"],
+        default="llamacpp",
+        help="llamacpp: 512-token chunks, BOS each, second halves scored; gptq: rows joined by blank lines, "
+        "2048-token windows, every token scored",
+    )
+    p.add_argument("--ctx", type=int, help="chunk length in tokens (default: 512 for llamacpp, 2048 for gptq)")
     p.add_argument("--max-chunks", type=int, help="score only the first chunks (quick runs)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--base-url", help="score through this OpenAI-compatible server instead of the engine")
     p.add_argument("--model", help="the server's model name (with --base-url)")
-    p.add_argument("--out", type=Path, help="results JSON (default: bench-results/ppl-<variant>.json)")
+    p.add_argument("--out", type=Path, help="results JSON (default: bench-results/ppl-<variant>-<protocol>.json)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     console = Console()
     text = args.text.read_text(encoding="utf-8")
+    protocol = perplexity.Protocol.of(args.protocol, args.ctx)
     with Progress(console=console) as progress:
         task = progress.add_task(f"perplexity of {args.variant}", total=None)
 
@@ -42,22 +51,23 @@ def main(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         if args.base_url:
             result = perplexity.with_server(
-                args.base_url, args.model or args.variant, text, args.ctx, args.max_chunks, step
+                args.base_url, args.model or args.variant, text, protocol, args.max_chunks, step
             )
             where = args.base_url
         else:
             path = str(catalog.resolve(args.variant))
-            result = perplexity.with_engine(path, text, args.ctx, args.max_chunks, args.threads, step)
+            result = perplexity.with_engine(path, text, protocol, args.max_chunks, args.threads, step)
             where = path
     seconds = time.perf_counter() - started
     console.print(
         f"{args.variant}: perplexity {result.ppl:.4f} over {result.tokens_scored} tokens "
         f"({result.chunks} chunks of {result.n_ctx}), {seconds:.0f} s"
     )
-    out = args.out or Path("bench-results") / f"ppl-{args.variant}.json"
+    out = args.out or Path("bench-results") / f"ppl-{args.variant}-{protocol.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"variant": args.variant, "where": where, "text": str(args.text), "ppl": result.ppl, "seconds": seconds}
     record.update(protocol=result.protocol, n_ctx=result.n_ctx, chunks=result.chunks, tokens=result.tokens_scored)
     out.write_text(json.dumps(record, indent=2))
-    console.print(f"wrote {out}")
+    kept = results.save(args.variant, record)
+    console.print(f"wrote {out} (kept for bench compare in {kept})")
     return 0

@@ -1,9 +1,18 @@
-"""Perplexity by llama.cpp's protocol (tools/perplexity): the text tokenized whole
-(with the model's BOS), cut into chunks of n_ctx tokens, each chunk's first token
-set to BOS when the model uses one, and only the second half of each chunk scored
-(every position from n_ctx/2 predicts the next token), so each scored token has at
-least n_ctx/2 tokens of context. Computed from the engine's logits, or from any
-OpenAI-compatible server's echoed prompt logprobs, the same way."""
+"""Perplexity by the two protocols the survey's sources use, computed from the
+engine's logits or from any OpenAI-compatible server's echoed prompt logprobs,
+the same way.
+
+- `llamacpp` (llama.cpp's tools/perplexity): the text tokenized whole (with the
+  model's BOS), cut into chunks of n_ctx tokens (512 by default), each chunk's
+  first token set to BOS when the model uses one, and only the second half of each
+  chunk scored, so each scored token has at least n_ctx/2 tokens of context.
+- `gptq` (GPTQ's datautils, which AWQ and most quantization papers reuse): the test
+  split's rows joined with "\n\n" and tokenized once, cut into windows of 2048
+  tokens (a shorter tail is dropped), every token after a window's first scored
+  given the window before it, no BOS per window.
+
+The same text scores lower under `llamacpp`: its tokens all have half a chunk of
+context, while `gptq`'s early window positions have little."""
 
 from __future__ import annotations
 
@@ -11,13 +20,53 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import numpy as np
 
 from backends.llamacpp.engine import EngineConfig, LlamaEngine
 from backends.logprobs import log_softmax
+
+ProtocolName = Literal["llamacpp", "gptq"]
+DEFAULT_CTX: dict[str, int] = {"llamacpp": 512, "gptq": 2048}
+
+
+@dataclass(slots=True, frozen=True)
+class Protocol:
+    name: ProtocolName
+    n_ctx: int
+
+    @classmethod
+    def of(cls, name: ProtocolName, n_ctx: int | None = None) -> Protocol:
+        return cls(name, n_ctx or DEFAULT_CTX[name])
+
+    @property
+    def first_scored(self) -> int:
+        """The first position whose prediction of the next token is scored."""
+        return self.n_ctx // 2 if self.name == "llamacpp" else 0
+
+    @property
+    def scored_per_chunk(self) -> int:
+        return self.n_ctx - 1 - self.first_scored
+
+    def text(self, raw: str) -> str:
+        """The text to tokenize, from a WikiText raw file. GPTQ reads the Hugging Face
+        dataset, whose rows are the raw file's lines with blank ones empty."""
+        if self.name == "llamacpp":
+            return raw
+        return "\n\n".join("" if not line.strip() else line for line in raw.splitlines(keepends=True))
+
+    def chunks(self, tokens: list[int], bos: int | None, max_chunks: int | None) -> Iterator[list[int]]:
+        """Whole n_ctx slices (a shorter tail is dropped); llama.cpp's start with BOS."""
+        count = len(tokens) // self.n_ctx
+        if max_chunks is not None:
+            count = min(count, max_chunks)
+        for i in range(count):
+            chunk = tokens[i * self.n_ctx : (i + 1) * self.n_ctx]
+            if bos is not None and self.name == "llamacpp":
+                chunk[0] = bos
+            yield chunk
 
 
 @dataclass(slots=True)
@@ -33,34 +82,22 @@ class Perplexity:
         return math.exp(self.nll / self.tokens_scored)
 
 
-def chunks(tokens: list[int], n_ctx: int, bos: int | None, max_chunks: int | None) -> Iterator[list[int]]:
-    """llama.cpp's chunks: whole n_ctx slices (a tail shorter than n_ctx is dropped)."""
-    count = len(tokens) // n_ctx
-    if max_chunks is not None:
-        count = min(count, max_chunks)
-    for i in range(count):
-        chunk = tokens[i * n_ctx : (i + 1) * n_ctx]
-        if bos is not None:
-            chunk[0] = bos
-        yield chunk
-
-
 def with_engine(
     path: str,
-    text: str,
-    n_ctx: int = 512,
+    raw: str,
+    protocol: Protocol,
     max_chunks: int | None = None,
     threads: int = 0,
     step: Callable[[int, int], None] | None = None,
 ) -> Perplexity:
     """From the engine's own logits, one chunk per decode. step(done, total) reports progress."""
     n_threads = threads or len(os.sched_getaffinity(0))
+    n_ctx, first = protocol.n_ctx, protocol.first_scored
     engine = LlamaEngine(EngineConfig(path, n_ctx, n_ctx, 1, n_threads, n_threads, 0, True, None, False))
     try:
-        tokens = engine.tokenize(text, add_special=True)
+        tokens = engine.tokenize(protocol.text(raw), add_special=True)
         bos = engine.bos_id if engine.add_bos else None
-        first = n_ctx // 2
-        todo = list(chunks(tokens, n_ctx, bos, max_chunks))
+        todo = list(protocol.chunks(tokens, bos, max_chunks))
         nll, scored = 0.0, 0
         for done, chunk in enumerate(todo, 1):
             engine.free_sequence(0)
@@ -70,7 +107,7 @@ def with_engine(
                 scored += 1
             if step is not None:
                 step(done, len(todo))
-        return Perplexity("llamacpp", n_ctx, len(todo), scored, nll)
+        return Perplexity(protocol.name, n_ctx, len(todo), scored, nll)
     finally:
         engine.close()
 
@@ -78,20 +115,20 @@ def with_engine(
 def with_server(
     base_url: str,
     model: str,
-    text: str,
-    n_ctx: int = 512,
+    raw: str,
+    protocol: Protocol,
     max_chunks: int | None = None,
     step: Callable[[int, int], None] | None = None,
 ) -> Perplexity:
     """Through `/tokenize` and `/v1/completions` with echo and logprobs (max_tokens 0):
     a variant on any engine, or someone else's server, scored the same way. The
     server must tokenize (Lightgate and vLLM do) and echo prompt logprobs."""
+    n_ctx, first = protocol.n_ctx, protocol.first_scored
     with httpx.Client(base_url=base_url, timeout=600) as client:
-        tokens = _post(client, "/tokenize", {"model": model, "prompt": text})["tokens"]
+        tokens = _post(client, "/tokenize", {"model": model, "prompt": protocol.text(raw)})["tokens"]
         bare = _post(client, "/tokenize", {"model": model, "prompt": ""})["tokens"]
         bos = bare[0] if bare else None  # a model that adds BOS adds it to the empty text too
-        first = n_ctx // 2
-        todo = list(chunks(tokens, n_ctx, bos, max_chunks))
+        todo = list(protocol.chunks(tokens, bos, max_chunks))
         nll, scored = 0.0, 0
         for done, chunk in enumerate(todo, 1):
             body = {"model": model, "prompt": chunk, "max_tokens": 0, "echo": True, "logprobs": 0}
@@ -102,7 +139,7 @@ def with_server(
             scored += len(part)
             if step is not None:
                 step(done, len(todo))
-        return Perplexity("llamacpp", n_ctx, len(todo), scored, nll)
+        return Perplexity(protocol.name, n_ctx, len(todo), scored, nll)
 
 
 def _post(client: httpx.Client, path: str, body: dict[str, Any]) -> Any:

@@ -21,10 +21,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from compressed_models import results
 from loadtest import html, plots
 from loadtest import prompts as prompt_sources
 from loadtest.client import RequestSpec
-from loadtest.server_metrics import engine_of, scrape, server_figures
+from loadtest.server_metrics import labels_of, scrape, server_figures
 from loadtest.shapes import ClosedLoop, Stop, run, run_loop
 from loadtest.stats import Summary, summarize
 
@@ -57,11 +58,11 @@ class Row:
     ttft_p99_ms: float | None
     itl_p50_ms: float | None
     itl_p99_ms: float | None
-    perplexity: float | None  # from the compressed-models evaluation, once it exists
+    perplexity: float | None  # from `lightgate eval ppl`, when the variant has been evaluated
     failed: int
 
 
-def _row(target: Target, engine: str, single: Summary, load: Summary) -> Row:
+def _row(target: Target, engine: str, single: Summary, load: Summary, ppl: float | None) -> Row:
     def ms(x: float | None) -> float | None:
         return None if x is None else x * 1000
 
@@ -77,7 +78,7 @@ def _row(target: Target, engine: str, single: Summary, load: Summary) -> Row:
         ttft_p99_ms=ms(load.ttft.p99 if load.ttft else None),
         itl_p50_ms=ms(load.itl.median if load.itl else None),
         itl_p99_ms=ms(load.itl.p99 if load.itl else None),
-        perplexity=None,
+        perplexity=ppl,
         failed=single.failed + load.failed,
     )
 
@@ -159,6 +160,12 @@ def add_parser(bench: Any) -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--wikitext-words", type=int, default=64)
     p.add_argument("--wikitext", type=Path, default=prompt_sources.WIKITEXT)
+    p.add_argument(
+        "--ppl-protocol",
+        choices=["llamacpp", "gptq"],
+        default="llamacpp",
+        help="whose perplexity to show, from `lightgate eval ppl` results",
+    )
     p.add_argument("--out", type=Path, help="results folder (default: bench-results/compare-<time>)")
     p.set_defaults(func=main)
 
@@ -188,8 +195,10 @@ def main(args: argparse.Namespace) -> int:
                 before = scrape(client, target.model)
                 single, load = run_loop(measure(target, spec, source, args))
                 load.server = server_figures(before, scrape(client, target.model))
-                engine = engine_of(client, target.model) or "-"
-            rows.append(_row(target, engine, single, load))
+                labels = labels_of(client, target.model)
+            # A Lightgate target names its catalog variant; elsewhere the row's label is the variant.
+            ppl = results.perplexity(labels.get("variant") or target.label, args.ppl_protocol)
+            rows.append(_row(target, labels.get("backend", "-"), single, load, ppl))
             progress.advance(task)
     title = "Compressed variants side by side"
     table = Table(title=title)

@@ -72,11 +72,11 @@ def server_figures(before: Samples | None, after: Samples | None) -> dict[str, f
     return figures
 
 
-def engine_of(client: httpx.Client, model: str) -> str | None:
-    """The backend a Lightgate gateway serves `model` on (its metrics' label)."""
+def labels_of(client: httpx.Client, model: str) -> dict[str, str]:
+    """The labels a Lightgate gateway puts on `model` (backend, variant); empty elsewhere."""
     for family in _families(client) or []:
         if family.name == "lightgate_model_ready":
             for sample in family.samples:
                 if sample.labels.get("model") == model:
-                    return sample.labels.get("backend")
-    return None
+                    return dict(sample.labels)
+    return {}

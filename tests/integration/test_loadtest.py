@@ -21,6 +21,7 @@ import httpx
 import openai
 import pytest
 
+from compressed_models import results
 from gateway.cli import main as lightgate
 from loadtest.client import RequestSpec
 from loadtest.compare import Target
@@ -197,8 +198,13 @@ def test_wikitext_prompts_are_passages_of_the_asked_length(wiki: Path) -> None:
 
 
 def test_bench_compare_writes_a_table_in_the_shape_of_table_3(
-    gateway: RunningServer, tmp_path: Path, wiki: Path
+    gateway: RunningServer, tmp_path: Path, wiki: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("LIGHTGATE_CACHE", str(tmp_path / "cache"))
+    for tokens, ppl in ((100, 30.0), (5000, 23.5)):  # the result over the most tokens is shown
+        results.save(
+            "smollm2-135m-instruct-q4_1", {"protocol": "llamacpp", "n_ctx": tokens, "tokens": tokens, "ppl": ppl}
+        )
     out = tmp_path / "compare"
     args = ["bench", "compare", "--base-url", gateway.base_url, "--target", f"q4_1={SMOL}", "--target", FAST]
     args += ["--concurrency", "2", "--requests", "4", "--single-requests", "2", "--max-tokens", "8"]
@@ -211,6 +217,7 @@ def test_bench_compare_writes_a_table_in_the_shape_of_table_3(
     assert rows[0]["weight_bytes"] == smol.backend.stats().weight_bytes
     assert rows[0]["running_memory_bytes"] >= rows[0]["weight_bytes"]
     assert all(r["single_tok_s"] > 0 and r["load_tok_s"] > 0 and r["failed"] == 0 for r in rows)
+    assert [r["perplexity"] for r in rows] == [23.5, None]  # found by the gateway's variant label
     table = (out / "compare.md").read_text()
     assert table.startswith(
         "| variant | engine | weight memory | running memory | tok/s single stream | tok/s at C=2 |"

@@ -1,6 +1,6 @@
-"""Perplexity by llama.cpp's protocol, three ways that must agree: our engine's
-logits, an independent computation with llama-cpp-python's high-level `Llama`
-(logits for every position), and a live gateway's echoed prompt logprobs."""
+"""Perplexity by llama.cpp's and GPTQ's protocols, three ways that must agree: our
+engine's logits, an independent computation with llama-cpp-python's high-level
+`Llama` (logits for every position), and a live gateway's echoed prompt logprobs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from backends.logprobs import log_softmax
-from compressed_models import perplexity
+from compressed_models import perplexity, results
 from compressed_models.catalog import resolve
 from gateway.cli import main as lightgate
 from tests.conftest import SMOL
@@ -33,52 +33,84 @@ TEXT = " ".join(
 )
 
 
+LLAMACPP = perplexity.Protocol.of("llamacpp", CTX)
+GPTQ = perplexity.Protocol.of("gptq", CTX)
+# WikiText's raw layout: a blank line (a space) between headings and paragraphs.
+RAW = " \n = Robert Boulter = \n \n" + "".join(f" {line} \n \n" for line in TEXT.split(" . ")[:12])
+
+
 @pytest.fixture(scope="module")
 def ours() -> perplexity.Perplexity:
-    return perplexity.with_engine(str(resolve("smollm2-135m-instruct-q4_1")), TEXT, CTX, max_chunks=2)
+    return perplexity.with_engine(str(resolve("smollm2-135m-instruct-q4_1")), TEXT, LLAMACPP, max_chunks=2)
 
 
-def independent() -> float:
-    """The same protocol over llama-cpp-python's high-level API, with flash attention
-    on as llama.cpp's default is on a CPU (it moves logits by up to ~0.5 nats)."""
+@pytest.fixture(scope="module")
+def ours_gptq() -> perplexity.Perplexity:
+    return perplexity.with_engine(str(resolve("smollm2-135m-instruct-q4_1")), RAW, GPTQ, max_chunks=2)
+
+
+def independent(text: str, bos_each_chunk: bool, first: int) -> float:
+    """A protocol recomputed over llama-cpp-python's high-level API, with flash
+    attention on as llama.cpp's default is on a CPU (it moves logits by up to ~0.5 nats)."""
     from llama_cpp import Llama
 
     llm = Llama(str(resolve("smollm2-135m-instruct-q4_1")), n_ctx=CTX, logits_all=True, flash_attn=True, verbose=False)
-    tokens = llm.tokenize(TEXT.encode(), add_bos=True)
+    tokens = llm.tokenize(text.encode(), add_bos=True, special=True)
     add_bos = llm.tokenize(b"", add_bos=True) != []
     nll, count = 0.0, 0
     for i in range(2):
         chunk = tokens[i * CTX : (i + 1) * CTX]
-        if add_bos:
+        if add_bos and bos_each_chunk:
             chunk[0] = llm.token_bos()
         llm.reset()  # type: ignore[no-untyped-call]
         llm.eval(chunk)
         scores = np.asarray(llm.scores[:CTX])
-        for j in range(CTX // 2, CTX - 1):
+        for j in range(first, CTX - 1):
             nll -= float(log_softmax(scores[j])[chunk[j + 1]])
             count += 1
     return math.exp(nll / count)
 
 
-def test_the_protocol_scores_second_halves(ours: perplexity.Perplexity) -> None:
+def test_the_llamacpp_protocol_scores_second_halves(ours: perplexity.Perplexity) -> None:
     assert ours.chunks == 2 and ours.tokens_scored == 2 * (CTX - CTX // 2 - 1)
     assert 1 < ours.ppl < 1000
 
 
+def test_the_gptq_protocol_scores_every_token_after_the_first(ours_gptq: perplexity.Perplexity) -> None:
+    assert ours_gptq.chunks == 2 and ours_gptq.tokens_scored == 2 * (CTX - 1)
+    # The Hugging Face rows of the raw file: blank lines empty, joined by blank lines.
+    assert GPTQ.text(" \n = A = \n \n B . \n") == "\n\n = A = \n\n\n\n\n B . \n"
+    assert LLAMACPP.text(RAW) == RAW
+
+
 def test_engine_perplexity_matches_an_independent_computation(ours: perplexity.Perplexity) -> None:
-    assert ours.ppl == pytest.approx(independent(), rel=1e-3)
+    assert ours.ppl == pytest.approx(independent(TEXT, True, CTX // 2), rel=1e-3)
 
 
-def test_through_the_gateway_it_is_the_same(ours: perplexity.Perplexity, gateway: RunningServer) -> None:
-    served = perplexity.with_server(gateway.base_url, SMOL, TEXT, CTX, max_chunks=2)
-    assert served.tokens_scored == ours.tokens_scored
-    assert served.ppl == pytest.approx(ours.ppl, rel=1e-3)
+def test_gptq_perplexity_matches_an_independent_computation(ours_gptq: perplexity.Perplexity) -> None:
+    assert ours_gptq.ppl == pytest.approx(independent(GPTQ.text(RAW), False, 0), rel=1e-3)
 
 
-def test_eval_ppl_command(tmp_path: Path) -> None:
+def test_through_the_gateway_it_is_the_same(
+    ours: perplexity.Perplexity, ours_gptq: perplexity.Perplexity, gateway: RunningServer
+) -> None:
+    for protocol, expected, raw in ((LLAMACPP, ours, TEXT), (GPTQ, ours_gptq, RAW)):
+        served = perplexity.with_server(gateway.base_url, SMOL, raw, protocol, max_chunks=2)
+        assert served.tokens_scored == expected.tokens_scored
+        assert served.ppl == pytest.approx(expected.ppl, rel=1e-3)
+
+
+def test_eval_ppl_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIGHTGATE_CACHE", str(tmp_path / "cache"))
     text, out = tmp_path / "text.raw", tmp_path / "ppl.json"
-    text.write_text(TEXT)
+    text.write_text(RAW)
     args = ["eval", "ppl", "smollm2-135m-instruct-q4_1", "--text", str(text), "--ctx", str(CTX)]
     assert lightgate([*args, "--max-chunks", "1", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["chunks"] == 1 and record["tokens"] == CTX - CTX // 2 - 1 and record["ppl"] > 1
+    assert lightgate([*args, "--protocol", "gptq", "--max-chunks", "1", "--out", str(out)]) == 0
+    gptq = json.loads(out.read_text())
+    assert gptq["protocol"] == "gptq" and gptq["tokens"] == CTX - 1
+    kept = results.load("smollm2-135m-instruct-q4_1")  # both kept for bench compare
+    assert set(kept) == {f"llamacpp@{CTX}", f"gptq@{CTX}"}
+    assert results.perplexity("smollm2-135m-instruct-q4_1", "gptq") == gptq["ppl"]
