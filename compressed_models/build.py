@@ -10,13 +10,10 @@ rungs below it show what more compression costs."""
 from __future__ import annotations
 
 import ctypes
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
-from compressed_models.catalog import cache_dir, manifest, resolve, user_catalog_dir
+from compressed_models.catalog import cache_dir, manifest, register, resolve, sha256_of
 
 LADDER = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
 
@@ -55,14 +52,6 @@ def parameter_count(path: Path) -> int:
         llama_cpp.llama_model_free(model)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build_ladder(
     base: str, types: list[str], *, threads: int = 0, step: Callable[[str], None] | None = None
 ) -> list[str]:
@@ -90,16 +79,14 @@ def build_ladder(
             "engines": ["llamacpp"],
             "source": {"path": str(path)},
             "size_bytes": size,
-            "sha256": _sha256(path),
+            "sha256": sha256_of(path),
             "licence": entry["licence"],
             "provenance": (
                 f"llama.cpp's quantizer, {gguf_type.upper()} from an F16 dequantization of the catalog variant "
                 f"{base} ({entry['method']}): it keeps at most {base}'s precision"
             ),
         }
-        user_catalog_dir().mkdir(parents=True, exist_ok=True)
-        (user_catalog_dir() / f"{name}.yaml").write_text(yaml.safe_dump(variant, sort_keys=False))
-        made.append(name)
+        made.append(register(variant))
         if step is not None:
             step(name)
     return made

@@ -60,24 +60,43 @@ def manifest(name: str) -> dict[str, Any]:
     return data
 
 
-def verify(name: str) -> Path:
-    """The variant's file, its size and sha256 checked against the manifest."""
-    entry = manifest(name)
-    path = resolve(name)
-    if entry.get("size_bytes") is not None and path.stat().st_size != entry["size_bytes"]:
-        raise VariantNotFound(f"variant {name!r}: {path} has {path.stat().st_size} bytes, not {entry['size_bytes']}")
+def weights_file(path: Path) -> Path:
+    """The file a manifest's size and digest describe: the GGUF itself, or a Hugging
+    Face folder's model.safetensors."""
+    return path / "model.safetensors" if path.is_dir() else path
+
+
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(1 << 22):
             digest.update(block)
-    want = entry.get("sha256") or entry.get("sha256_prefix") or ""
-    if not digest.hexdigest().startswith(want):
-        raise VariantNotFound(f"variant {name!r}: {path} has sha256 {digest.hexdigest()}, not {want}")
-    return path
+    return digest.hexdigest()
+
+
+def register(entry: dict[str, Any]) -> str:
+    """Write a variant made here into the user catalog, after checking it against the schema."""
+    Manifest.model_validate(entry)
+    user_catalog_dir().mkdir(parents=True, exist_ok=True)
+    (user_catalog_dir() / f"{entry['name']}.yaml").write_text(yaml.safe_dump(entry, sort_keys=False))
+    return str(entry["name"])
+
+
+def verify(name: str) -> Path:
+    """The variant's weights, their size and sha256 checked against the manifest."""
+    entry = manifest(name)
+    path = weights_file(resolve(name))
+    if entry.get("size_bytes") is not None and path.stat().st_size != entry["size_bytes"]:
+        raise VariantNotFound(f"variant {name!r}: {path} has {path.stat().st_size} bytes, not {entry['size_bytes']}")
+    got, want = sha256_of(path), entry.get("sha256") or entry.get("sha256_prefix") or ""
+    if not got.startswith(want):
+        raise VariantNotFound(f"variant {name!r}: {path} has sha256 {got}, not {want}")
+    return resolve(name)
 
 
 def resolve(name: str) -> Path:
-    """The weights of variant `name` on disk (assembled from chunk packages if need be)."""
+    """The weights of variant `name` on disk (assembled from chunk packages if need be):
+    a GGUF file, or a Hugging Face folder."""
     source = manifest(name)["source"]
     if "chunks" in source:
         return _assembled(name, manifest(name))
@@ -85,7 +104,7 @@ def resolve(name: str) -> Path:
         path = _package_file(name, source["package"], str(source["resource"]))
     else:
         path = Path(str(source["path"])).expanduser()
-    if not path.is_file():
+    if not (path.is_dir() if manifest(name)["format"] == "hf-safetensors" else path.is_file()):
         raise VariantNotFound(f"variant {name!r}: {path} does not exist")
     return path
 

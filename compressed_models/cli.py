@@ -1,8 +1,9 @@
-"""`lightgate models list | show NAME | fetch NAME | build-gguf BASE`."""
+"""`lightgate models list | show NAME | fetch NAME | build-gguf BASE | export-hf NAME | prune NAME`."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from compressed_models import catalog
 from compressed_models.build import LADDER, build_ladder
+from loadtest.prompts import WIKITEXT
 
 
 def add_parser(sub: Any) -> None:
@@ -30,6 +32,16 @@ def add_parser(sub: Any) -> None:
     build.add_argument("--types", nargs="+", default=list(LADDER), help=f"GGUF types (default: {' '.join(LADDER)})")
     build.add_argument("--threads", type=int, default=0)
     build.set_defaults(func=_build)
+    export = models.add_parser("export-hf", help="a GGUF variant as a Hugging Face folder (bf16 safetensors)")
+    export.add_argument("name", help="a GGUF catalog variant")
+    export.set_defaults(func=_export)
+    prune = models.add_parser("prune", help="Wanda-SP structured pruning of a Hugging Face variant's MLP channels")
+    prune.add_argument("name", help="a Hugging Face catalog variant (from export-hf)")
+    prune.add_argument("--sparsity", type=float, nargs="+", default=[0.2, 0.5], help="fractions of channels to cut")
+    prune.add_argument("--calibration", type=Path, default=WIKITEXT.with_name("wiki.valid.raw"))
+    prune.add_argument("--samples", type=int, default=32, help="calibration windows")
+    prune.add_argument("--length", type=int, default=256, help="tokens per calibration window")
+    prune.set_defaults(func=_prune)
 
 
 def _where(name: str) -> str:
@@ -78,4 +90,46 @@ def _build(args: argparse.Namespace) -> int:
     for name in made:
         m = catalog.manifest(name)
         console.print(f"{name}: {m['bits_per_weight']} bits/weight, {m['size_bytes'] / 1e6:,.1f} MB")
+    return 0
+
+
+def _needs_hf() -> Any:
+    try:
+        from compressed_models import hf
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ValueError(f"this command needs the hf extra (pip install -e '.[hf]'): {exc}") from exc
+    return hf
+
+
+def _export(args: argparse.Namespace) -> int:
+    hf = _needs_hf()
+    console = Console()
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"{args.name} to Hugging Face format", total=2)
+        name = hf.export_hf(args.name, step=lambda what: progress.update(task, advance=1, description=what))
+    m = catalog.manifest(name)
+    console.print(f"{name}: {m['size_bytes'] / 1e6:,.1f} MB of bf16 safetensors in {m['source']['path']}")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    hf = _needs_hf()
+    console = Console()
+    text = args.calibration.read_text(encoding="utf-8")
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"pruning {args.name}", total=len(args.sparsity) * 2)
+        made = [
+            hf.prune_wanda_sp(
+                args.name,
+                sparsity,
+                text,
+                samples=args.samples,
+                length=args.length,
+                step=lambda what: progress.update(task, advance=1, description=what),
+            )
+            for sparsity in args.sparsity
+        ]
+    for name in made:
+        m = catalog.manifest(name)
+        console.print(f"{name}: {m['size_bytes'] / 1e6:,.1f} MB ({m['method']})")
     return 0

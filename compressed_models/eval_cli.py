@@ -20,7 +20,10 @@ from loadtest.prompts import WIKITEXT
 def add_parser(sub: Any) -> None:
     ev = sub.add_parser("eval", help="evaluate compressed variants").add_subparsers(dest="eval_command", required=True)
     p = ev.add_parser("ppl", help="perplexity on WikiText-2 by llama.cpp's or GPTQ's protocol")
-    p.add_argument("variant", help="a catalog variant (GGUF), or a label when --base-url is given")
+    p.add_argument(
+        "variant",
+        help="a catalog variant (GGUF: llama.cpp's logits; Hugging Face: PyTorch's), or a label with --base-url",
+    )
     p.add_argument("--text", type=Path, default=WIKITEXT, help="the text (default: WikiText-2 test)")
     p.add_argument(
         "--protocol",
@@ -54,6 +57,12 @@ def main(args: argparse.Namespace) -> int:
                 args.base_url, args.model or args.variant, text, protocol, args.max_chunks, step
             )
             where = args.base_url
+        elif catalog.manifest(args.variant)["format"] == "hf-safetensors":
+            from compressed_models import hf  # torch and transformers: only for these variants
+
+            folder = catalog.resolve(args.variant)
+            result = hf.perplexity_with_transformers(folder, text, protocol, args.max_chunks, step)
+            where = f"transformers: {folder}"
         else:
             path = str(catalog.resolve(args.variant))
             result = perplexity.with_engine(path, text, protocol, args.max_chunks, args.threads, step)

@@ -1,0 +1,224 @@
+"""Variants in Hugging Face format (safetensors + tokenizer), the format vLLM,
+TensorRT-LLM, ExLlamaV2's converter and the PyTorch baseline load. Needs the `hf`
+extra (torch, transformers, gguf, accelerate); imported only by the commands
+that use it.
+
+- `export_hf`: a GGUF variant dequantized by transformers, saved in bf16. The
+  packaged models are quantized, so the export keeps their quantization error:
+  it is the base the other HF variants start from, not the original weights.
+- `prune_wanda_sp`: structured pruning of each layer's MLP channels, Wanda-SP
+  style (An et al., 2024): channel j of `down_proj`'s input scores
+  sum_i |W_ij| * ||X_j||_2 over calibration text (WikiText-2 validation), and
+  the lowest-scoring fraction is cut from gate/up (rows) and down (columns).
+  Attention heads stay: the models here share few KV heads (SmolLM2: 3), so head
+  pruning comes only in steps of a third. The same count is cut in every layer,
+  so the result is a standard config that any engine loads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from compressed_models.catalog import cache_dir, manifest, register, resolve, sha256_of
+from compressed_models.perplexity import Perplexity, Protocol
+
+Step = Callable[[str], None]
+
+
+def _load(folder: Path) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    model.train(False)  # inference: no dropout
+    return model, AutoTokenizer.from_pretrained(str(folder))
+
+
+def _save(model: Any, tokenizer: Any, out: Path) -> None:
+    import torch
+
+    model.to(torch.bfloat16).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _entry(name: str, base: dict[str, Any], method: str, folder: Path, model: Any, provenance: str) -> dict[str, Any]:
+    weights = folder / "model.safetensors"
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "name": name,
+        "base_model": base["base_model"],
+        "method": method,
+        "bits_per_weight": round(weights.stat().st_size * 8 / params, 2),
+        "format": "hf-safetensors",
+        "engines": ["transformers", "vllm", "tensorrt_llm"],
+        "source": {"path": str(folder)},
+        "size_bytes": weights.stat().st_size,
+        "sha256": sha256_of(weights),
+        "licence": base["licence"],
+        "provenance": provenance,
+    }
+
+
+def export_hf(variant: str, step: Step | None = None) -> str:
+    """GGUF catalog variant -> HF folder in bf16, registered as `<stem>-bf16-from-<method>`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    entry = manifest(variant)
+    if entry["format"] != "gguf":
+        raise ValueError(f"export-hf starts from a GGUF variant; {variant!r} is {entry['format']}")
+    gguf = resolve(variant)
+    method = str(entry["method"]).lower()
+    name = f"{variant.removesuffix('-' + method)}-bf16-from-{method}"
+    out = cache_dir() / name
+    if step:
+        step("dequantizing the GGUF")
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained while it carries the GGUF
+    # quantization config: move its weights to a fresh model of the cleaned config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    clean = type(loaded)(config)
+    clean.load_state_dict(loaded.state_dict())
+    if step:
+        step("saving safetensors")
+    _save(clean, AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name), out)
+    provenance = (
+        f"transformers' GGUF loader dequantized the catalog variant {variant} ({entry['method']}), saved in bf16"
+    )
+    return register(_entry(name, entry, "bf16", out, clean, provenance))
+
+
+def calibration(tokenizer: Any, text: str, samples: int, length: int) -> list[list[int]]:
+    """`samples` windows of `length` tokens, evenly spaced through the text."""
+    ids: list[int] = tokenizer(text)["input_ids"]
+    stride = max(length, (len(ids) - length) // max(1, samples))
+    return [ids[i : i + length] for i in range(0, stride * samples, stride) if i + length <= len(ids)][:samples]
+
+
+def channel_scores(model: Any, windows: list[list[int]]) -> list[Any]:
+    """Wanda-SP scores of every layer's MLP channels: sum_i |W_down[i, j]| * ||X_j||_2."""
+    import torch
+
+    layers = model.model.layers
+    sumsq = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in layers]
+
+    def hook(index: int) -> Callable[..., None]:
+        def record(_module: Any, inputs: tuple[Any, ...]) -> None:
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            sumsq[index] += (x * x).sum(dim=0)
+
+        return record
+
+    handles = [layer.mlp.down_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            for window in windows:
+                model(torch.tensor([window]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [
+        layer.mlp.down_proj.weight.detach().double().abs().sum(dim=0) * sq.sqrt()
+        for layer, sq in zip(layers, sumsq, strict=True)
+    ]
+
+
+def cut_mlp_channels(model: Any, keep: list[Any]) -> None:
+    """Keep only the channels `keep[layer]` (index tensors of one length) of each MLP."""
+    import torch
+
+    for layer, idx in zip(model.model.layers, keep, strict=True):
+        mlp = layer.mlp
+        for name in ("gate_proj", "up_proj"):
+            old = getattr(mlp, name)
+            new = torch.nn.Linear(old.in_features, len(idx), bias=old.bias is not None)
+            new.weight.data = old.weight.data[idx].clone()
+            if old.bias is not None:
+                new.bias.data = old.bias.data[idx].clone()
+            setattr(mlp, name, new)
+        old = mlp.down_proj
+        new = torch.nn.Linear(len(idx), old.out_features, bias=old.bias is not None)
+        new.weight.data = old.weight.data[:, idx].clone()
+        if old.bias is not None:
+            new.bias.data = old.bias.data.clone()
+        mlp.down_proj = new
+    model.config.intermediate_size = len(keep[0])
+
+
+def prune_wanda_sp(
+    variant: str,
+    sparsity: float,
+    calibration_text: str,
+    *,
+    samples: int = 32,
+    length: int = 256,
+    step: Step | None = None,
+) -> str:
+    """Prune `sparsity` of every layer's MLP channels of HF variant `variant`."""
+    import torch
+
+    if not 0 < sparsity < 1:
+        raise ValueError(f"sparsity is a fraction between 0 and 1, got {sparsity}")
+    entry = manifest(variant)
+    if entry["format"] != "hf-safetensors":
+        raise ValueError(f"pruning works on a Hugging Face variant (lightgate models export-hf); {variant!r} is not")
+    model, tokenizer = _load(resolve(variant))
+    if step:
+        step(f"calibrating on {samples} windows of {length} tokens")
+    scores = channel_scores(model, calibration(tokenizer, calibration_text, samples, length))
+    width = model.config.intermediate_size
+    kept = width - round(width * sparsity)
+    keep = [torch.sort(torch.topk(score, kept).indices).values for score in scores]
+    if step:
+        step(f"cutting {width - kept} of {width} MLP channels in each layer")
+    cut_mlp_channels(model, keep)
+    percent = round(sparsity * 100)
+    name = f"{variant}-pruned-wanda-sp-{percent}"
+    out = cache_dir() / name
+    _save(model, tokenizer, out)
+    provenance = (
+        f"Wanda-SP structured pruning of {percent}% of each layer's MLP channels of {variant}, calibrated on "
+        f"{samples} windows of {length} tokens of WikiText-2 validation; attention heads kept"
+    )
+    return register(_entry(name, entry, f"pruned-wanda-sp-{percent}", out, model, provenance))
+
+
+def perplexity_with_transformers(
+    folder: Path,
+    raw: str,
+    protocol: Protocol,
+    max_chunks: int | None = None,
+    step: Callable[[int, int], None] | None = None,
+) -> Perplexity:
+    """A protocol over a Hugging Face folder's logits (PyTorch, float32): the engine-
+    independent reference, and how HF variants are scored without a server."""
+    import torch
+
+    model, tokenizer = _load(folder)
+    tokens: list[int] = tokenizer(protocol.text(raw))["input_ids"]
+    bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
+    if bos is not None and tokens[:1] != [bos]:
+        tokens = [bos, *tokens]
+    first = protocol.first_scored
+    todo = list(protocol.chunks(tokens, bos, max_chunks))
+    nll, scored = 0.0, 0
+    with torch.no_grad():
+        for done, chunk in enumerate(todo, 1):
+            logits = model(torch.tensor([chunk])).logits[0].double()
+            logprobs = torch.log_softmax(logits[first:-1], dim=-1)
+            targets = torch.tensor(chunk[first + 1 :])
+            nll -= float(logprobs.gather(1, targets[:, None]).sum())
+            scored += len(targets)
+            if step is not None:
+                step(done, len(todo))
+    if not scored:
+        raise ValueError(f"the text is shorter than one chunk of {protocol.n_ctx} tokens")
+    return Perplexity(protocol.name, protocol.n_ctx, len(todo), scored, nll)
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    """Whether the model's own tokenizer starts a text with BOS (as llama.cpp's add_bos)."""
+    return bool(getattr(tokenizer, "add_bos_token", False)) and tokenizer.bos_token_id is not None

@@ -1,0 +1,83 @@
+"""Hugging Face variants, end to end through the CLI on the real SmolLM2: the GGUF
+exported to bf16 safetensors scores the perplexity llama.cpp gives the GGUF (two
+engines, one protocol); Wanda-SP pruning cuts what it says, the pruned model still
+models the text, and its scores choose better channels than chance."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from compressed_models import catalog, hf, perplexity
+from gateway.cli import main as lightgate
+from loadtest.prompts import WIKITEXT
+
+BASE = "smollm2-135m-instruct-q4_1"
+EXPORT = "smollm2-135m-instruct-bf16-from-q4_1"
+PRUNED = EXPORT + "-pruned-wanda-sp-20"
+PROTOCOL = perplexity.Protocol.of("llamacpp", 256)
+RAW = WIKITEXT.read_text(encoding="utf-8")[:40_000]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("cache")
+    mp.setenv("LIGHTGATE_CACHE", str(root))
+    assert lightgate(["models", "export-hf", BASE]) == 0
+    valid = WIKITEXT.with_name("wiki.valid.raw")
+    args = ["models", "prune", EXPORT, "--sparsity", "0.2", "--samples", "8", "--length", "128"]
+    assert lightgate([*args, "--calibration", str(valid)]) == 0
+    yield root
+    mp.undo()
+
+
+def ppl(folder: Path) -> float:
+    return hf.perplexity_with_transformers(folder, RAW, PROTOCOL, max_chunks=3).ppl
+
+
+def test_pytorch_and_llamacpp_agree_on_perplexity(cache: Path) -> None:
+    ours = ppl(catalog.resolve(EXPORT))
+    gguf = perplexity.with_engine(str(catalog.resolve(BASE)), RAW, PROTOCOL, max_chunks=3).ppl
+    # bf16 rounding of the dequantized weights and float32 attention move it by well under 2%.
+    assert ours == pytest.approx(gguf, rel=0.02)
+
+
+def test_wanda_sp_cuts_a_fifth_of_every_mlp_and_beats_chance(cache: Path, tmp_path: Path) -> None:
+    import torch
+
+    pruned = catalog.resolve(PRUNED)
+    config = json.loads((pruned / "config.json").read_text())
+    assert config["intermediate_size"] == 1536 - round(1536 * 0.2)
+    assert catalog.manifest(PRUNED)["method"] == "pruned-wanda-sp-20"
+    base, cut = ppl(catalog.resolve(EXPORT)), ppl(pruned)
+    assert base < cut < 3 * base  # it costs something, and it still models the text
+    model, tokenizer = hf._load(catalog.resolve(EXPORT))
+    generator = torch.Generator().manual_seed(0)
+    keep = [torch.sort(torch.randperm(1536, generator=generator)[: config["intermediate_size"]]).values]
+    hf.cut_mlp_channels(model, keep * len(model.model.layers))
+    hf._save(model, tokenizer, tmp_path / "random")
+    assert cut < ppl(tmp_path / "random")  # the scores pick better channels than chance
+
+
+def test_eval_ppl_scores_a_hugging_face_variant_with_pytorch(cache: Path, tmp_path: Path) -> None:
+    text, out = tmp_path / "text.raw", tmp_path / "ppl.json"
+    text.write_text(RAW)
+    args = ["eval", "ppl", PRUNED, "--text", str(text), "--ctx", "256", "--max-chunks", "3", "--out", str(out)]
+    assert lightgate(args) == 0
+    record = json.loads(out.read_text())
+    assert record["where"].startswith("transformers:")
+    assert record["ppl"] == pytest.approx(ppl(catalog.resolve(PRUNED)), rel=1e-6)
+
+
+def test_the_export_is_a_checked_catalog_variant_and_corruption_is_caught(cache: Path) -> None:
+    entry = catalog.manifest(EXPORT)
+    assert (entry["format"], entry["method"], entry["bits_per_weight"]) == ("hf-safetensors", "bf16", 16.0)
+    folder = catalog.verify(EXPORT)  # size and sha256 of model.safetensors
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    (folder / "model.safetensors").write_bytes(b"corrupt")
+    with pytest.raises(catalog.VariantNotFound, match="bytes, not"):
+        catalog.verify(EXPORT)
