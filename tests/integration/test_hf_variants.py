@@ -19,7 +19,11 @@ BASE = "smollm2-135m-instruct-q4_1"
 EXPORT = "smollm2-135m-instruct-bf16-from-q4_1"
 PRUNED = EXPORT + "-pruned-wanda-sp-20"
 PROTOCOL = perplexity.Protocol.of("llamacpp", 256)
-RAW = WIKITEXT.read_text(encoding="utf-8")[:40_000]
+
+
+@pytest.fixture(scope="module")
+def raw() -> str:
+    return WIKITEXT.read_text(encoding="utf-8")[:40_000]
 
 
 @pytest.fixture(scope="module")
@@ -35,42 +39,42 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     mp.undo()
 
 
-def ppl(folder: Path) -> float:
-    return hf.perplexity_with_transformers(folder, RAW, PROTOCOL, max_chunks=3).ppl
+def ppl(folder: Path, raw: str) -> float:
+    return hf.perplexity_with_transformers(folder, raw, PROTOCOL, max_chunks=3).ppl
 
 
-def test_pytorch_and_llamacpp_agree_on_perplexity(cache: Path) -> None:
-    ours = ppl(catalog.resolve(EXPORT))
-    gguf = perplexity.with_engine(str(catalog.resolve(BASE)), RAW, PROTOCOL, max_chunks=3).ppl
+def test_pytorch_and_llamacpp_agree_on_perplexity(cache: Path, raw: str) -> None:
+    ours = ppl(catalog.resolve(EXPORT), raw)
+    gguf = perplexity.with_engine(str(catalog.resolve(BASE)), raw, PROTOCOL, max_chunks=3).ppl
     # bf16 rounding of the dequantized weights and float32 attention move it by well under 2%.
     assert ours == pytest.approx(gguf, rel=0.02)
 
 
-def test_wanda_sp_cuts_a_fifth_of_every_mlp_and_beats_chance(cache: Path, tmp_path: Path) -> None:
+def test_wanda_sp_cuts_a_fifth_of_every_mlp_and_beats_chance(cache: Path, tmp_path: Path, raw: str) -> None:
     import torch
 
     pruned = catalog.resolve(PRUNED)
     config = json.loads((pruned / "config.json").read_text())
     assert config["intermediate_size"] == 1536 - round(1536 * 0.2)
     assert catalog.manifest(PRUNED)["method"] == "pruned-wanda-sp-20"
-    base, cut = ppl(catalog.resolve(EXPORT)), ppl(pruned)
+    base, cut = ppl(catalog.resolve(EXPORT), raw), ppl(pruned, raw)
     assert base < cut < 3 * base  # it costs something, and it still models the text
     model, tokenizer = hf._load(catalog.resolve(EXPORT))
     generator = torch.Generator().manual_seed(0)
     keep = [torch.sort(torch.randperm(1536, generator=generator)[: config["intermediate_size"]]).values]
     hf.cut_mlp_channels(model, keep * len(model.model.layers))
     hf._save(model, tokenizer, tmp_path / "random")
-    assert cut < ppl(tmp_path / "random")  # the scores pick better channels than chance
+    assert cut < ppl(tmp_path / "random", raw)  # the scores pick better channels than chance
 
 
-def test_eval_ppl_scores_a_hugging_face_variant_with_pytorch(cache: Path, tmp_path: Path) -> None:
+def test_eval_ppl_scores_a_hugging_face_variant_with_pytorch(cache: Path, tmp_path: Path, raw: str) -> None:
     text, out = tmp_path / "text.raw", tmp_path / "ppl.json"
-    text.write_text(RAW)
+    text.write_text(raw)
     args = ["eval", "ppl", PRUNED, "--text", str(text), "--ctx", "256", "--max-chunks", "3", "--out", str(out)]
     assert lightgate(args) == 0
     record = json.loads(out.read_text())
     assert record["where"].startswith("transformers:")
-    assert record["ppl"] == pytest.approx(ppl(catalog.resolve(PRUNED)), rel=1e-6)
+    assert record["ppl"] == pytest.approx(ppl(catalog.resolve(PRUNED), raw), rel=1e-6)
 
 
 def test_the_export_is_a_checked_catalog_variant_and_corruption_is_caught(cache: Path) -> None:
