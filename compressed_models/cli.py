@@ -96,7 +96,7 @@ def _build(args: argparse.Namespace) -> int:
 def _needs_hf() -> Any:
     try:
         from compressed_models import hf
-    except ImportError as exc:  # pragma: no cover - depends on the install
+    except ImportError as exc:
         raise ValueError(f"this command needs the hf extra (pip install -e '.[hf]'): {exc}") from exc
     return hf
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from compressed_models.catalog import cache_dir, manifest, register, resolve, sha256_of
-from compressed_models.perplexity import Perplexity, Protocol
+from compressed_models.perplexity import Perplexity, Protocol, score
 
 Step = Callable[[str], None]
 
@@ -203,20 +203,14 @@ def perplexity_with_transformers(
     if bos is not None and tokens[:1] != [bos]:
         tokens = [bos, *tokens]
     first = protocol.first_scored
-    todo = list(protocol.chunks(tokens, bos, max_chunks))
-    nll, scored = 0.0, 0
-    with torch.no_grad():
-        for done, chunk in enumerate(todo, 1):
+
+    def scored_logprobs(chunk: list[int]) -> Any:
+        with torch.no_grad():
             logits = model(torch.tensor([chunk])).logits[0].double()
-            logprobs = torch.log_softmax(logits[first:-1], dim=-1)
-            targets = torch.tensor(chunk[first + 1 :])
-            nll -= float(logprobs.gather(1, targets[:, None]).sum())
-            scored += len(targets)
-            if step is not None:
-                step(done, len(todo))
-    if not scored:
-        raise ValueError(f"the text is shorter than one chunk of {protocol.n_ctx} tokens")
-    return Perplexity(protocol.name, protocol.n_ctx, len(todo), scored, nll)
+        logprobs = torch.log_softmax(logits[first:-1], dim=-1)
+        return logprobs.gather(1, torch.tensor(chunk[first + 1 :])[:, None])[:, 0].numpy()
+
+    return score(protocol, tokens, bos, max_chunks, scored_logprobs, step)
 
 
 def _adds_bos(tokenizer: Any) -> bool:

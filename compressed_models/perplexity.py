@@ -82,6 +82,30 @@ class Perplexity:
         return math.exp(self.nll / self.tokens_scored)
 
 
+def score(
+    protocol: Protocol,
+    tokens: list[int],
+    bos: int | None,
+    max_chunks: int | None,
+    scored_logprobs: Callable[[list[int]], Any],
+    step: Callable[[int, int], None] | None = None,
+) -> Perplexity:
+    """The protocol's loop, whatever computes the logprobs: `scored_logprobs(chunk)`
+    gives the log-probabilities of chunk[first_scored + 1:], each given the tokens
+    before it. step(done, total) reports progress."""
+    todo = list(protocol.chunks(tokens, bos, max_chunks))
+    nll, scored = 0.0, 0
+    for done, chunk in enumerate(todo, 1):
+        logprobs = np.asarray(scored_logprobs(chunk), dtype=np.float64)
+        nll -= float(logprobs.sum())
+        scored += len(logprobs)
+        if step is not None:
+            step(done, len(todo))
+    if not scored:
+        raise ValueError(f"the text is shorter than one chunk of {protocol.n_ctx} tokens")
+    return Perplexity(protocol.name, protocol.n_ctx, len(todo), scored, nll)
+
+
 def with_engine(
     path: str,
     raw: str,
@@ -90,24 +114,20 @@ def with_engine(
     threads: int = 0,
     step: Callable[[int, int], None] | None = None,
 ) -> Perplexity:
-    """From the engine's own logits, one chunk per decode. step(done, total) reports progress."""
+    """From the engine's own logits, one chunk per decode."""
     n_threads = threads or len(os.sched_getaffinity(0))
     n_ctx, first = protocol.n_ctx, protocol.first_scored
     engine = LlamaEngine(EngineConfig(path, n_ctx, n_ctx, 1, n_threads, n_threads, 0, True, None, False))
+
+    def scored_logprobs(chunk: list[int]) -> list[float]:
+        engine.free_sequence(0)
+        engine.decode(chunk, list(range(n_ctx)), [0] * n_ctx, [pos >= first for pos in range(n_ctx)])
+        return [float(log_softmax(engine.logits(j))[chunk[j + 1]]) for j in range(first, n_ctx - 1)]
+
     try:
         tokens = engine.tokenize(protocol.text(raw), add_special=True)
         bos = engine.bos_id if engine.add_bos else None
-        todo = list(protocol.chunks(tokens, bos, max_chunks))
-        nll, scored = 0.0, 0
-        for done, chunk in enumerate(todo, 1):
-            engine.free_sequence(0)
-            engine.decode(chunk, list(range(n_ctx)), [0] * n_ctx, [pos >= first for pos in range(n_ctx)])
-            for j in range(first, n_ctx - 1):
-                nll -= float(log_softmax(engine.logits(j))[chunk[j + 1]])
-                scored += 1
-            if step is not None:
-                step(done, len(todo))
-        return Perplexity(protocol.name, n_ctx, len(todo), scored, nll)
+        return score(protocol, tokens, bos, max_chunks, scored_logprobs, step)
     finally:
         engine.close()
 
@@ -123,23 +143,18 @@ def with_server(
     """Through `/tokenize` and `/v1/completions` with echo and logprobs (max_tokens 0):
     a variant on any engine, or someone else's server, scored the same way. The
     server must tokenize (Lightgate and vLLM do) and echo prompt logprobs."""
-    n_ctx, first = protocol.n_ctx, protocol.first_scored
     with httpx.Client(base_url=base_url, timeout=600) as client:
-        tokens = _post(client, "/tokenize", {"model": model, "prompt": protocol.text(raw)})["tokens"]
-        bare = _post(client, "/tokenize", {"model": model, "prompt": ""})["tokens"]
-        bos = bare[0] if bare else None  # a model that adds BOS adds it to the empty text too
-        todo = list(protocol.chunks(tokens, bos, max_chunks))
-        nll, scored = 0.0, 0
-        for done, chunk in enumerate(todo, 1):
+
+        def scored_logprobs(chunk: list[int]) -> list[float]:
             body = {"model": model, "prompt": chunk, "max_tokens": 0, "echo": True, "logprobs": 0}
             logprobs = _post(client, "/v1/completions", body)["choices"][0]["logprobs"]["token_logprobs"]
             # token_logprobs[k] is the logprob of prompt token k given those before it.
-            part = np.asarray(logprobs[first + 1 : n_ctx], dtype=np.float64)
-            nll -= float(part.sum())
-            scored += len(part)
-            if step is not None:
-                step(done, len(todo))
-        return Perplexity(protocol.name, n_ctx, len(todo), scored, nll)
+            return list(logprobs[protocol.first_scored + 1 : protocol.n_ctx])
+
+        tokens = _post(client, "/tokenize", {"model": model, "prompt": protocol.text(raw)})["tokens"]
+        bare = _post(client, "/tokenize", {"model": model, "prompt": ""})["tokens"]
+        bos = bare[0] if bare else None  # a model that adds BOS adds it to the empty text too
+        return score(protocol, tokens, bos, max_chunks, scored_logprobs, step)
 
 
 def _post(client: httpx.Client, path: str, body: dict[str, Any]) -> Any:
