@@ -21,6 +21,9 @@ class VariantNotFound(LookupError):
     pass
 
 
+FOLDER_FORMATS = ("hf-safetensors", "exl2")  # variants that are a folder, not one file
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("LIGHTGATE_CACHE", Path.home() / ".cache" / "lightgate"))
 
@@ -61,9 +64,14 @@ def manifest(name: str) -> dict[str, Any]:
 
 
 def weights_file(path: Path) -> Path:
-    """The file a manifest's size and digest describe: the GGUF itself, or a Hugging
-    Face folder's model.safetensors."""
-    return path / "model.safetensors" if path.is_dir() else path
+    """The file a manifest's size and digest describe: the GGUF itself, or a folder's
+    weights (model.safetensors, or the one .safetensors file an EXL2 folder holds)."""
+    if not path.is_dir() or (path / "model.safetensors").exists():
+        return path / "model.safetensors" if path.is_dir() else path
+    found = sorted(path.glob("*.safetensors"))
+    if len(found) != 1:
+        raise VariantNotFound(f"{path} holds {len(found)} .safetensors files; a manifest describes exactly one")
+    return found[0]
 
 
 def sha256_of(path: Path) -> str:
@@ -104,7 +112,7 @@ def resolve(name: str) -> Path:
         path = _package_file(name, source["package"], str(source["resource"]))
     else:
         path = Path(str(source["path"])).expanduser()
-    if not (path.is_dir() if manifest(name)["format"] == "hf-safetensors" else path.is_file()):
+    if not (path.is_dir() if manifest(name)["format"] in FOLDER_FORMATS else path.is_file()):
         raise VariantNotFound(f"variant {name!r}: {path} does not exist")
     return path
 

@@ -1,4 +1,4 @@
-"""`lightgate models list | show NAME | fetch NAME | build-gguf BASE | export-hf NAME | prune NAME`."""
+"""`lightgate models list | show NAME | fetch NAME | build-gguf BASE | export-hf NAME | prune NAME | quantize NAME`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from rich.table import Table
 
 from compressed_models import catalog
 from compressed_models.build import LADDER, build_ladder
+from compressed_models.gpu_recipes import METHODS as GPU_METHODS
 from loadtest.prompts import WIKITEXT
+
+QUANTIZE_METHODS = ("quanto-int8", "quanto-int4", *GPU_METHODS)
 
 
 def add_parser(sub: Any) -> None:
@@ -42,6 +45,18 @@ def add_parser(sub: Any) -> None:
     prune.add_argument("--samples", type=int, default=32, help="calibration windows")
     prune.add_argument("--length", type=int, default=256, help="tokens per calibration window")
     prune.set_defaults(func=_prune)
+    quant = models.add_parser(
+        "quantize",
+        help="weight-only quantization of a Hugging Face variant: quanto int8/int4 (CPU), GPTQ/AWQ (llmcompressor), "
+        "EXL2 (exllamav2, CUDA)",
+    )
+    quant.add_argument("name", help="a Hugging Face bf16 catalog variant (from export-hf)")
+    quant.add_argument("--method", nargs="+", default=["quanto-int8", "quanto-int4"], choices=QUANTIZE_METHODS)
+    quant.add_argument("--bits", type=float, default=4, help="GPTQ/AWQ: 4 or 8; EXL2: target bits per weight")
+    quant.add_argument("--calibration", type=Path, default=WIKITEXT.with_name("wiki.valid.raw"), help="GPTQ/AWQ")
+    quant.add_argument("--samples", type=int, default=128, help="GPTQ/AWQ calibration windows")
+    quant.add_argument("--length", type=int, default=512, help="tokens per GPTQ/AWQ calibration window")
+    quant.set_defaults(func=_quantize)
 
 
 def _where(name: str) -> str:
@@ -132,4 +147,35 @@ def _prune(args: argparse.Namespace) -> int:
     for name in made:
         m = catalog.manifest(name)
         console.print(f"{name}: {m['size_bytes'] / 1e6:,.1f} MB ({m['method']})")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    hf = _needs_hf()
+    from compressed_models import gpu_recipes
+
+    console = Console()
+    made = []
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"quantizing {args.name}", total=len(args.method) * 2)
+
+        def step(what: str) -> None:
+            progress.update(task, advance=1, description=what)
+
+        for method in args.method:
+            try:
+                if method.startswith("quanto-"):
+                    made.append(hf.quantize_quanto(args.name, method.removeprefix("quanto-"), step=step))
+                elif method == "exl2":
+                    made.append(gpu_recipes.quantize_exl2(args.name, args.bits, step=step))
+                else:
+                    text = args.calibration.read_text(encoding="utf-8")
+                    options = {"bits": int(args.bits), "samples": args.samples, "length": args.length}
+                    made.append(gpu_recipes.quantize_llmcompressor(args.name, method, text, step=step, **options))
+            except gpu_recipes.RecipeUnavailable as exc:
+                console.print(f"[red]{method}: {exc}[/red]")
+                return 1
+    for name in made:
+        m = catalog.manifest(name)
+        console.print(f"{name}: {m['size_bytes'] / 1e6:,.1f} MB, {m['bits_per_weight']} bits/weight ({m['method']})")
     return 0

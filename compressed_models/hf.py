@@ -12,7 +12,11 @@ that use it.
   the lowest-scoring fraction is cut from gate/up (rows) and down (columns).
   Attention heads stay: the models here share few KV heads (SmolLM2: 3), so head
   pruning comes only in steps of a third. The same count is cut in every layer,
-  so the result is a standard config that any engine loads."""
+  so the result is a standard config that any engine loads.
+- `quantize_quanto`: weight-only int8 / int4 of every linear layer but the output
+  head, through optimum-quanto (weights stored quantized, activations in bf16).
+  Only PyTorch loads the result: `load_causal_lm` recognises it by quanto's
+  `quanto_qmap.json` beside the weights."""
 
 from __future__ import annotations
 
@@ -26,13 +30,34 @@ from compressed_models.perplexity import Perplexity, Protocol, score
 Step = Callable[[str], None]
 
 
-def _load(folder: Path) -> tuple[Any, Any]:
+QUANTO_WEIGHTS = ("int8", "int4")
+
+
+def is_quanto(folder: Path) -> bool:
+    return (folder / "quanto_qmap.json").is_file()
+
+
+def load_causal_lm(folder: Path, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer) of an HF variant folder, ready for inference. A quanto
+    folder keeps the dtype it was saved in (bf16): its int weights are dequantized
+    to that dtype in each matmul."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    model: Any
+    if is_quanto(folder):
+        from optimum.quanto import QuantizedModelForCausalLM
+
+        model = QuantizedModelForCausalLM.from_pretrained(str(folder))._wrapped
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype))
+    model.to(device)
     model.train(False)  # inference: no dropout
     return model, AutoTokenizer.from_pretrained(str(folder))
+
+
+def _load(folder: Path) -> tuple[Any, Any]:
+    return load_causal_lm(folder, "float32")
 
 
 def _save(model: Any, tokenizer: Any, out: Path) -> None:
@@ -42,16 +67,23 @@ def _save(model: Any, tokenizer: Any, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _entry(name: str, base: dict[str, Any], method: str, folder: Path, model: Any, provenance: str) -> dict[str, Any]:
+def _entry(
+    name: str,
+    base: dict[str, Any],
+    method: str,
+    folder: Path,
+    params: int,
+    provenance: str,
+    engines: tuple[str, ...] = ("transformers", "vllm", "tensorrt_llm"),
+) -> dict[str, Any]:
     weights = folder / "model.safetensors"
-    params = sum(p.numel() for p in model.parameters())
     return {
         "name": name,
         "base_model": base["base_model"],
         "method": method,
         "bits_per_weight": round(weights.stat().st_size * 8 / params, 2),
         "format": "hf-safetensors",
-        "engines": ["transformers", "vllm", "tensorrt_llm"],
+        "engines": list(engines),
         "source": {"path": str(folder)},
         "size_bytes": weights.stat().st_size,
         "sha256": sha256_of(weights),
@@ -88,7 +120,51 @@ def export_hf(variant: str, step: Step | None = None) -> str:
     provenance = (
         f"transformers' GGUF loader dequantized the catalog variant {variant} ({entry['method']}), saved in bf16"
     )
-    return register(_entry(name, entry, "bf16", out, clean, provenance))
+    return register(_entry(name, entry, "bf16", out, _params(clean), provenance))
+
+
+def _params(model: Any) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _hf_variant(variant: str, command: str) -> dict[str, Any]:
+    entry = manifest(variant)
+    if entry["format"] != "hf-safetensors" or is_quanto(resolve(variant)):
+        raise ValueError(f"{command} starts from a Hugging Face bf16 variant (models export-hf); {variant!r} is not")
+    return entry
+
+
+def quantize_quanto(variant: str, weights: str, step: Step | None = None) -> str:
+    """Weight-only `weights` (int8 or int4) quantization of HF variant `variant`, by
+    optimum-quanto, registered as `<variant>-quanto-<weights>`."""
+    import torch
+    from optimum.quanto import QuantizedModelForCausalLM, qint4, qint8
+
+    if weights not in QUANTO_WEIGHTS:
+        raise ValueError(f"quanto weights are one of {', '.join(QUANTO_WEIGHTS)}, got {weights!r}")
+    entry = _hf_variant(variant, "quantize-torch")
+    folder = resolve(variant)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16)
+    params = _params(model)
+    if step:
+        step(f"quantizing linear weights to {weights}")
+    # The output head stays bf16: it is tied to the embedding in these models,
+    # and quanto leaves embeddings alone anyway.
+    qtype = {"int8": qint8, "int4": qint4}[weights]
+    qmodel = QuantizedModelForCausalLM.quantize(model, weights=qtype, exclude="lm_head")
+    name = f"{variant}-quanto-{weights}"
+    out = cache_dir() / name
+    if step:
+        step("saving safetensors and quanto's map")
+    qmodel.save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(folder)).save_pretrained(out)
+    provenance = (
+        f"optimum-quanto weight-only {weights} (per-channel, group size 128 for int4) of every linear layer of "
+        f"{variant} but lm_head; activations bf16"
+    )
+    return register(_entry(name, entry, f"quanto-{weights}", out, params, provenance, engines=("transformers",)))
 
 
 def calibration(tokenizer: Any, text: str, samples: int, length: int) -> list[list[int]]:
@@ -162,9 +238,7 @@ def prune_wanda_sp(
 
     if not 0 < sparsity < 1:
         raise ValueError(f"sparsity is a fraction between 0 and 1, got {sparsity}")
-    entry = manifest(variant)
-    if entry["format"] != "hf-safetensors":
-        raise ValueError(f"pruning works on a Hugging Face variant (lightgate models export-hf); {variant!r} is not")
+    entry = _hf_variant(variant, "prune")
     model, tokenizer = _load(resolve(variant))
     if step:
         step(f"calibrating on {samples} windows of {length} tokens")
@@ -183,7 +257,7 @@ def prune_wanda_sp(
         f"Wanda-SP structured pruning of {percent}% of each layer's MLP channels of {variant}, calibrated on "
         f"{samples} windows of {length} tokens of WikiText-2 validation; attention heads kept"
     )
-    return register(_entry(name, entry, f"pruned-wanda-sp-{percent}", out, model, provenance))
+    return register(_entry(name, entry, f"pruned-wanda-sp-{percent}", out, _params(model), provenance))
 
 
 def perplexity_with_transformers(

@@ -25,7 +25,6 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 
-from backends.llamacpp.engine import EngineConfig, LlamaEngine
 from backends.logprobs import log_softmax
 
 ProtocolName = Literal["llamacpp", "gptq"]
@@ -117,6 +116,8 @@ def with_engine(
     """From the engine's own logits, one chunk per decode."""
     n_threads = threads or len(os.sched_getaffinity(0))
     n_ctx, first = protocol.n_ctx, protocol.first_scored
+    from backends.llamacpp.engine import EngineConfig, LlamaEngine  # the engine only for GGUF scoring
+
     engine = LlamaEngine(EngineConfig(path, n_ctx, n_ctx, 1, n_threads, n_threads, 0, True, None, False))
 
     def scored_logprobs(chunk: list[int]) -> list[float]:

@@ -1,7 +1,8 @@
 """Hugging Face variants, end to end through the CLI on the real SmolLM2: the GGUF
 exported to bf16 safetensors scores the perplexity llama.cpp gives the GGUF (two
 engines, one protocol); Wanda-SP pruning cuts what it says, the pruned model still
-models the text, and its scores choose better channels than chance."""
+models the text, and its scores choose better channels than chance; quanto's
+int8 keeps the perplexity, int4 costs some; the GPU recipes refuse clearly here."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     valid = WIKITEXT.with_name("wiki.valid.raw")
     args = ["models", "prune", EXPORT, "--sparsity", "0.2", "--samples", "8", "--length", "128"]
     assert lightgate([*args, "--calibration", str(valid)]) == 0
+    assert lightgate(["models", "quantize", EXPORT, "--method", "quanto-int8", "quanto-int4"]) == 0
     yield root
     mp.undo()
 
@@ -75,6 +77,37 @@ def test_eval_ppl_scores_a_hugging_face_variant_with_pytorch(cache: Path, tmp_pa
     record = json.loads(out.read_text())
     assert record["where"].startswith("transformers:")
     assert record["ppl"] == pytest.approx(ppl(catalog.resolve(PRUNED), raw), rel=1e-6)
+
+
+def test_quanto_int8_keeps_the_perplexity_and_int4_costs_some(cache: Path, raw: str) -> None:
+    int8, int4 = EXPORT + "-quanto-int8", EXPORT + "-quanto-int4"
+    for name in (int8, int4):
+        assert hf.is_quanto(catalog.verify(name))
+        assert catalog.manifest(name)["engines"] == ["transformers"]  # quanto's layout is PyTorch's alone
+    bf16_size = catalog.manifest(EXPORT)["size_bytes"]
+    assert catalog.manifest(int4)["size_bytes"] < catalog.manifest(int8)["size_bytes"] < 0.7 * bf16_size
+    model, _ = hf.load_causal_lm(catalog.resolve(int8))
+    assert type(model.model.layers[0].mlp.up_proj).__name__ == "QLinear"  # quantized layers, not dequantized copies
+    base, q8, q4 = ppl(catalog.resolve(EXPORT), raw), ppl(catalog.resolve(int8), raw), ppl(catalog.resolve(int4), raw)
+    assert q8 == pytest.approx(base, rel=0.02)
+    assert q8 < q4 < 3 * base
+
+
+def test_gpu_recipes_refuse_clearly_where_their_library_is_missing(
+    cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from compressed_models import gpu_recipes
+
+    # llmcompressor pins an older transformers, so it is never in the project's venv;
+    # exllamav2 cannot import without CUDA.
+    assert lightgate(["models", "quantize", EXPORT, "--method", "gptq"]) == 1
+    assert "llmcompressor" in capsys.readouterr().out
+    assert lightgate(["models", "quantize", EXPORT, "--method", "exl2", "--bits", "4.0"]) == 1
+    assert "exllamav2" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="Hugging Face bf16 variant"):
+        gpu_recipes.quantize_llmcompressor(BASE, "gptq", "text")  # a GGUF is not a starting point
+    with pytest.raises(ValueError, match="Hugging Face bf16 variant"):
+        gpu_recipes.quantize_llmcompressor(EXPORT + "-quanto-int8", "gptq", "text")  # nor a quantized one
 
 
 def test_the_export_is_a_checked_catalog_variant_and_corruption_is_caught(cache: Path) -> None:
