@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 FinishReason = Literal["stop", "length"]
 
@@ -157,3 +158,16 @@ class ChatTemplateInfo:
     source: str
     bos_token: str = ""
     eos_token: str = ""
+
+
+C = TypeVar("C")
+
+
+def engine_config(cls: type[C], backend: str, options: dict[str, object], **fixed: Any) -> C:
+    """A backend's config dataclass from the model's `options`, an unknown option
+    being an error that lists the known ones (a typo must not be ignored)."""
+    known = {f.name for f in dataclasses.fields(cls)} - set(fixed)  # type: ignore[arg-type]
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown {backend} options {unknown}; known: {sorted(known)}")
+    return cls(**fixed, **options)

@@ -7,7 +7,6 @@ Its tokenizer is bytes: token i < 256 is the byte i, and 256 is end-of-sequence.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from backends.base import (
     FinishReason,
     GenerationRequest,
     UnsupportedFeature,
+    engine_config,
 )
 from backends.textstream import TextStream
 
@@ -50,11 +50,7 @@ class SyntheticBackend:
     name = "synthetic"
 
     def __init__(self, path: str | None = None, **options: object) -> None:
-        known = {f.name for f in dataclasses.fields(SyntheticConfig)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown synthetic options {unknown}; known: {sorted(known)}")
-        self.config = SyntheticConfig(**options)  # type: ignore[arg-type]
+        self.config = engine_config(SyntheticConfig, "synthetic", options)
         self._running = 0
         self._generated = 0
 

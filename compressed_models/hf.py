@@ -15,8 +15,7 @@ that use it.
   so the result is a standard config that any engine loads.
 - `quantize_quanto`: weight-only int8 / int4 of every linear layer but the output
   head, through optimum-quanto (weights stored quantized, activations in bf16).
-  Only PyTorch loads the result: `load_causal_lm` recognises it by quanto's
-  `quanto_qmap.json` beside the weights."""
+  Only PyTorch loads the result (backends/transformers/model.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from backends.transformers.model import is_quanto, load_causal_lm
 from compressed_models.catalog import cache_dir, manifest, register, resolve, sha256_of
 from compressed_models.perplexity import Perplexity, Protocol, score
 
@@ -31,29 +31,6 @@ Step = Callable[[str], None]
 
 
 QUANTO_WEIGHTS = ("int8", "int4")
-
-
-def is_quanto(folder: Path) -> bool:
-    return (folder / "quanto_qmap.json").is_file()
-
-
-def load_causal_lm(folder: Path, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
-    """(model, tokenizer) of an HF variant folder, ready for inference. A quanto
-    folder keeps the dtype it was saved in (bf16): its int weights are dequantized
-    to that dtype in each matmul."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model: Any
-    if is_quanto(folder):
-        from optimum.quanto import QuantizedModelForCausalLM
-
-        model = QuantizedModelForCausalLM.from_pretrained(str(folder))._wrapped
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype))
-    model.to(device)
-    model.train(False)  # inference: no dropout
-    return model, AutoTokenizer.from_pretrained(str(folder))
 
 
 def _load(folder: Path) -> tuple[Any, Any]:

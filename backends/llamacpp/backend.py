@@ -9,7 +9,6 @@ scheduler drops it before the next step and frees its KV cells."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -21,10 +20,11 @@ from backends.base import (
     ChatTemplateInfo,
     Chunk,
     GenerationRequest,
+    engine_config,
 )
+from backends.jobs import relay
 from backends.llamacpp.engine import EngineConfig, LlamaEngine
 from backends.llamacpp.scheduler import Scheduler
-from backends.llamacpp.sequence import Job
 from backends.memory import peak_rss_bytes
 
 
@@ -63,11 +63,7 @@ class LlamaCppBackend:
     def __init__(self, path: str | None = None, **options: object) -> None:
         if not path:
             raise ValueError("the llamacpp backend needs a model path (a .gguf file)")
-        known = {f.name for f in dataclasses.fields(LlamaCppConfig)} - {"path"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown llamacpp options {unknown}; known: {sorted(known)}")
-        self.config = LlamaCppConfig(path=path, **options)  # type: ignore[arg-type]
+        self.config = engine_config(LlamaCppConfig, "llamacpp", options, path=path)
         self._engine: LlamaEngine | None = None
         self._scheduler: Scheduler | None = None
         self._chat_template: ChatTemplateInfo | None = None
@@ -76,7 +72,7 @@ class LlamaCppBackend:
 
     async def start(self) -> None:
         c = self.config
-        engine_config = EngineConfig(
+        settings = EngineConfig(
             path=c.path,
             n_ctx_seq=c.n_ctx,
             n_batch=c.n_batch,
@@ -88,7 +84,7 @@ class LlamaCppBackend:
             flash_attn=c.flash_attn,
             verbose=c.verbose,
         )
-        self._engine = e = await asyncio.to_thread(LlamaEngine, engine_config)
+        self._engine = e = await asyncio.to_thread(LlamaEngine, settings)
         source = e.metadata("tokenizer.chat_template")
         if source:
             eos = e.eog_ids[0] if e.eog_ids else -1
@@ -112,21 +108,10 @@ class LlamaCppBackend:
 
     # -- the interface the gateway uses ---------------------------------------------
 
-    async def generate(self, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+    def generate(self, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         if self._scheduler is None:
             raise BackendError("the llamacpp backend is not started")
-        job = Job(req, asyncio.get_running_loop())
-        self._scheduler.submit(job)
-        try:
-            while True:
-                item = await job.out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            job.cancelled.set()
+        return relay(req, self._scheduler.submit)
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         tokens = self.engine.tokenize(text, add_special=True, parse_special=special)

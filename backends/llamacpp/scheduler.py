@@ -24,9 +24,10 @@ from collections import deque
 import numpy as np
 
 from backends.base import BackendError, Chunk, FinishReason, TokenLogprob, TopLogprob
+from backends.jobs import Job, Outbox
 from backends.llamacpp.engine import LlamaEngine
 from backends.llamacpp.sampler import SamplerChain, sampler_steps
-from backends.llamacpp.sequence import Job, Outbox, Phase, Sequence
+from backends.llamacpp.sequence import Phase, Sequence
 from backends.logprobs import log_softmax, top_k
 from backends.textstream import TextStream
 

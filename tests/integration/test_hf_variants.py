@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from backends.transformers.model import is_quanto, load_causal_lm
 from compressed_models import catalog, hf, perplexity
 from gateway.cli import main as lightgate
 from loadtest.prompts import WIKITEXT
@@ -82,11 +83,11 @@ def test_eval_ppl_scores_a_hugging_face_variant_with_pytorch(cache: Path, tmp_pa
 def test_quanto_int8_keeps_the_perplexity_and_int4_costs_some(cache: Path, raw: str) -> None:
     int8, int4 = EXPORT + "-quanto-int8", EXPORT + "-quanto-int4"
     for name in (int8, int4):
-        assert hf.is_quanto(catalog.verify(name))
+        assert is_quanto(catalog.verify(name))
         assert catalog.manifest(name)["engines"] == ["transformers"]  # quanto's layout is PyTorch's alone
     bf16_size = catalog.manifest(EXPORT)["size_bytes"]
     assert catalog.manifest(int4)["size_bytes"] < catalog.manifest(int8)["size_bytes"] < 0.7 * bf16_size
-    model, _ = hf.load_causal_lm(catalog.resolve(int8))
+    model, _ = load_causal_lm(catalog.resolve(int8))
     assert type(model.model.layers[0].mlp.up_proj).__name__ == "QLinear"  # quantized layers, not dequantized copies
     base, q8, q4 = ppl(catalog.resolve(EXPORT), raw), ppl(catalog.resolve(int8), raw), ppl(catalog.resolve(int4), raw)
     assert q8 == pytest.approx(base, rel=0.02)

@@ -1,0 +1,240 @@
+"""The `transformers` backend: the PyTorch baseline the survey measured every
+compression against. A Hugging Face folder (bf16 export, pruned, quanto int8/int4,
+GPTQ/AWQ in compressed-tensors) on the CPU here, on CUDA where there is one.
+
+One worker thread runs one sequence at a time, the way `model.generate` serves a
+request: that is the baseline, not a batching engine. It runs the decode loop
+itself (a forward over the prompt, then one token per forward with the KV cache)
+rather than calling `generate` with a streamer, because the gateway needs what
+`generate` keeps inside: the raw logits of every step for logprobs, the prompt's
+logits for echo, a cancellation check between tokens, and the same sampling order
+as every other backend (backends/transformers/sampling.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import queue
+import secrets
+import threading
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backends.base import (
+    BackendError,
+    BackendStats,
+    ChatTemplateInfo,
+    Chunk,
+    FinishReason,
+    GenerationRequest,
+    TokenLogprob,
+    TopLogprob,
+    engine_config,
+)
+from backends.jobs import Job, Outbox, relay
+from backends.memory import peak_rss_bytes
+from backends.textstream import TextStream
+from backends.transformers.model import load_causal_lm
+from backends.transformers.sampling import pick, process
+from backends.transformers.vocab import token_bytes_table
+
+
+@dataclass(slots=True)
+class TransformersConfig:
+    path: str
+    device: str = "auto"  # auto: cuda when torch sees a GPU, else cpu
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU (faster there than bf16); quanto keeps its own
+    max_model_len: int = 2048  # capped at the model's max_position_embeddings
+    n_threads: int = 0  # torch's intra-op threads; 0: torch's default (every core)
+
+    def __post_init__(self) -> None:
+        if not Path(self.path).is_dir():
+            raise FileNotFoundError(f"the transformers backend loads a Hugging Face folder; {self.path} is not one")
+        if self.max_model_len < 16:
+            raise ValueError("max_model_len must be >= 16")
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, path: str | None = None, **options: object) -> None:
+        if not path:
+            raise ValueError("the transformers backend needs a model path (a Hugging Face folder)")
+        self.config = engine_config(TransformersConfig, "transformers", options, path=path)
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._device = "cpu"
+        self._bytes: list[bytes] = []
+        self._eos: list[int] = []
+        self._max_len = self.config.max_model_len
+        self._cache_arg = "cache"
+        self._chat_template: ChatTemplateInfo | None = None
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._running = 0
+        self._generated = 0
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        self._thread = threading.Thread(target=self._loop, name="transformers-worker", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        import torch
+
+        c = self.config
+        if c.n_threads:
+            torch.set_num_threads(c.n_threads)
+        self._device = ("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device
+        dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if self._device == "cuda" else "float32")
+        self._model, tok = load_causal_lm(Path(c.path), dtype, self._device)
+        self._tokenizer = tok
+        self._bytes = token_bytes_table(tok)
+        eos = self._model.generation_config.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        self._eos = sorted({*(i for i in eos_ids if i is not None), *([tok.eos_token_id] if tok.eos_token_id else [])})
+        # transformers 5.2x renamed forward's `past_key_values` to `cache`; take either.
+        self._cache_arg = "cache" if "cache" in inspect.signature(self._model.forward).parameters else "past_key_values"
+        limit = getattr(self._model.config, "max_position_embeddings", None)
+        self._max_len = min(c.max_model_len, limit) if limit else c.max_model_len
+        if isinstance(tok.chat_template, str):
+            self._chat_template = ChatTemplateInfo(tok.chat_template, tok.bos_token or "", tok.eos_token or "")
+
+    async def stop(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        self._model = None
+
+    # -- the interface the gateway uses ---------------------------------------------
+
+    def generate(self, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        if self._thread is None:
+            raise BackendError("the transformers backend is not started")
+        return relay(req, self._jobs.put)
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        tokens: list[int] = self.tokenizer(text, add_special_tokens=True, split_special_tokens=not special)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        if special and len(tokens) > 1 and tokens[0] == tokens[1] == bos:
+            tokens = tokens[1:]  # the template wrote a BOS and the tokenizer added one too
+        return tokens
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return str(self.tokenizer.decode(token_ids))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._bytes[token_id]
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise BackendError("the transformers backend is not started")
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._bytes)
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_len
+
+    @property
+    def chat_template(self) -> ChatTemplateInfo | None:
+        return self._chat_template
+
+    def stats(self) -> BackendStats:
+        weights = int(self._model.get_memory_footprint()) if self._model is not None else None
+        running_memory = peak_rss_bytes()
+        if self._device == "cuda":
+            import torch
+
+            running_memory = int(torch.cuda.max_memory_allocated())
+        return BackendStats(
+            running=self._running,
+            waiting=self._jobs.qsize(),
+            max_running=1,
+            weight_bytes=weights,
+            running_memory_bytes=running_memory,
+            generated_tokens=self._generated,
+        )
+
+    # -- the worker thread ------------------------------------------------------------
+
+    def _loop(self) -> None:
+        outbox = Outbox()
+        while (job := self._jobs.get()) is not None:
+            if job.cancelled.is_set():
+                continue
+            self._running = 1
+            try:
+                self._run(job, outbox)
+            except Exception as exc:  # the engine failed: the request gets a 500, the worker lives on
+                outbox.put(job, BackendError(f"{type(exc).__name__}: {exc}"))
+            finally:
+                self._running = 0
+                outbox.flush()
+
+    def _run(self, job: Job, outbox: Outbox) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        params, prompt = job.req.params, job.req.prompt_tokens
+        generator = torch.Generator(self._device)
+        generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
+        stream = TextStream(stop=list(params.stop))
+        with torch.inference_mode():
+            # Every prompt row's logits only when echo asks for them; else the last row.
+            keep = 0 if params.prompt_logprobs is not None else 1
+            cache = {self._cache_arg: DynamicCache(config=self._model.config)}  # filled in place by each forward
+            out = self._model(torch.tensor([prompt], device=self._device), logits_to_keep=keep, **cache)
+            prompt_logprobs = self._prompt_logprobs(prompt, out.logits[0], params.prompt_logprobs)
+            if params.max_tokens == 0:  # echo only: the prompt was all that was asked
+                outbox.put(job, Chunk([], "", finish_reason="length", prompt_logprobs=prompt_logprobs))
+                return
+            row = out.logits[0, -1].float()
+            generated: list[int] = []
+            while not job.cancelled.is_set():
+                banned = self._eos if params.ignore_eos or len(generated) < params.min_tokens else []
+                token = pick(process(row, params, generated, banned), params, generator)
+                generated.append(token)
+                self._generated += 1
+                finish: FinishReason | None = None
+                if token in self._eos:
+                    finish, text = "stop", stream.flush()
+                else:
+                    text = stream.push(self._bytes[token])
+                    if stream.stopped:
+                        finish = "stop"
+                    elif len(generated) == params.max_tokens or len(prompt) + len(generated) >= self._max_len:
+                        finish, text = "length", text + stream.flush()
+                logprobs = [self._entry(row, token, params.logprobs)] if params.logprobs is not None else None
+                first = prompt_logprobs if len(generated) == 1 else None
+                outbox.put(job, Chunk([token], text, logprobs, finish, first))
+                outbox.flush()
+                if finish is not None:
+                    return
+                step = torch.tensor([[token]], device=self._device)
+                row = self._model(step, **cache).logits[0, -1].float()
+
+    def _prompt_logprobs(self, prompt: list[int], logits: Any, k: int | None) -> list[TokenLogprob] | None:
+        if k is None:
+            return None
+        first = TokenLogprob(prompt[0], self._bytes[prompt[0]], None)
+        return [first, *(self._entry(logits[i].float(), prompt[i + 1], k) for i in range(len(prompt) - 1))]
+
+    def _entry(self, row: Any, token: int, k: int | None) -> TokenLogprob:
+        import torch
+
+        lp = torch.log_softmax(row.double(), dim=-1)
+        top: tuple[TopLogprob, ...] = ()
+        if k:
+            values, ids = torch.topk(lp, min(k, lp.shape[0]))
+            top = tuple(TopLogprob(int(i), self._bytes[int(i)], float(v)) for v, i in zip(values, ids, strict=True))
+        return TokenLogprob(token, self._bytes[token], float(lp[token]), top)

@@ -1,0 +1,31 @@
+"""Loading a Hugging Face folder for inference: plain safetensors (bf16 exports,
+pruned variants, compressed-tensors GPTQ/AWQ folders) through transformers, and
+optimum-quanto folders, recognised by the `quanto_qmap.json` quanto writes beside
+the weights, through quanto's own loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def is_quanto(folder: Path) -> bool:
+    return (folder / "quanto_qmap.json").is_file()
+
+
+def load_causal_lm(folder: Path, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer), in inference mode on `device`. A quanto folder keeps the
+    dtype it was saved in: its int weights are dequantized to it in each matmul."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model: Any
+    if is_quanto(folder):
+        from optimum.quanto import QuantizedModelForCausalLM
+
+        model = QuantizedModelForCausalLM.from_pretrained(str(folder))._wrapped
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype))
+    model.to(device)
+    model.train(False)  # inference: no dropout
+    return model, AutoTokenizer.from_pretrained(str(folder))
