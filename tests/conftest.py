@@ -4,6 +4,7 @@ model on llama.cpp and two synthetic models for gateway-only behaviour."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
@@ -46,3 +47,19 @@ def gateway() -> Iterator[RunningServer]:
 @pytest.fixture(scope="session")
 def client(gateway: RunningServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 Q4_1 as a Hugging Face folder (`lightgate models export-hf`)."""
+    from gateway.cli import main as lightgate
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LIGHTGATE_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
+    try:
+        assert lightgate(["models", "export-hf", "smollm2-135m-instruct-q4_1"]) == 0
+        from compressed_models import catalog
+
+        return catalog.resolve("smollm2-135m-instruct-bf16-from-q4_1")
+    finally:
+        mp.undo()

@@ -39,13 +39,13 @@ class RunningServer:
 
 
 @contextmanager
-def serve(settings: Settings, *, wait_ready: bool = True) -> Iterator[RunningServer]:
+def serve(settings: Settings, *, wait_ready: bool = True, startup_s: float = 60) -> Iterator[RunningServer]:
     app = create_app(settings)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + startup_s  # model loading happens in the app's lifespan
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the test server did not start")

