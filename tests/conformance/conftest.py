@@ -6,7 +6,11 @@ per engine, through a real gateway and the official openai client.
 - vllm: the same folder on vLLM's CPU build. It is an optional extra with its own
   CI stage; where it is not installed its tests skip, unless
   LIGHTGATE_REQUIRE_VLLM=1 (that stage) turns the skip into a failure, so a
-  broken install cannot pass quietly."""
+  broken install cannot pass quietly.
+
+On a GPU machine (scripts/gpu_check.sh) LIGHTGATE_CONFORMANCE picks other engines:
+`exllamav2` (SmolLM2 converted to EXL2 there), `transformers` (on CUDA, which it
+picks by itself) and `llamacpp-gpu` (every layer offloaded)."""
 
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from gateway.config import ModelConfig, Settings
 from tests.conftest import FAST, SMOL
 from tests.server import RunningServer, serve
 
-ENGINES = ["llamacpp", "transformers", "synthetic", "vllm"]
+ENGINES = os.environ.get("LIGHTGATE_CONFORMANCE", "llamacpp,transformers,synthetic,vllm").split(",")
 
 
 @dataclass
@@ -44,6 +48,20 @@ class Engine:
         return self.name != "synthetic"
 
 
+@pytest.fixture(scope="session")
+def smollm2_exl2(smollm2_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 converted to EXL2 at 4 bits per weight (CUDA only)."""
+    from compressed_models import catalog
+    from compressed_models.gpu_recipes import quantize_exl2
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LIGHTGATE_CACHE", str(smollm2_hf.parents[1]))  # the export's cache: its catalog entry is there
+    try:
+        return catalog.resolve(quantize_exl2(smollm2_hf.name, 4.0))
+    finally:
+        mp.undo()
+
+
 def _own_gateway(name: str, backend: str, path: Path, options: dict[str, object]) -> Iterator[Engine]:
     settings = Settings(models=[ModelConfig(name=name, backend=backend, path=str(path), options=options)])
     with serve(settings, startup_s=300) as server:  # vLLM on a CPU takes a minute or two
@@ -59,6 +77,15 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     elif name == "transformers":
         yield from _own_gateway(
             "smollm2-pt", "transformers", request.getfixturevalue("smollm2_hf"), {"max_model_len": 512}
+        )
+    elif name == "llamacpp-gpu":
+        from compressed_models import catalog
+
+        gguf = catalog.resolve("smollm2-135m-instruct-q4_1")
+        yield from _own_gateway("smollm2-gpu", "llamacpp", gguf, {"n_ctx": 512, "n_gpu_layers": -1})
+    elif name == "exllamav2":
+        yield from _own_gateway(
+            "smollm2-exl2", "exllamav2", request.getfixturevalue("smollm2_exl2"), {"max_seq_len": 512}
         )
     else:
         if importlib.util.find_spec("vllm") is None:

