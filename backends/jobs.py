@@ -5,11 +5,12 @@ request, and the outbox that hands a step's chunks to the loop in one wake-up.""
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
-from backends.base import Chunk, GenerationRequest
+from backends.base import BackendError, Chunk, GenerationRequest
 
 
 @dataclass(slots=True, eq=False)
@@ -67,3 +68,38 @@ async def relay(req: GenerationRequest, submit: Callable[[Job], None]) -> AsyncG
                 return
     finally:
         job.cancelled.set()
+
+
+class Worker:
+    """One thread running jobs one at a time, for engines that decode one sequence
+    (the PyTorch baseline, the speculative loop). `run(job, outbox)` does a job's
+    work; a failure fails that job alone (a 500), and `after()` runs after every
+    job, whatever happened (to leave the engine clean for the next)."""
+
+    def __init__(self, name: str, run: Callable[[Job, Outbox], None], after: Callable[[], None] = lambda: None):
+        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.running = 0
+        self._run, self._after = run, after
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        outbox = Outbox()
+        while (job := self.jobs.get()) is not None:
+            if job.cancelled.is_set():
+                continue
+            self.running = 1
+            try:
+                self._run(job, outbox)
+            except Exception as exc:  # the engine failed: this request gets a 500, the worker lives on
+                outbox.put(job, BackendError(f"{type(exc).__name__}: {exc}"))
+            finally:
+                self._after()
+                self.running = 0
+                outbox.flush()

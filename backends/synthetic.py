@@ -15,7 +15,6 @@ from backends.base import (
     BackendStats,
     ChatTemplateInfo,
     Chunk,
-    FinishReason,
     GenerationRequest,
     UnsupportedFeature,
     engine_config,
@@ -85,15 +84,7 @@ class SyntheticBackend:
                     raise BackendError(f"injected failure after {i} tokens (fail_after_tokens)")
                 token = EOS if i == eos_at else ord(c.text[i % len(c.text)])
                 self._generated += 1
-                finish: FinishReason | None = None
-                if token == EOS:
-                    finish, text = "stop", stream.flush()
-                else:
-                    text = stream.push(bytes([token]))
-                    if stream.stopped:
-                        finish = "stop"
-                    elif i + 1 == params.max_tokens:
-                        finish, text = "length", text + stream.flush()
+                text, finish = stream.token(self.token_bytes(token), eos=token == EOS, last=i + 1 == params.max_tokens)
                 yield Chunk([token], text, finish_reason=finish)
                 if finish is not None:
                     return

@@ -7,6 +7,8 @@ from __future__ import annotations
 import codecs
 from dataclasses import dataclass, field
 
+from backends.base import FinishReason
+
 
 @dataclass(slots=True)
 class TextStream:
@@ -24,6 +26,18 @@ class TextStream:
             return ""
         self._pending += self._decoder.decode(token)
         return self._release(final=False)
+
+    def token(self, piece: bytes, *, eos: bool, last: bool) -> tuple[str, FinishReason | None]:
+        """A sampled token: the text it releases, and whether the sequence ends with
+        it (EOS, a stop string, or `last`: max_tokens or the context reached)."""
+        if eos:
+            return self.flush(), "stop"
+        text = self.push(piece)
+        if self.stopped:
+            return text, "stop"
+        if last:
+            return text + self.flush(), "length"
+        return text, None
 
     def flush(self) -> str:
         """The sequence ended: release whatever was held back."""

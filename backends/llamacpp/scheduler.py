@@ -23,7 +23,7 @@ from collections import deque
 
 import numpy as np
 
-from backends.base import BackendError, Chunk, FinishReason, TokenLogprob, TopLogprob
+from backends.base import BackendError, Chunk, TokenLogprob, TopLogprob
 from backends.jobs import Job, Outbox
 from backends.llamacpp.engine import LlamaEngine
 from backends.llamacpp.sampler import SamplerChain, sampler_steps
@@ -199,15 +199,8 @@ class Scheduler:
         token = seq.sampler.sample(e.ctx, row, logits)
         seq.generated.append(token)
         self.generated_tokens += 1
-        finish: FinishReason | None = None
-        if token in e.eog_set:
-            finish, text = "stop", seq.stream.flush()
-        else:
-            text = seq.stream.push(e.piece(token))
-            if seq.stream.stopped:
-                finish = "stop"
-            elif len(seq.generated) == params.max_tokens or seq.n_cached + 1 >= e.n_ctx_seq:
-                finish, text = "length", text + seq.stream.flush()
+        last = len(seq.generated) == params.max_tokens or seq.n_cached + 1 >= e.n_ctx_seq
+        text, finish = seq.stream.token(e.piece(token), eos=token in e.eog_set, last=last)
         logprobs = None
         if raw is not None and params.logprobs is not None:
             logprobs = [_logprob_entry(e, raw, token, params.logprobs)]

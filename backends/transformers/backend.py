@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import queue
 import secrets
-import threading
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +24,13 @@ from backends.base import (
     BackendError,
     BackendStats,
     Chunk,
-    FinishReason,
     GenerationRequest,
     TokenLogprob,
     TopLogprob,
     engine_config,
 )
 from backends.hf_tokenizer import HfTokenizer, HfTokenizerMethods
-from backends.jobs import Job, Outbox, relay
+from backends.jobs import Job, Outbox, Worker, relay
 from backends.memory import peak_rss_bytes
 from backends.textstream import TextStream
 from backends.transformers.model import load_causal_lm
@@ -69,17 +66,15 @@ class TransformersBackend(HfTokenizerMethods):
         self._eos: list[int] = []
         self._max_len = self.config.max_model_len
         self._cache_arg = "cache"
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._running = 0
+        self._worker: Worker | None = None
         self._generated = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
-        self._thread = threading.Thread(target=self._loop, name="transformers-worker", daemon=True)
-        self._thread.start()
+        self._worker = Worker("transformers-worker", self._run)
+        self._worker.start()
 
     def _load(self) -> None:
         import torch
@@ -98,18 +93,17 @@ class TransformersBackend(HfTokenizerMethods):
         self._max_len = min(c.max_model_len, limit) if limit else c.max_model_len
 
     async def stop(self) -> None:
-        if self._thread is not None:
-            self._jobs.put(None)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+        if self._worker is not None:
+            await asyncio.to_thread(self._worker.stop)
+            self._worker = None
         self._model = None
 
     # -- the interface the gateway uses ---------------------------------------------
 
     def generate(self, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-        if self._thread is None:
+        if self._worker is None:
             raise BackendError("the transformers backend is not started")
-        return relay(req, self._jobs.put)
+        return relay(req, self._worker.jobs.put)
 
     def stats(self) -> BackendStats:
         weights = int(self._model.get_memory_footprint()) if self._model is not None else None
@@ -119,29 +113,13 @@ class TransformersBackend(HfTokenizerMethods):
 
             running_memory = int(torch.cuda.max_memory_allocated())
         return BackendStats(
-            running=self._running,
-            waiting=self._jobs.qsize(),
+            running=self._worker.running if self._worker else 0,
+            waiting=self._worker.jobs.qsize() if self._worker else 0,
             max_running=1,
             weight_bytes=weights,
             running_memory_bytes=running_memory,
             generated_tokens=self._generated,
         )
-
-    # -- the worker thread ------------------------------------------------------------
-
-    def _loop(self) -> None:
-        outbox = Outbox()
-        while (job := self._jobs.get()) is not None:
-            if job.cancelled.is_set():
-                continue
-            self._running = 1
-            try:
-                self._run(job, outbox)
-            except Exception as exc:  # the engine failed: the request gets a 500, the worker lives on
-                outbox.put(job, BackendError(f"{type(exc).__name__}: {exc}"))
-            finally:
-                self._running = 0
-                outbox.flush()
 
     def _run(self, job: Job, outbox: Outbox) -> None:
         import torch
@@ -167,15 +145,8 @@ class TransformersBackend(HfTokenizerMethods):
                 token = pick(process(row, params, generated, banned), params, generator)
                 generated.append(token)
                 self._generated += 1
-                finish: FinishReason | None = None
-                if token in self._eos:
-                    finish, text = "stop", stream.flush()
-                else:
-                    text = stream.push(self._bytes[token])
-                    if stream.stopped:
-                        finish = "stop"
-                    elif len(generated) == params.max_tokens or len(prompt) + len(generated) >= self._max_len:
-                        finish, text = "length", text + stream.flush()
+                last = len(generated) == params.max_tokens or len(prompt) + len(generated) >= self._max_len
+                text, finish = stream.token(self._bytes[token], eos=token in self._eos, last=last)
                 logprobs = [self._entry(row, token, params.logprobs)] if params.logprobs is not None else None
                 first = prompt_logprobs if len(generated) == 1 else None
                 outbox.put(job, Chunk([token], text, logprobs, finish, first))
