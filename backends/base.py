@@ -112,6 +112,16 @@ class BackendStats:
     weight_bytes: int | None = None  # the survey's WM: the model's weights as loaded
     running_memory_bytes: int | None = None  # the survey's RM: peak memory while serving
     generated_tokens: int = 0  # since start, cancelled sequences included
+    speculative: SpeculativeStats | None = None  # only a backend that drafts reports these
+
+
+@dataclass(slots=True, frozen=True)
+class SpeculativeStats:
+    """Counters since start of a backend that drafts and verifies."""
+
+    steps: int  # verification passes that checked draft tokens
+    draft_tokens: int  # tokens proposed by the draft
+    accepted_tokens: int  # draft tokens the target kept
 
 
 @runtime_checkable

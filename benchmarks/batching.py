@@ -11,7 +11,9 @@ dropped streams (an error status, a broken stream or fewer tokens than asked).
 
 `llama-server` is built from the llama.cpp source vendored in the llama-cpp-python
 sdist (see docs/benchmarks.md); without --llama-server that peer is skipped. vLLM
-runs when --vllm-python and an HF folder per model (--vllm-model smollm2=DIR) are given.
+and Lightgate's `vllm` backend run when --vllm-python and an HF folder per model
+(--hf-model smollm2=DIR) are given; the HF folder alone adds Lightgate's
+`transformers` backend (the PyTorch baseline).
 """
 
 from __future__ import annotations
@@ -174,7 +176,7 @@ def servers(model_path: str, threads: int, slots: int, args: argparse.Namespace,
         port = free_port()
         cmd = [args.llama_server, "-m", model_path, "--port", str(port), "-np", str(slots), "-c", str(ctx * slots)]
         out["llama-server"] = ([*cmd, "-t", str(threads), "-tb", str(threads), "--alias", "m"], port, "/health", {})
-    hf_dir = dict(pair.split("=", 1) for pair in args.vllm_model).get(short)
+    hf_dir = dict(pair.split("=", 1) for pair in args.hf_model).get(short)
     if args.vllm_python and hf_dir:
         # vLLM on CPU: bf16 weights from the same GGUF (`lightgate models export-hf`), its own KV space.
         port = free_port()
@@ -183,6 +185,20 @@ def servers(model_path: str, threads: int, slots: int, args: argparse.Namespace,
         cmd += ["--max-num-seqs", str(slots), "--dtype", "bfloat16"]
         env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}", "HF_HUB_OFFLINE": "1"}
         out["vllm"] = (cmd, port, "/v1/models", env)
+        # Lightgate's vllm backend: the same engine arguments and environment, the
+        # gateway in front (run by the vLLM venv's Python, where Lightgate is installed too).
+        port = free_port()
+        engine = {"max_model_len": ctx, "max_num_seqs": slots, "dtype": "bfloat16"}
+        config = lightgate_config([{"name": "m", "backend": "vllm", "path": hf_dir, "options": engine}])
+        cmd = [args.vllm_python, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)]
+        out["lightgate-vllm"] = (cmd, port, "/ready", env)
+    if hf_dir:
+        # The PyTorch baseline on the same HF folder (float32 on the CPU), one sequence at a time.
+        port = free_port()
+        engine = {"max_model_len": ctx, "n_threads": threads}
+        config = lightgate_config([{"name": "m", "backend": "transformers", "path": hf_dir, "options": engine}])
+        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)]
+        out["lightgate-transformers"] = (cmd, port, "/ready", {})
     port = free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--model_alias", "m", "--port", str(port)]
     out["llama_cpp.server"] = ([*cmd, "--n_ctx", str(ctx), "--n_threads", str(threads)], port, "/v1/models", {})
@@ -198,11 +214,11 @@ def main() -> None:
     parser.add_argument("--llama-server", help="path of a llama-server binary (the C++ peer)")
     parser.add_argument("--vllm-python", help="a Python with vllm-cpu installed (the vLLM peer)")
     parser.add_argument(
-        "--vllm-model",
+        "--hf-model",
         nargs="*",
         default=[],
         metavar="MODEL=DIR",
-        help="HF folder per model for vLLM, e.g. smollm2=DIR",
+        help="HF folder per model (lightgate models export-hf) for vLLM and the PyTorch baseline, e.g. smollm2=DIR",
     )
     parser.add_argument("--servers", nargs="*", help="only these servers (default: every one configured)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")

@@ -12,7 +12,8 @@ one sequence), Hugging Face ones on PyTorch in the dtype they are stored in; bot
 are the engines' plain decoding loops, no server. Rounds interleave the variants
 (this machine's speed drifts) and the table shows medians. Perplexity is read
 from `lightgate eval ppl` results (compressed_models/results.py), not measured
-here: a full WikiText-2 pass takes minutes per variant."""
+here: a full WikiText-2 pass takes minutes per variant. Every row shows the result
+over the same number of chunks (`--ppl-chunks`), so the rows are comparable."""
 
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def one(variant: str, tokens: int) -> dict[str, Any]:
     }
 
 
-def run(variants: list[str], rounds: int, tokens: int) -> list[dict[str, Any]]:
+def run(variants: list[str], rounds: int, tokens: int, chunks: int) -> list[dict[str, Any]]:
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     with Progress() as progress:
         task = progress.add_task("Table 3", total=rounds * len(variants))
@@ -117,10 +118,10 @@ def run(variants: list[str], rounds: int, tokens: int) -> list[dict[str, Any]]:
         row = dict(measured[0])
         for key in ("running_mb", "runtime_mb", "prefill_s", "decode_tok_s"):
             row[key] = statistics.median(m[key] for m in measured)
-        ppl = results.load(variant)
-        kept = [r for r in ppl.values() if r.get("protocol") == "llamacpp"]
-        best = max(kept, key=lambda r: int(r.get("tokens", 0))) if kept else None
-        row["ppl"], row["ppl_tokens"] = (best["ppl"], best["tokens"]) if best else (None, 0)
+        # The same slice of WikiText-2 for every row: results over `chunks` chunks of 512.
+        kept = [r for r in results.load(variant).values() if r.get("protocol") == "llamacpp" and r.get("n_ctx") == 512]
+        same = [r for r in kept if r.get("chunks") == chunks]
+        row["ppl"], row["ppl_tokens"] = (same[0]["ppl"], same[0]["tokens"]) if same else (None, 0)
         rows.append(row)
     return rows
 
@@ -167,13 +168,16 @@ def main() -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128, help="tokens decoded per measurement")
+    parser.add_argument(
+        "--ppl-chunks", type=int, default=40, help="the eval ppl results to show: over this many 512-token chunks"
+    )
     parser.add_argument("--json", type=Path, default=Path("bench-results/table3.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/figures/table3.png"))
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one, args.tokens)))
         return 0
-    rows = run(args.variants, args.rounds, args.tokens)
+    rows = run(args.variants, args.rounds, args.tokens, args.ppl_chunks)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=1))
     args.plot.parent.mkdir(parents=True, exist_ok=True)

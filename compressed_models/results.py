@@ -1,6 +1,7 @@
 """Evaluation results kept per variant, so that `lightgate bench compare` can put a
 variant's perplexity beside its speed: `$LIGHTGATE_CACHE/eval/VARIANT.json` holds
-the latest result of each protocol and context length."""
+the latest result of each protocol, context length and number of chunks (a quick
+run never replaces a full one)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ def _path(variant: str) -> Path:
 
 
 def save(variant: str, record: dict[str, Any]) -> Path:
-    """Keep `record` (with its protocol and n_ctx) as the variant's latest result of that kind."""
+    """Keep `record` (with its protocol, n_ctx and chunks) as the variant's latest result of that kind."""
     path = _path(variant)
     path.parent.mkdir(parents=True, exist_ok=True)
     results = load(variant)
-    results[f"{record['protocol']}@{record['n_ctx']}"] = record
+    results[f"{record['protocol']}@{record['n_ctx']}x{record['chunks']}"] = record
     path.write_text(json.dumps(results, indent=1))
     return path
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.gpu import GpuCollector
@@ -175,6 +175,19 @@ class EngineCollector(Collector):
             "lightgate_model_running_memory_bytes",
             "Running memory (the survey's RM): peak memory while serving; on a CPU, the process's peak RSS.",
         )
+        spec = {
+            "steps": CounterMetricFamily(
+                "lightgate_spec_decode_steps",
+                "Speculative verification passes that checked draft tokens.",
+                labels=LABELS,
+            ),
+            "draft_tokens": CounterMetricFamily(
+                "lightgate_spec_decode_draft_tokens", "Tokens proposed by the draft model.", labels=LABELS
+            ),
+            "accepted_tokens": CounterMetricFamily(
+                "lightgate_spec_decode_accepted_tokens", "Draft tokens the target model accepted.", labels=LABELS
+            ),
+        }
         for d in self.router.deployments:
             labels = list(labels_of(d))
             ready.add_metric(labels, float(d.ready))
@@ -192,4 +205,7 @@ class EngineCollector(Collector):
                 weights.add_metric(labels, stats.weight_bytes)
             if stats.running_memory_bytes is not None:
                 peak.add_metric(labels, stats.running_memory_bytes)
-        yield from (ready, running, waiting, capacity, seq_running, seq_waiting, kv, weights, peak)
+            if stats.speculative is not None:
+                for field, family in spec.items():
+                    family.add_metric(labels, getattr(stats.speculative, field))
+        yield from (ready, running, waiting, capacity, seq_running, seq_waiting, kv, weights, peak, *spec.values())

@@ -1,0 +1,380 @@
+"""The `speculative` backend: a small draft model proposes γ tokens, the target
+checks them all in one batched decode, and the output is distributed exactly as
+the target's own (backends/speculative/verify.py). Two GGUF models on llama.cpp's
+low-level API, one sequence at a time in a worker thread.
+
+Why not llama-cpp-python's own draft support: it turns on `logits_all` for every
+decode and was slower than plain decoding here. This loop asks for logits only
+where it reads them: each draft step's last row, and the target's γ+1 rows.
+
+A step, with t the last token emitted (its KV not yet in either model):
+  draft:  decode t (and a kept draft token whose KV it lacks), then γ-1 more, one
+          token each, sampling x_1..x_γ from its warped distributions q_i;
+  target: decode [t, x_1..x_γ] in one batch: rows 0..γ give p_1..p_γ+1;
+  verify: keep x_1..x_k, draw the next token; drop both caches' cells past t, x_1..x_k.
+
+γ adapts when `adaptive` is on: after each step it moves to the γ with the best
+expected tokens per second, from the measured acceptance rate and the measured
+costs of a draft token and of a target pass over n tokens; γ = 0 (the target
+alone) when speculation does not pay, with a probe every `probe_every` steps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from backends.base import (
+    BackendError,
+    BackendStats,
+    ChatTemplateInfo,
+    Chunk,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    SpeculativeStats,
+    TokenLogprob,
+    TopLogprob,
+    UnsupportedFeature,
+    engine_config,
+)
+from backends.jobs import Job, Outbox, Worker, relay
+from backends.llamacpp.engine import EngineConfig, LlamaEngine
+from backends.logprobs import log_softmax, top_k
+from backends.memory import peak_rss_bytes
+from backends.speculative.verify import Probs, draw, verify, warp
+from backends.textstream import TextStream
+
+
+@dataclass(slots=True)
+class SpeculativeConfig:
+    path: str  # the target GGUF
+    draft: str = ""  # the draft: a GGUF path or a catalog variant; same tokenizer, smaller model
+    gamma: int = 4  # draft tokens per step (the start value when adaptive)
+    adaptive: bool = True
+    gamma_max: int = 8
+    probe_every: int = 16  # with γ = 0, try γ = 1 this often to re-measure acceptance
+    n_ctx: int = 2048
+    n_batch: int = 512
+    n_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.draft and not Path(self.draft).is_file():
+            from compressed_models.catalog import VariantNotFound, resolve
+
+            with contextlib.suppress(VariantNotFound):  # reported below as a missing file
+                self.draft = str(resolve(self.draft))
+        for what, path in (("target", self.path), ("draft", self.draft)):
+            if not path or not Path(path).is_file():
+                raise FileNotFoundError(f"the speculative backend's {what} model file not found: {path!r}")
+        if not 0 <= self.gamma <= self.gamma_max:
+            raise ValueError("gamma must be between 0 and gamma_max")
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the Prometheus speculative series read (gateway/metrics.py)."""
+
+    steps: int = 0  # verification passes (drafts)
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+
+
+@dataclass(slots=True)
+class Costs:
+    """Running estimates of the physics: seconds per draft token, and a target pass
+    over n tokens as a + b*n (least squares over recent passes)."""
+
+    draft_s: float = 0.0
+    passes: list[tuple[int, float]] = field(default_factory=list)
+    alpha: float = 0.7  # acceptance rate per draft token, smoothed
+
+    def target_s(self, n: int) -> float:
+        if len({k for k, _ in self.passes}) < 2:
+            return self.passes[-1][1] if self.passes else 1.0
+        ns = np.array([k for k, _ in self.passes], dtype=np.float64)
+        ts = np.array([t for _, t in self.passes], dtype=np.float64)
+        b, a = np.polyfit(ns, ts, 1)
+        return float(max(a + b * n, 1e-6))
+
+    def speedup(self, gamma: int) -> float:
+        """Expected tokens/s of γ over the target alone (Leviathan et al., eq. 1)."""
+        if gamma == 0:
+            return 1.0
+        a = min(self.alpha, 0.999)
+        tokens = (1 - a ** (gamma + 1)) / (1 - a)
+        return tokens * self.target_s(1) / (gamma * self.draft_s + self.target_s(gamma + 1))
+
+    def record_pass(self, n: int, seconds: float) -> None:
+        self.passes = [*self.passes[-31:], (n, seconds)]
+
+
+class SpeculativeBackend:
+    name = "speculative"
+
+    def __init__(self, path: str | None = None, **options: object) -> None:
+        self.config = engine_config(SpeculativeConfig, "speculative", options, path=path or "")
+        self._target: LlamaEngine | None = None
+        self._draft: LlamaEngine | None = None
+        self._worker: Worker | None = None
+        self._generated = 0
+        self.counters = Counters()
+        self.costs = Costs()
+        self.gamma = self.config.gamma
+        self._chat_template: ChatTemplateInfo | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        target, draft = await asyncio.gather(
+            asyncio.to_thread(self._load, self.config.path), asyncio.to_thread(self._load, self.config.draft)
+        )
+        self._target, self._draft = target, draft
+        same_tokenizer(target, draft)
+        source = target.metadata("tokenizer.chat_template")
+        if source:
+            e = target
+            eos = e.eog_ids[0] if e.eog_ids else -1
+            self._chat_template = ChatTemplateInfo(source, e.token_text(e.bos_id), e.token_text(eos))
+        self._worker = Worker("speculative-worker", lambda job, outbox: Run(self, job, outbox).run(), self._clean)
+        self._worker.start()
+
+    def _clean(self) -> None:
+        """After every request, however it ended: both KV caches empty for the next."""
+        for engine in (self._target, self._draft):
+            if engine is not None:
+                engine.free_sequence(0)
+
+    def _load(self, path: str) -> LlamaEngine:
+        import os
+
+        c = self.config
+        threads = c.n_threads or len(os.sched_getaffinity(0))
+        return LlamaEngine(EngineConfig(path, c.n_ctx, c.n_batch, 1, threads, threads, 0, True, None, False))
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            await asyncio.to_thread(self._worker.stop)
+            self._worker = None
+        for engine in (self._target, self._draft):
+            if engine is not None:
+                engine.close()
+        self._target = self._draft = None
+
+    # -- the interface the gateway uses ---------------------------------------------
+
+    def generate(self, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        if self._worker is None:
+            raise BackendError("the speculative backend is not started")
+        if req.params.prompt_logprobs is not None:
+            raise UnsupportedFeature("the speculative backend does not score prompts (echo with logprobs)", "echo")
+        return relay(req, self._worker.jobs.put)
+
+    @property
+    def target(self) -> LlamaEngine:
+        if self._target is None:
+            raise BackendError("the speculative backend is not started")
+        return self._target
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        tokens = self.target.tokenize(text, add_special=True, parse_special=special)
+        if special and len(tokens) > 1 and tokens[0] == tokens[1] == self.target.bos_id:
+            tokens = tokens[1:]
+        return tokens
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return self.target.detokenize(token_ids)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.target.piece(token_id)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.target.n_vocab
+
+    @property
+    def max_model_len(self) -> int:
+        return self.target.n_ctx_seq
+
+    @property
+    def chat_template(self) -> ChatTemplateInfo | None:
+        return self._chat_template
+
+    def stats(self) -> BackendStats:
+        weights = sum(e.weight_bytes for e in (self._target, self._draft) if e is not None)
+        c = self.counters
+        return BackendStats(
+            running=self._worker.running if self._worker else 0,
+            waiting=self._worker.jobs.qsize() if self._worker else 0,
+            max_running=1,
+            weight_bytes=weights or None,
+            running_memory_bytes=peak_rss_bytes(),
+            generated_tokens=self._generated,
+            speculative=SpeculativeStats(c.steps, c.draft_tokens, c.accepted_tokens),
+        )
+
+
+def same_tokenizer(target: LlamaEngine, draft: LlamaEngine) -> None:
+    """Draft tokens are target tokens only if both vocabularies are the same, id for id."""
+    if target.n_vocab != draft.n_vocab:
+        raise ValueError(f"target and draft tokenizers differ: {target.n_vocab} and {draft.n_vocab} tokens")
+    differ = next((t for t in range(target.n_vocab) if target.piece(t) != draft.piece(t)), None)
+    if differ is not None:
+        raise ValueError(f"target and draft tokenizers differ at token {differ}: they cannot share drafts")
+
+
+class Run:
+    """One request through the speculative loop."""
+
+    def __init__(self, backend: SpeculativeBackend, job: Job, outbox: Outbox) -> None:
+        self.b, self.job, self.outbox = backend, job, outbox
+        draft = backend._draft
+        assert draft is not None
+        self.t, self.d = backend.target, draft
+        self.params: SamplingParams = job.req.params
+        self.prompt = job.req.prompt_tokens
+        self.rng = np.random.default_rng(self.params.seed)
+        self.stream = TextStream(stop=list(self.params.stop))
+        self.generated: list[int] = []
+        self.draft_pending: list[int] = []  # emitted tokens whose KV the draft lacks
+        self.steps = 0  # draft-and-verify steps
+        self.plain_steps = 0  # target-only steps (γ = 0)
+
+    # Logits after the request's bias and penalties, before warping (both models).
+    def adjusted(self, logits: npt.NDArray[np.float32], history: list[int]) -> npt.NDArray[np.float32]:
+        p = self.params
+        x = logits.copy()
+        for token, bias in p.logit_bias.items():
+            x[token] += bias
+        if history and (p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty):
+            ids, counts = np.unique(np.array(history), return_counts=True)
+            seen = x[ids]
+            if p.repetition_penalty != 1.0:
+                seen = np.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
+            x[ids] = seen - counts * p.frequency_penalty - p.presence_penalty
+        if p.ignore_eos or len(history) < p.min_tokens:
+            x[self.t.eog_ids] = -np.inf
+        return x
+
+    def dist(self, logits: npt.NDArray[np.float32], history: list[int]) -> Probs:
+        return warp(self.adjusted(logits, history), self.params)
+
+    def prefill(self, engine: LlamaEngine, tokens: list[int]) -> npt.NDArray[np.float32]:
+        """Evaluate the prompt in chunks; the last token's logits (a copy)."""
+        n = engine.config.n_batch
+        for start in range(0, len(tokens), n):
+            chunk = tokens[start : start + n]
+            last = start + len(chunk) == len(tokens)
+            flags = [last and i == len(chunk) - 1 for i in range(len(chunk))]
+            engine.decode(chunk, list(range(start, start + len(chunk))), [0] * len(chunk), flags)
+        return engine.logits(len(chunk) - 1).copy()
+
+    def run(self) -> None:
+        p = self.params
+        target_logits = self.prefill(self.t, self.prompt)
+        if p.max_tokens == 0:
+            self.emit([], None, "length")
+            return
+        self.prefill(self.d, self.prompt)
+        token = draw(self.dist(target_logits, []), self.rng)
+        if self.emit([token], [target_logits]):
+            return
+        while not self.job.cancelled.is_set():
+            if self.step():
+                return
+
+    def step(self) -> bool:
+        """One draft-and-verify step (or a plain target step when γ is 0); True when finished."""
+        b, p = self.b, self.params
+        n_past = len(self.prompt) + len(self.generated) - 1  # position of the last emitted token
+        last = self.generated[-1]
+        gamma = min(self.choose_gamma(), p.max_tokens - len(self.generated) - 1, self.t.n_ctx_seq - n_past - 2)
+        gamma = max(gamma, 0)
+        draft: list[int] = []
+        q: list[Probs] = []
+        if gamma:
+            started = time.perf_counter()
+            feed = [*self.draft_pending, last]
+            pos = n_past - len(self.draft_pending)
+            for _ in range(gamma):
+                flags = [False] * (len(feed) - 1) + [True]
+                self.d.decode(feed, list(range(pos, pos + len(feed))), [0] * len(feed), flags)
+                pos += len(feed)
+                dist = self.dist(self.d.logits(len(feed) - 1), self.generated + draft)
+                draft.append(draw(dist, self.rng))
+                q.append(dist)
+                feed = [draft[-1]]
+            self.draft_pending = []
+            b.costs.draft_s = _ema(b.costs.draft_s, (time.perf_counter() - started) / gamma)
+        started = time.perf_counter()
+        rows = [last, *draft]
+        self.t.decode(rows, list(range(n_past, n_past + len(rows))), [0] * len(rows), [True] * len(rows))
+        b.costs.record_pass(len(rows), time.perf_counter() - started)
+        raw = [self.t.logits(i).copy() for i in range(len(rows))]
+        target_p = [self.dist(raw[i], self.generated + draft[:i]) for i in range(len(rows))]
+        verdict = verify(draft, q, target_p, self.rng)
+        kept = draft[: verdict.accepted]
+        if gamma:
+            self.steps += 1
+            b.counters.steps += 1
+            b.counters.draft_tokens += gamma
+            b.counters.accepted_tokens += verdict.accepted
+            b.costs.alpha = _ema(b.costs.alpha, verdict.accepted / gamma, weight=0.2)
+        # Keep the KV of last, x_1..x_k; the draft lacks x_γ's when all were kept.
+        keep_until = n_past + 1 + verdict.accepted
+        self.t.free_sequence(0, keep_until)
+        self.d.free_sequence(0, min(keep_until, n_past + gamma))
+        if not gamma:
+            self.plain_steps += 1
+            self.draft_pending.append(last)  # the draft skipped this step: it catches up later
+        elif verdict.accepted == gamma:
+            self.draft_pending = [draft[-1]]
+        return self.emit([*kept, verdict.token], raw[: verdict.accepted + 1])
+
+    def choose_gamma(self) -> int:
+        b, c = self.b, self.b.config
+        if not c.adaptive:
+            return b.gamma
+        if not any(n == 1 for n, _ in b.costs.passes):
+            return 0  # first measure what a plain target step costs (it is one anyway)
+        if self.steps and b.costs.draft_s:
+            best = max(range(c.gamma_max + 1), key=b.costs.speedup)
+            b.gamma = best if b.costs.speedup(best) > 1.0 else 0
+        if b.gamma == 0:
+            # A probe now and then, so acceptance and draft cost are measured again.
+            return 1 if self.plain_steps % c.probe_every == c.probe_every - 1 or not b.costs.draft_s else 0
+        return b.gamma
+
+    def emit(
+        self, tokens: list[int], rows: list[npt.NDArray[np.float32]] | None, finish: FinishReason | None = None
+    ) -> bool:
+        """Send tokens one by one through stop, EOS and max_tokens; True when finished."""
+        p, e = self.params, self.t
+        for i, token in enumerate(tokens):
+            self.generated.append(token)
+            self.b._generated += 1
+            last = len(self.generated) >= p.max_tokens or len(self.prompt) + len(self.generated) >= e.n_ctx_seq
+            text, finish = self.stream.token(e.piece(token), eos=token in e.eog_set, last=last)
+            logprobs = None
+            if p.logprobs is not None and rows is not None:
+                lp = log_softmax(rows[i])
+                top = tuple(TopLogprob(j, e.piece(j), v) for j, v in top_k(lp, p.logprobs))
+                logprobs = [TokenLogprob(token, e.piece(token), float(lp[token]), top)]
+            self.outbox.put(self.job, Chunk([token], text, logprobs, finish))
+            if finish is not None:
+                self.outbox.flush()
+                return True
+        if finish is not None:
+            self.outbox.put(self.job, Chunk([], "", finish_reason=finish))
+        self.outbox.flush()
+        return finish is not None
+
+
+def _ema(old: float, new: float, weight: float = 0.3) -> float:
+    return new if old == 0.0 else (1 - weight) * old + weight * new

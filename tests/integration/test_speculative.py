@@ -1,0 +1,147 @@
+"""The speculative backend on real models: SmolLM2 Q4_1 as the target, its Q2_K rung
+(same tokenizer) as the draft, through a real gateway beside the target served
+alone on the llamacpp backend.
+
+Greedy output is the target's own, token for token: the target verifies a draft
+with one batched decode of γ+1 tokens where plain decoding runs γ+1 one-token
+decodes, and llama.cpp's CPU kernels give the same logits for a row whatever the
+batch around it, so the argmaxes agree (checked here on 6 prompts x 48 tokens at
+fixed γ and with adaptive γ). Sampling's correctness is tested on exact
+distributions in tests/unit/test_speculative_verify.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import llama_cpp
+import openai
+import pytest
+
+from backends.speculative.backend import SpeculativeBackend, same_tokenizer
+from compressed_models.build import build_ladder
+from compressed_models.catalog import resolve
+from gateway.config import ModelConfig, Settings
+from tests.server import RunningServer, serve, wait_until
+
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time",
+    "def fibonacci(n):",
+    "List three colours:",
+    "The history of the Roman Empire",
+    "import numpy as np\n",
+]
+_alone: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LIGHTGATE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    try:
+        [q2k] = build_ladder("smollm2-135m-instruct-q4_1", ["Q2_K"])
+        target, draft = str(resolve("smollm2-135m-instruct-q4_1")), str(resolve(q2k))
+        settings = Settings(
+            models=[
+                ModelConfig(name="target", backend="llamacpp", path=target, options={"n_ctx": 512, "n_parallel": 1}),
+                ModelConfig(
+                    name="fixed",
+                    backend="speculative",
+                    path=target,
+                    options={"draft": draft, "gamma": 4, "adaptive": False, "n_ctx": 512},
+                ),
+                ModelConfig(name="adaptive", backend="speculative", path=target, options={"draft": q2k, "n_ctx": 512}),
+            ]
+        )
+        with serve(settings) as server:
+            yield server
+    finally:
+        mp.undo()
+
+
+def complete(server: RunningServer, model: str, prompt: str, **extra: object) -> str:
+    client = openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0)
+    body: dict[str, object] = {"max_tokens": 48, "temperature": 0, "extra_body": {"ignore_eos": True}} | extra
+    return str(client.completions.create(model=model, prompt=prompt, **body).choices[0].text)  # type: ignore[call-overload]
+
+
+def alone(server: RunningServer, prompt: str) -> str:
+    """The target's own greedy output, served alone (computed once per prompt)."""
+    if prompt not in _alone:
+        _alone[prompt] = complete(server, "target", prompt)
+    return _alone[prompt]
+
+
+def backend(server: RunningServer, model: str) -> SpeculativeBackend:
+    b = server.router.get(model).backend
+    assert isinstance(b, SpeculativeBackend)
+    return b
+
+
+def kv_empty(b: SpeculativeBackend) -> bool:
+    engines = (b.target, b._draft)
+    return all(e is not None and llama_cpp.llama_memory_seq_pos_max(e.memory, 0) == -1 for e in engines)
+
+
+@pytest.mark.parametrize("model", ["fixed", "adaptive"])
+def test_greedy_output_is_the_targets_token_for_token(served: RunningServer, model: str) -> None:
+    for prompt in PROMPTS:
+        assert complete(served, model, prompt) == alone(served, prompt), prompt
+    counters = backend(served, model).counters
+    assert counters.steps > 0 and 0 < counters.accepted_tokens <= counters.draft_tokens
+
+
+def test_seeded_sampling_repeats_and_max_tokens_mid_draft_leaves_caches_clean(served: RunningServer) -> None:
+    first = complete(served, "fixed", "My favourite food is", temperature=0.8, seed=3, max_tokens=20)
+    assert complete(served, "fixed", "My favourite food is", temperature=0.8, seed=3, max_tokens=20) == first
+    b = backend(served, "fixed")
+    for n in (1, 2, 3, 6):  # γ = 4: these end inside a draft
+        client = openai.OpenAI(base_url=served.v1, api_key="unused", max_retries=0)
+        r = client.completions.create(model="fixed", prompt=PROMPTS[0], max_tokens=n, temperature=0)
+        assert r.usage is not None and r.usage.completion_tokens == n
+        assert wait_until(lambda: kv_empty(b), timeout=5)
+    assert complete(served, "fixed", PROMPTS[1]) == alone(served, PROMPTS[1])
+
+
+def test_a_client_that_disconnects_mid_draft_frees_both_caches(served: RunningServer) -> None:
+    b = backend(served, "fixed")
+    body = {"model": "fixed", "prompt": PROMPTS[2], "max_tokens": 400, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", served.v1 + "/completions", json=body, timeout=60) as response:
+        assert next(line for line in response.iter_lines() if line.startswith("data:"))
+    assert wait_until(lambda: b.stats().running == 0 and kv_empty(b), timeout=10)
+    assert complete(served, "fixed", PROMPTS[3]) == alone(served, PROMPTS[3])
+
+
+def test_the_speculative_series_reach_prometheus(served: RunningServer) -> None:
+    complete(served, "fixed", PROMPTS[4], max_tokens=16)
+    text = httpx.get(served.base_url + "/metrics").text
+    values = {
+        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("lightgate_spec_decode_") and 'model="fixed"' in line
+    }
+    c = backend(served, "fixed").counters
+    assert values["lightgate_spec_decode_steps_total"] == c.steps
+    assert values["lightgate_spec_decode_draft_tokens_total"] == c.draft_tokens > 0
+    assert values["lightgate_spec_decode_accepted_tokens_total"] == c.accepted_tokens
+
+
+def test_echo_is_declared_unsupported(served: RunningServer) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        complete(served, "fixed", "hi", echo=True, logprobs=1, max_tokens=2)
+    assert raised.value.code == "unsupported_feature"
+
+
+def test_models_with_different_tokenizers_are_refused() -> None:
+    class Vocab:  # the two attributes the check reads, as a LlamaEngine has them
+        def __init__(self, pieces: list[bytes]) -> None:
+            self.n_vocab, self._pieces = len(pieces), pieces
+
+        def piece(self, token: int) -> bytes:
+            return self._pieces[token]
+
+    with pytest.raises(ValueError, match="3 and 2 tokens"):
+        same_tokenizer(Vocab([b"a", b"b", b"c"]), Vocab([b"a", b"b"]))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="differ at token 1"):
+        same_tokenizer(Vocab([b"a", b"b"]), Vocab([b"a", b"x"]))  # type: ignore[arg-type]

@@ -1,0 +1,73 @@
+"""Speculative sampling's maths on fixed toy distributions: the accept-all,
+reject-all and partial cases give exactly the expected tokens, and over many
+draws the emitted token is distributed as the target's p, whatever the draft's q."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backends.base import SamplingParams
+from backends.speculative.verify import verify, warp
+
+
+def probs(*values: float) -> np.ndarray:
+    return np.array(values, dtype=np.float64)
+
+
+def test_greedy_keeps_the_drafts_that_are_the_targets_argmax() -> None:
+    rng = np.random.default_rng(0)
+    onehot = [probs(*(1.0 if i == t else 0.0 for i in range(4))) for t in (2, 1, 3, 0)]
+    # all three agree: all kept, then the bonus is the target's 4th argmax
+    v = verify([2, 1, 3], onehot[:3], onehot, rng)
+    assert (v.accepted, v.token) == (3, 0)
+    # the second disagrees: one kept, the correction is the target's argmax there
+    q = [onehot[0], probs(1, 0, 0, 0), onehot[2]]
+    v = verify([2, 0, 3], q, onehot, rng)
+    assert (v.accepted, v.token) == (1, 1)
+    # the first disagrees: nothing kept
+    v = verify([3, 1, 3], [probs(0, 0, 0, 1), onehot[1], onehot[2]], onehot, rng)
+    assert (v.accepted, v.token) == (0, 2)
+
+
+def test_a_token_the_target_rules_out_is_always_rejected() -> None:
+    rng = np.random.default_rng(1)
+    p = [probs(0.0, 0.5, 0.5), probs(0.2, 0.3, 0.5)]
+    q = [probs(1.0, 0.0, 0.0)]
+    for _ in range(200):
+        v = verify([0], q, p, rng)
+        assert v.accepted == 0 and v.token in (1, 2)  # residual max(0, p - q) has no mass on 0
+
+
+def test_a_draft_equal_to_the_target_is_always_accepted() -> None:
+    rng = np.random.default_rng(2)
+    p = [probs(0.1, 0.6, 0.3)] * 3
+    for _ in range(200):
+        assert verify([1, 2], p[:2], p, rng).accepted == 2
+
+
+@pytest.mark.parametrize("q", [[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25], [0.05, 0.05, 0.1, 0.8]])
+def test_emitted_tokens_follow_the_target_whatever_the_draft(q: list[float]) -> None:
+    """Chi-square over 20,000 steps of γ=1: the first emitted token (the kept draft or
+    the correction) is distributed as p. Critical value 16.27: df 3, p = 0.001."""
+    rng = np.random.default_rng(3)
+    p = probs(0.1, 0.2, 0.3, 0.4)
+    qv = probs(*q)
+    n = 20_000
+    counts = np.zeros(4)
+    for _ in range(n):
+        x = int(rng.choice(4, p=qv))
+        v = verify([x], [qv], [p, p], rng)
+        counts[x if v.accepted else v.token] += 1
+    chi2 = float((((counts - n * p) ** 2) / (n * p)).sum())
+    assert chi2 < 16.27, (counts, chi2)
+
+
+def test_warp_matches_the_request() -> None:
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
+    assert warp(logits, SamplingParams(temperature=0)).tolist() == [1, 0, 0, 0]
+    assert np.count_nonzero(warp(logits, SamplingParams(top_k=2))) == 2
+    assert np.count_nonzero(warp(logits, SamplingParams(top_p=0.6))) == 2
+    assert warp(logits, SamplingParams()).sum() == pytest.approx(1.0)
+    hot = warp(logits, SamplingParams(temperature=0.5))
+    assert hot[0] > 0.5  # a lower temperature sharpens
