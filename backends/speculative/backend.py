@@ -51,11 +51,14 @@ from backends.memory import peak_rss_bytes
 from backends.speculative.verify import Probs, draw, verify, warp
 from backends.textstream import TextStream
 
+NGRAM = "ngram"  # `draft: ngram`: prompt lookup, no draft model
+
 
 @dataclass(slots=True)
 class SpeculativeConfig:
     path: str  # the target GGUF
-    draft: str = ""  # the draft: a GGUF path or a catalog variant; same tokenizer, smaller model
+    draft: str = ""  # a GGUF path or a catalog variant (same tokenizer, smaller model), or "ngram"
+    ngram: int = 3  # prompt lookup: the longest n-gram matched against the text so far
     gamma: int = 4  # draft tokens per step (the start value when adaptive)
     adaptive: bool = True
     gamma_max: int = 8
@@ -63,8 +66,17 @@ class SpeculativeConfig:
     n_ctx: int = 2048
     n_batch: int = 512
     n_threads: int = 0
+    lookup: bool = field(default=False, init=False)  # set from `draft`
 
     def __post_init__(self) -> None:
+        if self.draft == NGRAM:
+            self.draft = ""
+            self.ngram = max(self.ngram, 1)
+            if not Path(self.path).is_file():
+                raise FileNotFoundError(f"the speculative backend's target model file not found: {self.path!r}")
+            self.lookup = True
+            return
+        self.lookup = False
         if self.draft and not Path(self.draft).is_file():
             from compressed_models.catalog import VariantNotFound, resolve
 
@@ -132,11 +144,11 @@ class SpeculativeBackend:
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        target, draft = await asyncio.gather(
-            asyncio.to_thread(self._load, self.config.path), asyncio.to_thread(self._load, self.config.draft)
-        )
-        self._target, self._draft = target, draft
-        same_tokenizer(target, draft)
+        target = await asyncio.to_thread(self._load, self.config.path)
+        self._target = target
+        if not self.config.lookup:
+            self._draft = draft = await asyncio.to_thread(self._load, self.config.draft)
+            same_tokenizer(target, draft)
         source = target.metadata("tokenizer.chat_template")
         if source:
             e = target
@@ -234,9 +246,7 @@ class Run:
 
     def __init__(self, backend: SpeculativeBackend, job: Job, outbox: Outbox) -> None:
         self.b, self.job, self.outbox = backend, job, outbox
-        draft = backend._draft
-        assert draft is not None
-        self.t, self.d = backend.target, draft
+        self.t, self.d = backend.target, backend._draft  # no draft model: prompt lookup
         self.params: SamplingParams = job.req.params
         self.prompt = job.req.prompt_tokens
         self.rng = np.random.default_rng(self.params.seed)
@@ -281,7 +291,8 @@ class Run:
         if p.max_tokens == 0:
             self.emit([], None, "length")
             return
-        self.prefill(self.d, self.prompt)
+        if self.d is not None:
+            self.prefill(self.d, self.prompt)
         token = draw(self.dist(target_logits, []), self.rng)
         if self.emit([token], [target_logits]):
             return
@@ -298,7 +309,15 @@ class Run:
         gamma = max(gamma, 0)
         draft: list[int] = []
         q: list[Probs] = []
-        if gamma:
+        if gamma and self.d is None:
+            started = time.perf_counter()
+            draft = lookup(self.prompt + self.generated, gamma, self.b.config.ngram)
+            q = [_one_hot(x, self.t.n_vocab) for x in draft]  # a lookup is certain of its guess
+            gamma = len(draft)  # what the text offered: maybe fewer, maybe none
+            if gamma:
+                b.costs.draft_s = _ema(b.costs.draft_s, (time.perf_counter() - started) / gamma)
+        elif gamma:
+            assert self.d is not None
             started = time.perf_counter()
             feed = [*self.draft_pending, last]
             pos = n_past - len(self.draft_pending)
@@ -329,10 +348,12 @@ class Run:
         # Keep the KV of last, x_1..x_k; the draft lacks x_γ's when all were kept.
         keep_until = n_past + 1 + verdict.accepted
         self.t.free_sequence(0, keep_until)
-        self.d.free_sequence(0, min(keep_until, n_past + gamma))
+        if self.d is not None:
+            self.d.free_sequence(0, min(keep_until, n_past + gamma))
         if not gamma:
             self.plain_steps += 1
-            self.draft_pending.append(last)  # the draft skipped this step: it catches up later
+            if self.d is not None:
+                self.draft_pending.append(last)  # the draft skipped this step: it catches up later
         elif verdict.accepted == gamma:
             self.draft_pending = [draft[-1]]
         return self.emit([*kept, verdict.token], raw[: verdict.accepted + 1])
@@ -374,6 +395,26 @@ class Run:
             self.outbox.put(self.job, Chunk([], "", finish_reason=finish))
         self.outbox.flush()
         return finish is not None
+
+
+def lookup(context: list[int], gamma: int, ngram: int) -> list[int]:
+    """Prompt lookup (Saxena, 2023): the tokens that followed the latest earlier
+    occurrence of the context's last n tokens (n from `ngram` down to 1), at most γ.
+    Text that repeats its input (code edits, quotes, summaries) is drafted for free."""
+    for n in range(min(ngram, len(context) - 1), 0, -1):
+        tail = context[-n:]
+        for start in range(len(context) - n - 1, -1, -1):
+            if context[start : start + n] == tail:
+                follow = context[start + n : start + n + gamma]
+                if follow:
+                    return follow
+    return []
+
+
+def _one_hot(token: int, size: int) -> Probs:
+    out = np.zeros(size, dtype=np.float64)
+    out[token] = 1.0
+    return out
 
 
 def _ema(old: float, new: float, weight: float = 0.3) -> float:

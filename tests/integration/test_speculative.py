@@ -2,7 +2,8 @@
 (same tokenizer) as the draft, through a real gateway beside the target served
 alone on the llamacpp backend.
 
-Greedy output is the target's own, token for token: the target verifies a draft
+The draft is a model (fixed and adaptive γ) or prompt lookup (n-grams of the text
+so far). Greedy output is the target's own, token for token: the target verifies a draft
 with one batched decode of γ+1 tokens where plain decoding runs γ+1 one-token
 decodes, and llama.cpp's CPU kernels give the same logits for a row whatever the
 batch around it, so the argmaxes agree (checked here on 6 prompts x 48 tokens at
@@ -52,6 +53,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
                     options={"draft": draft, "gamma": 4, "adaptive": False, "n_ctx": 512},
                 ),
                 ModelConfig(name="adaptive", backend="speculative", path=target, options={"draft": q2k, "n_ctx": 512}),
+                ModelConfig(
+                    name="lookup",
+                    backend="speculative",
+                    path=target,
+                    options={"draft": "ngram", "gamma": 4, "adaptive": False, "n_ctx": 512},
+                ),
             ]
         )
         with serve(settings) as server:
@@ -84,7 +91,7 @@ def kv_empty(b: SpeculativeBackend) -> bool:
     return all(e is not None and llama_cpp.llama_memory_seq_pos_max(e.memory, 0) == -1 for e in engines)
 
 
-@pytest.mark.parametrize("model", ["fixed", "adaptive"])
+@pytest.mark.parametrize("model", ["fixed", "adaptive", "lookup"])
 def test_greedy_output_is_the_targets_token_for_token(served: RunningServer, model: str) -> None:
     for prompt in PROMPTS:
         assert complete(served, model, prompt) == alone(served, prompt), prompt

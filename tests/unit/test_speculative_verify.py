@@ -71,3 +71,13 @@ def test_warp_matches_the_request() -> None:
     assert warp(logits, SamplingParams()).sum() == pytest.approx(1.0)
     hot = warp(logits, SamplingParams(temperature=0.5))
     assert hot[0] > 0.5  # a lower temperature sharpens
+
+
+def test_prompt_lookup_drafts_what_followed_the_last_match() -> None:
+    from backends.speculative.backend import lookup
+
+    text = [1, 2, 3, 4, 5, 9, 1, 2, 3]
+    assert lookup(text, 2, 3) == [4, 5]  # "1 2 3" was followed by "4 5"
+    assert lookup([7, 1, 8, 1], 3, 3) == [8, 1]  # only "1" matches: what followed it
+    assert lookup([1, 2, 3], 4, 3) == []  # nothing repeats
+    assert lookup([5, 6, 5, 6, 5], 4, 2) == [6, 5]  # the latest match wins
