@@ -119,7 +119,7 @@ class BackendStats:
 class SpeculativeStats:
     """Counters since start of a backend that drafts and verifies."""
 
-    steps: int  # verification passes that checked draft tokens
+    drafts: int  # verification passes that checked draft tokens
     draft_tokens: int  # tokens proposed by the draft
     accepted_tokens: int  # draft tokens the target kept
 

@@ -176,8 +176,8 @@ class EngineCollector(Collector):
             "Running memory (the survey's RM): peak memory while serving; on a CPU, the process's peak RSS.",
         )
         spec = {
-            "steps": CounterMetricFamily(
-                "lightgate_spec_decode_steps",
+            "drafts": CounterMetricFamily(
+                "lightgate_spec_decode_drafts",
                 "Speculative verification passes that checked draft tokens.",
                 labels=LABELS,
             ),

@@ -93,7 +93,7 @@ class SpeculativeConfig:
 class Counters:
     """What the Prometheus speculative series read (gateway/metrics.py)."""
 
-    steps: int = 0  # verification passes (drafts)
+    drafts: int = 0  # verification passes that checked draft tokens
     draft_tokens: int = 0
     accepted_tokens: int = 0
 
@@ -228,7 +228,7 @@ class SpeculativeBackend:
             weight_bytes=weights or None,
             running_memory_bytes=peak_rss_bytes(),
             generated_tokens=self._generated,
-            speculative=SpeculativeStats(c.steps, c.draft_tokens, c.accepted_tokens),
+            speculative=SpeculativeStats(c.drafts, c.draft_tokens, c.accepted_tokens),
         )
 
 
@@ -341,7 +341,7 @@ class Run:
         kept = draft[: verdict.accepted]
         if gamma:
             self.steps += 1
-            b.counters.steps += 1
+            b.counters.drafts += 1
             b.counters.draft_tokens += gamma
             b.counters.accepted_tokens += verdict.accepted
             b.costs.alpha = _ema(b.costs.alpha, verdict.accepted / gamma, weight=0.2)

@@ -96,7 +96,7 @@ def test_greedy_output_is_the_targets_token_for_token(served: RunningServer, mod
     for prompt in PROMPTS:
         assert complete(served, model, prompt) == alone(served, prompt), prompt
     counters = backend(served, model).counters
-    assert counters.steps > 0 and 0 < counters.accepted_tokens <= counters.draft_tokens
+    assert counters.drafts > 0 and 0 < counters.accepted_tokens <= counters.draft_tokens
 
 
 def test_seeded_sampling_repeats_and_max_tokens_mid_draft_leaves_caches_clean(served: RunningServer) -> None:
@@ -129,7 +129,7 @@ def test_the_speculative_series_reach_prometheus(served: RunningServer) -> None:
         if line.startswith("lightgate_spec_decode_") and 'model="fixed"' in line
     }
     c = backend(served, "fixed").counters
-    assert values["lightgate_spec_decode_steps_total"] == c.steps
+    assert values["lightgate_spec_decode_drafts_total"] == c.drafts
     assert values["lightgate_spec_decode_draft_tokens_total"] == c.draft_tokens > 0
     assert values["lightgate_spec_decode_accepted_tokens_total"] == c.accepted_tokens
 
