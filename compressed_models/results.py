@@ -21,7 +21,8 @@ def save(variant: str, record: dict[str, Any]) -> Path:
     path = _path(variant)
     path.parent.mkdir(parents=True, exist_ok=True)
     results = load(variant)
-    results[f"{record['protocol']}@{record['n_ctx']}x{record['chunks']}"] = record
+    chunks = record.get("chunks")
+    results[f"{record['protocol']}@{record['n_ctx']}" + (f"x{chunks}" if chunks is not None else "")] = record
     path.write_text(json.dumps(results, indent=1))
     return path
 

@@ -111,6 +111,9 @@ def test_eval_ppl_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert lightgate([*args, "--protocol", "gptq", "--max-chunks", "1", "--out", str(out)]) == 0
     gptq = json.loads(out.read_text())
     assert gptq["protocol"] == "gptq" and gptq["tokens"] == CTX - 1
-    kept = results.load("smollm2-135m-instruct-q4_1")  # both kept for bench compare
-    assert set(kept) == {f"llamacpp@{CTX}", f"gptq@{CTX}"}
+    assert lightgate([*args, "--max-chunks", "2", "--out", str(out)]) == 0
+    longer = json.loads(out.read_text())
+    kept = results.load("smollm2-135m-instruct-q4_1")  # all kept for bench compare: a quick run replaces nothing
+    assert set(kept) == {f"llamacpp@{CTX}x1", f"llamacpp@{CTX}x2", f"gptq@{CTX}x1"}
     assert results.perplexity("smollm2-135m-instruct-q4_1", "gptq") == gptq["ppl"]
+    assert results.perplexity("smollm2-135m-instruct-q4_1") == longer["ppl"]  # the most tokens scored

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from backends import backend_names
 from gateway.config import load_settings
 from tests.server import RunningServer
 
@@ -38,10 +39,14 @@ def test_the_curl_example(gateway: RunningServer) -> None:
     assert choice["text"] and choice["finish_reason"] in {"length", "stop"}
 
 
-def test_the_config_example_is_a_valid_config(tmp_path: Path) -> None:
-    [text] = re.findall(r"```yaml\n(.*?)```", README, flags=re.S)
+def test_the_config_examples_are_valid_configs(tmp_path: Path) -> None:
+    full, *others = re.findall(r"```yaml\n(.*?)```", README, flags=re.S)
     path = tmp_path / "lightgate.yaml"
-    path.write_text(text)
+    path.write_text(full)
     settings = load_settings(path)
     assert [m.name for m in settings.models] == ["smollm2-135m", "synthetic"]
     assert settings.metrics and settings.access_log and not settings.log_prompts
+    path.write_text(others[0])  # the other engines' models
+    backends = {m.backend for m in load_settings(path).models}
+    assert backends == {"transformers", "vllm", "speculative", "exllamav2", "tensorrt_llm"}
+    assert backends <= set(backend_names())  # each one the gateway knows by that name
