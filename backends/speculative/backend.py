@@ -16,7 +16,9 @@ A step, with t the last token emitted (its KV not yet in either model):
 γ adapts when `adaptive` is on: after each step it moves to the γ with the best
 expected tokens per second, from the measured acceptance rate and the measured
 costs of a draft token and of a target pass over n tokens; γ = 0 (the target
-alone) when speculation does not pay, with a probe every `probe_every` steps."""
+alone) when speculation does not pay, with a probe after `probe_every` steps,
+then twice as long each time the probe confirms it. The draft reads the prompt
+only when it first drafts."""
 
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ class SpeculativeConfig:
     gamma: int = 4  # draft tokens per step (the start value when adaptive)
     adaptive: bool = True
     gamma_max: int = 8
-    probe_every: int = 16  # with γ = 0, try γ = 1 this often to re-measure acceptance
+    probe_every: int = 16  # with γ = 0, try γ = 1 after this many steps (then ever less often)
     n_ctx: int = 2048
     n_batch: int = 512
     n_threads: int = 0
@@ -139,6 +141,8 @@ class SpeculativeBackend:
         self.counters = Counters()
         self.costs = Costs()
         self.gamma = self.config.gamma
+        self.plain_steps = 0  # target-only steps, across requests: when to probe
+        self.probe_interval = self.config.probe_every  # doubles while probes keep finding γ = 0 best
         self._chat_template: ChatTemplateInfo | None = None
 
     # -- lifecycle ------------------------------------------------------------------
@@ -255,6 +259,7 @@ class Run:
         self.draft_pending: list[int] = []  # emitted tokens whose KV the draft lacks
         self.steps = 0  # draft-and-verify steps
         self.plain_steps = 0  # target-only steps (γ = 0)
+        self.probed = False  # the last draft step was a probe
 
     # Logits after the request's bias and penalties, before warping (both models).
     def adjusted(self, logits: npt.NDArray[np.float32], history: list[int]) -> npt.NDArray[np.float32]:
@@ -275,24 +280,25 @@ class Run:
     def dist(self, logits: npt.NDArray[np.float32], history: list[int]) -> Probs:
         return warp(self.adjusted(logits, history), self.params)
 
-    def prefill(self, engine: LlamaEngine, tokens: list[int]) -> npt.NDArray[np.float32]:
-        """Evaluate the prompt in chunks; the last token's logits (a copy)."""
+    def feed(self, engine: LlamaEngine, tokens: list[int], start: int = 0) -> npt.NDArray[np.float32]:
+        """Evaluate tokens from position `start`, in chunks of n_batch; the last one's logits (a copy)."""
         n = engine.config.n_batch
-        for start in range(0, len(tokens), n):
-            chunk = tokens[start : start + n]
-            last = start + len(chunk) == len(tokens)
+        for offset in range(0, len(tokens), n):
+            chunk = tokens[offset : offset + n]
+            last = offset + len(chunk) == len(tokens)
             flags = [last and i == len(chunk) - 1 for i in range(len(chunk))]
-            engine.decode(chunk, list(range(start, start + len(chunk))), [0] * len(chunk), flags)
+            begin = start + offset
+            engine.decode(chunk, list(range(begin, begin + len(chunk))), [0] * len(chunk), flags)
         return engine.logits(len(chunk) - 1).copy()
 
     def run(self) -> None:
         p = self.params
-        target_logits = self.prefill(self.t, self.prompt)
+        target_logits = self.feed(self.t, self.prompt)
         if p.max_tokens == 0:
             self.emit([], None, "length")
             return
-        if self.d is not None:
-            self.prefill(self.d, self.prompt)
+        # The draft reads the prompt when it first drafts: if γ stays 0 it never has to.
+        self.draft_pending = list(self.prompt)
         token = draw(self.dist(target_logits, []), self.rng)
         if self.emit([token], [target_logits]):
             return
@@ -321,16 +327,19 @@ class Run:
             started = time.perf_counter()
             feed = [*self.draft_pending, last]
             pos = n_past - len(self.draft_pending)
-            for _ in range(gamma):
-                flags = [False] * (len(feed) - 1) + [True]
-                self.d.decode(feed, list(range(pos, pos + len(feed))), [0] * len(feed), flags)
+            for i in range(gamma):
+                if i == 1:
+                    started = time.perf_counter()  # the catch-up of the first feed is not a draft token's cost
+                logits = self.feed(self.d, feed, pos)
                 pos += len(feed)
-                dist = self.dist(self.d.logits(len(feed) - 1), self.generated + draft)
+                dist = self.dist(logits, self.generated + draft)
                 draft.append(draw(dist, self.rng))
                 q.append(dist)
                 feed = [draft[-1]]
+            if gamma > 1 or len(self.draft_pending) == 0:
+                per_token = (time.perf_counter() - started) / (gamma - 1 if gamma > 1 else 1)
+                b.costs.draft_s = _ema(b.costs.draft_s, per_token)
             self.draft_pending = []
-            b.costs.draft_s = _ema(b.costs.draft_s, (time.perf_counter() - started) / gamma)
         started = time.perf_counter()
         rows = [last, *draft]
         self.t.decode(rows, list(range(n_past, n_past + len(rows))), [0] * len(rows), [True] * len(rows))
@@ -366,10 +375,20 @@ class Run:
             return 0  # first measure what a plain target step costs (it is one anyway)
         if self.steps and b.costs.draft_s:
             best = max(range(c.gamma_max + 1), key=b.costs.speedup)
-            b.gamma = best if b.costs.speedup(best) > 1.0 else 0
+            if b.costs.speedup(best) > 1.0:
+                b.gamma, b.probe_interval = best, c.probe_every
+            elif b.gamma or self.probed:
+                # Drafting does not pay: the target alone, and the probes ever rarer.
+                b.probe_interval = b.probe_interval * 2 if not b.gamma else b.probe_interval
+                b.gamma = 0
+            self.probed = False
         if b.gamma == 0:
             # A probe now and then, so acceptance and draft cost are measured again.
-            return 1 if self.plain_steps % c.probe_every == c.probe_every - 1 or not b.costs.draft_s else 0
+            b.plain_steps += 1
+            if not b.costs.draft_s or b.plain_steps % b.probe_interval == 0:
+                self.probed = True
+                return 1
+            return 0
         return b.gamma
 
     def emit(
