@@ -17,7 +17,7 @@ A step, with t the last token emitted (its KV not yet in either model):
 expected tokens per second, from the measured acceptance rate and the measured
 costs of a draft token and of a target pass over n tokens; γ = 0 (the target
 alone) when speculation does not pay, with a probe after `probe_every` steps,
-then twice as long each time the probe confirms it. The draft reads the prompt
+then twice as long each time a probe confirms it (up to 16 times). The draft reads the prompt
 only when it first drafts."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class SpeculativeConfig:
     gamma: int = 4  # draft tokens per step (the start value when adaptive)
     adaptive: bool = True
     gamma_max: int = 8
-    probe_every: int = 16  # with γ = 0, try γ = 1 after this many steps (then ever less often)
+    probe_every: int = 16  # with γ = 0, try γ = 1 after this many steps (then up to 16x less often)
     n_ctx: int = 2048
     n_batch: int = 512
     n_threads: int = 0
@@ -109,21 +109,32 @@ class Costs:
     passes: list[tuple[int, float]] = field(default_factory=list)
     alpha: float = 0.7  # acceptance rate per draft token, smoothed
 
-    def target_s(self, n: int) -> float:
-        if len({k for k, _ in self.passes}) < 2:
-            return self.passes[-1][1] if self.passes else 1.0
-        ns = np.array([k for k, _ in self.passes], dtype=np.float64)
-        ts = np.array([t for _, t in self.passes], dtype=np.float64)
-        b, a = np.polyfit(ns, ts, 1)
-        return float(max(a + b * n, 1e-6))
+    def best(self, gamma_max: int) -> tuple[int, float]:
+        """The γ with the highest expected tokens/s over the target alone, and that
+        ratio (Leviathan et al., eq. 1): γ = 0, the target alone, is 1. The line
+        c_t(n) = a + b*n is fitted once for every γ."""
+        if len({n for n, _ in self.passes}) < 2:
+            a, b = (self.passes[-1][1] if self.passes else 1.0), 0.0
+        else:
+            ns, ts = np.array(self.passes, dtype=np.float64).T
+            b, a = np.polyfit(ns, ts, 1)
+        # A size measured is taken as measured: a line through a curve would make
+        # one token dearer and a batch cheaper than they are, and drafting look better.
+        seen: dict[int, list[float]] = {}
+        for n, t in self.passes:
+            seen.setdefault(n, []).append(t)
 
-    def speedup(self, gamma: int) -> float:
-        """Expected tokens/s of γ over the target alone (Leviathan et al., eq. 1)."""
-        if gamma == 0:
-            return 1.0
-        a = min(self.alpha, 0.999)
-        tokens = (1 - a ** (gamma + 1)) / (1 - a)
-        return tokens * self.target_s(1) / (gamma * self.draft_s + self.target_s(gamma + 1))
+        def cost(n: int) -> float:
+            return float(np.median(seen[n])) if n in seen else max(a + b * n, 1e-6)
+
+        alpha = min(self.alpha, 0.999)
+        best = (0, 1.0)
+        for gamma in range(1, gamma_max + 1):
+            tokens = (1 - alpha ** (gamma + 1)) / (1 - alpha)
+            ratio = tokens * cost(1) / (gamma * self.draft_s + cost(gamma + 1))
+            if ratio > best[1]:
+                best = (gamma, float(ratio))
+        return best
 
     def record_pass(self, n: int, seconds: float) -> None:
         self.passes = [*self.passes[-31:], (n, seconds)]
@@ -258,7 +269,6 @@ class Run:
         self.generated: list[int] = []
         self.draft_pending: list[int] = []  # emitted tokens whose KV the draft lacks
         self.steps = 0  # draft-and-verify steps
-        self.plain_steps = 0  # target-only steps (γ = 0)
         self.probed = False  # the last draft step was a probe
 
     # Logits after the request's bias and penalties, before warping (both models).
@@ -360,7 +370,6 @@ class Run:
         if self.d is not None:
             self.d.free_sequence(0, min(keep_until, n_past + gamma))
         if not gamma:
-            self.plain_steps += 1
             if self.d is not None:
                 self.draft_pending.append(last)  # the draft skipped this step: it catches up later
         elif verdict.accepted == gamma:
@@ -374,12 +383,13 @@ class Run:
         if not any(n == 1 for n, _ in b.costs.passes):
             return 0  # first measure what a plain target step costs (it is one anyway)
         if self.steps and b.costs.draft_s:
-            best = max(range(c.gamma_max + 1), key=b.costs.speedup)
-            if b.costs.speedup(best) > 1.0:
+            best, gain = b.costs.best(c.gamma_max)
+            if gain > 1.0:
                 b.gamma, b.probe_interval = best, c.probe_every
             elif b.gamma or self.probed:
-                # Drafting does not pay: the target alone, and the probes ever rarer.
-                b.probe_interval = b.probe_interval * 2 if not b.gamma else b.probe_interval
+                # Drafting does not pay: the target alone, and the probes rarer (up to 16x).
+                if not b.gamma:
+                    b.probe_interval = min(b.probe_interval * 2, 16 * c.probe_every)
                 b.gamma = 0
             self.probed = False
         if b.gamma == 0:

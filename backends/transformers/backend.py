@@ -68,6 +68,7 @@ class TransformersBackend(HfTokenizerMethods):
         self._cache_arg = "cache"
         self._worker: Worker | None = None
         self._generated = 0
+        self._weight_bytes: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -85,6 +86,7 @@ class TransformersBackend(HfTokenizerMethods):
         self._device = ("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device
         dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if self._device == "cuda" else "float32")
         self._model, tok = load_causal_lm(Path(c.path), dtype, self._device)
+        self._weight_bytes = int(self._model.get_memory_footprint())  # the weights as loaded: fixed
         self._tokenizer = HfTokenizer(c.path, tok)
         self._bytes, self._eos = self._tokenizer.bytes, self._tokenizer.eos_ids
         # transformers 5.2x renamed forward's `past_key_values` to `cache`; take either.
@@ -106,7 +108,6 @@ class TransformersBackend(HfTokenizerMethods):
         return relay(req, self._worker.jobs.put)
 
     def stats(self) -> BackendStats:
-        weights = int(self._model.get_memory_footprint()) if self._model is not None else None
         running_memory = peak_rss_bytes()
         if self._device == "cuda":
             import torch
@@ -116,7 +117,7 @@ class TransformersBackend(HfTokenizerMethods):
             running=self._worker.running if self._worker else 0,
             waiting=self._worker.jobs.qsize() if self._worker else 0,
             max_running=1,
-            weight_bytes=weights,
+            weight_bytes=self._weight_bytes,
             running_memory_bytes=running_memory,
             generated_tokens=self._generated,
         )

@@ -208,9 +208,9 @@ class VllmBackend(HfTokenizerMethods):
         )
 
     def _memory(self) -> int | None:
-        """The engine's memory: on a GPU, what vLLM's process holds there is not
-        visible from here (the gateway's GPU collector reports the device); on the
-        CPU, the resident memory of the gateway and its engine-core process."""
+        """Peak resident memory of the gateway and vLLM's engine-core processes, as
+        sampled at each stats() call: all of it on a CPU; on a GPU, the host side
+        only (the gateway's GPU collector reports the device)."""
         import psutil
 
         me = psutil.Process()

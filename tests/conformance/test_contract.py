@@ -6,6 +6,7 @@ gateway answers 400 `unsupported_feature`; nothing is silently ignored."""
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import httpx
@@ -177,7 +178,7 @@ def test_a_client_that_disconnects_frees_the_engine(engine: Engine) -> None:
     # The connection is closed mid-stream: the engine stops that sequence.
     assert wait_until(lambda: engine.backend.stats().running == 0, timeout=30)
     made = engine.backend.stats().generated_tokens
-    assert wait_until(lambda: False, timeout=0.5) is False
+    time.sleep(0.5)
     assert engine.backend.stats().generated_tokens - made <= 1  # nothing more is being made
     assert greedy(engine, PROMPT, 4)  # and the engine still serves
 
