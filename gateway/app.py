@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request, Response
 from gateway.api import chat, completions, metrics, models, tokenize
 from gateway.auth import GuardMiddleware
 from gateway.config import Settings
+from gateway.drain import Drain, DrainMiddleware
 from gateway.errors import install_handlers
 from gateway.metrics import Metrics
 from gateway.request_log import RequestLogMiddleware
@@ -39,10 +40,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.router = router
     app.state.settings = settings
     app.state.metrics = Metrics(router) if settings.metrics else None
+    app.state.drain = Drain()
     install_handlers(app)
 
     # The last added runs first: every request gets its id and its log line, even
-    # one the guard turns away.
+    # one the guard or a drain turns away.
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(GuardMiddleware, settings=settings)
     app.add_middleware(
         RequestLogMiddleware,

@@ -16,6 +16,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.drain import DrainingServer
 
     overrides: dict[str, object] = {"host": args.host, "port": args.port}
     if args.model:
@@ -33,14 +34,15 @@ def _serve(args: argparse.Namespace) -> int:
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
     access.propagate = False
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=not settings.access_log,  # ours has the request id, model and timings; one is enough
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=10,  # after the drain: what is still open gets this long
     )
+    DrainingServer(config, app.state.drain, settings.drain_timeout_s).run()
     return 0
 
 

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     metrics: bool = True  # GET /metrics and the per-request measurements behind it
     access_log: bool = True  # one JSON line per request on the lightgate.access logger
     log_prompts: bool = False  # add prompts and outputs to the access log (they may be private)
+    drain_timeout_s: float = Field(default=30.0, ge=0)  # on SIGTERM: how long streams in flight may finish
 
     @field_validator("models")
     @classmethod

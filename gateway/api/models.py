@@ -1,4 +1,5 @@
-"""GET /v1/models, /health (the process is alive) and /ready (every model is loaded)."""
+"""GET /v1/models, /health (the process is alive) and /ready (every model is loaded,
+and the gateway is not draining)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ router = APIRouter()
 
 
 def _cards(d: Deployment) -> list[ModelCard]:
-    max_len = d.backend.max_model_len if d.ready else None
+    max_len = (d.backend.max_model_len or None) if d.ready else None  # 0: an upstream that does not say
     return [
         ModelCard(
             id=name,
@@ -52,4 +53,7 @@ async def health() -> dict[str, str]:
 async def ready(request: Request) -> JSONResponse:
     r: Router = request.app.state.router
     models = {d.name: "ready" if d.ready else (d.failure or "loading") for d in r.deployments}
-    return JSONResponse({"ready": r.ready, "models": models}, status_code=200 if r.ready else 503)
+    draining = request.app.state.drain.draining  # shutting down: take no new traffic
+    is_ready = r.ready and not draining
+    body = {"ready": is_ready, "draining": draining, "models": models}
+    return JSONResponse(body, status_code=200 if is_ready else 503)
