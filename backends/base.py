@@ -113,6 +113,7 @@ class BackendStats:
     running_memory_bytes: int | None = None  # the survey's RM: peak memory while serving
     generated_tokens: int = 0  # since start, cancelled sequences included
     speculative: SpeculativeStats | None = None  # only a backend that drafts reports these
+    upstreams: list[UpstreamStats] | None = None  # only a backend that forwards to replicas
 
 
 @dataclass(slots=True, frozen=True)
@@ -122,6 +123,18 @@ class SpeculativeStats:
     drafts: int  # verification passes that checked draft tokens
     draft_tokens: int  # tokens proposed by the draft
     accepted_tokens: int  # draft tokens the target kept
+
+
+@dataclass(slots=True, frozen=True)
+class UpstreamStats:
+    """One upstream replica of a forwarding backend, as its router sees it."""
+
+    url: str
+    available: bool  # healthy and not ejected: requests may go there
+    outstanding: int  # requests in flight to it
+    requests: int  # attempts sent, since start
+    errors: int  # attempts that failed
+    ejections: int  # times it was ejected after consecutive failures
 
 
 @runtime_checkable

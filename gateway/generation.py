@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 
 from backends.base import BackendError, Chunk, GenerationRequest, UnsupportedFeature
 from gateway.errors import OpenAIError, invalid
@@ -16,15 +16,34 @@ from gateway.request_log import RequestRecord
 from gateway.router import Deployment
 
 
+@asynccontextmanager
+async def admission_slot(deployment: Deployment, record: RequestRecord) -> AsyncIterator[None]:
+    """Hold one of the model's admission slots (waiting in line, or a 429 past the
+    queue), telling the record how long the wait was."""
+    queued = time.perf_counter()
+    try:
+        await deployment.admission.acquire()
+    except QueueFull as exc:
+        raise OpenAIError(
+            429,
+            f"the model {deployment.name!r} is overloaded: {exc}; retry shortly",
+            code="queue_full",
+            headers={"Retry-After": "1"},
+        ) from exc
+    record.admitted(time.perf_counter() - queued)
+    try:
+        yield
+    finally:
+        deployment.admission.release()
+
+
 async def generate(
     deployment: Deployment, requests: list[GenerationRequest], record: RequestRecord
 ) -> AsyncIterator[tuple[int, Chunk]]:
     """Yields (sequence index, chunk) until every sequence has finished, and tells
     the request's record when it got a slot and what each chunk carried."""
     try:
-        queued = time.perf_counter()
-        async with deployment.admission.slot():
-            record.admitted(time.perf_counter() - queued)
+        async with admission_slot(deployment, record):
             if len(requests) == 1:
                 async with aclosing(deployment.backend.generate(requests[0])) as stream:
                     async for chunk in stream:
@@ -34,13 +53,6 @@ async def generate(
                 async for index, chunk in _merged(deployment, requests):
                     record.on_chunk(index, chunk)
                     yield index, chunk
-    except QueueFull as exc:
-        raise OpenAIError(
-            429,
-            f"the model {deployment.name!r} is overloaded: {exc}; retry shortly",
-            code="queue_full",
-            headers={"Retry-After": "1"},
-        ) from exc
     except UnsupportedFeature as exc:
         raise invalid(str(exc), exc.param, code="unsupported_feature") from exc
     except BackendError as exc:

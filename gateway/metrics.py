@@ -188,6 +188,28 @@ class EngineCollector(Collector):
                 "lightgate_spec_decode_accepted_tokens", "Draft tokens the target model accepted.", labels=LABELS
             ),
         }
+        up = [*LABELS, "upstream"]
+        upstream: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "available": GaugeMetricFamily(
+                "lightgate_upstream_available",
+                "1 when the upstream replica is healthy and not ejected (requests may go there), else 0.",
+                labels=up,
+            ),
+            "outstanding": GaugeMetricFamily(
+                "lightgate_upstream_outstanding_requests", "Requests in flight to the replica.", labels=up
+            ),
+            "requests": CounterMetricFamily(
+                "lightgate_upstream_requests", "Attempts sent to the replica (a failover counts twice).", labels=up
+            ),
+            "errors": CounterMetricFamily(
+                "lightgate_upstream_errors",
+                "Attempts that failed: no connection, a 5xx, a broken or timed-out stream.",
+                labels=up,
+            ),
+            "ejections": CounterMetricFamily(
+                "lightgate_upstream_ejections", "Times the replica was ejected after consecutive failures.", labels=up
+            ),
+        }
         for d in self.router.deployments:
             labels = list(labels_of(d))
             ready.add_metric(labels, float(d.ready))
@@ -208,4 +230,8 @@ class EngineCollector(Collector):
             if stats.speculative is not None:
                 for field, family in spec.items():
                     family.add_metric(labels, getattr(stats.speculative, field))
+            for replica in stats.upstreams or ():
+                for field, series in upstream.items():
+                    series.add_metric([*labels, replica.url], float(getattr(replica, field)))
         yield from (ready, running, waiting, capacity, seq_running, seq_waiting, kv, weights, peak, *spec.values())
+        yield from upstream.values()

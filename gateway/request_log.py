@@ -69,8 +69,11 @@ class RequestRecord:
             self.series.prompt_tokens_total.inc(self.prompt_tokens)
 
     def on_chunk(self, index: int, chunk: Chunk) -> None:
+        self.on_delta(index, len(chunk.token_ids), chunk.finish_reason, chunk.text)
+
+    def on_delta(self, index: int, k: int, finish_reason: str | None, text: str) -> None:
+        """Sequence `index` produced `k` tokens (and `text`), finishing if a reason is given."""
         now = time.perf_counter()
-        k = len(chunk.token_ids)
         if k:
             self.output_tokens += k
             if self.first_token is None:
@@ -86,10 +89,19 @@ class RequestRecord:
                         self.series.itl.observe(gap)
             self._last_at[index] = now
             self.last_token = now
-        if chunk.finish_reason is not None:
-            self._finish[index] = chunk.finish_reason
-        if self.keep_text and chunk.text:
-            self.output.append(chunk.text)
+        if finish_reason is not None:
+            self._finish[index] = finish_reason
+        if self.keep_text and text:
+            self.output.append(text)
+
+    def on_usage(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """An upstream's own count (forwarded requests): it replaces the gateway's
+        guesses, and the counters catch up with what the stream did not show."""
+        if self.series is not None:
+            self.series.prompt_tokens_total.inc(max(0, prompt_tokens - self.prompt_tokens))
+            self.series.generation_tokens_total.inc(max(0, completion_tokens - self.output_tokens))
+        self.prompt_tokens = max(self.prompt_tokens, prompt_tokens)
+        self.output_tokens = max(self.output_tokens, completion_tokens)
 
     # -- closed by the middleware ---------------------------------------------------------
 

@@ -31,9 +31,13 @@ class Deployment:
         return self.config.name
 
 
+# Backends that hold no weights: their `variant` is a label, never a file to find here.
+FORWARDING_BACKENDS = frozenset({"openai"})
+
+
 def build_deployment(config: ModelConfig) -> Deployment:
     path = config.path
-    if path is None and config.variant is not None:
+    if path is None and config.variant is not None and config.backend not in FORWARDING_BACKENDS:
         path = str(resolve(config.variant))
     backend = create_backend(config.backend, path, dict(config.options))
     # max_running is fixed once the backend has started and says what it can run.

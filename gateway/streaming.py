@@ -26,8 +26,10 @@ class ClientDisconnected(Exception):
     pass
 
 
-def sse(payload: BaseModel) -> bytes:
-    return b"data: " + payload.model_dump_json().encode() + b"\n\n"
+def sse(payload: BaseModel | bytes) -> bytes:
+    """One event; bytes are JSON already (an upstream's, forwarded as it came)."""
+    data = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
+    return b"data: " + data + b"\n\n"
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
@@ -52,16 +54,17 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 
 async def event_stream(
-    request: Request, record: RequestRecord, events: AsyncGenerator[BaseModel, None]
+    request: Request, record: RequestRecord, events: AsyncGenerator[BaseModel | bytes, None]
 ) -> StreamingResponse:
     """Start streaming once the first event exists, so that errors found before any
     output (a full queue, an unsupported parameter) still get their HTTP status.
     An error after that is an error event, and the record keeps its status."""
-    first = await until_disconnect(request, anext(events))
+    first = await until_disconnect(request, anext(events, None))
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            yield sse(first)
+            if first is not None:  # None: an empty stream, [DONE] alone
+                yield sse(first)
             async for event in events:
                 yield sse(event)
         except OpenAIError as exc:

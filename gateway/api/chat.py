@@ -13,6 +13,7 @@ from backends.base import GenerationRequest
 from gateway.api.checks import check_context, check_token_ids
 from gateway.chat_template import TemplateError, render
 from gateway.errors import invalid
+from gateway.forwarding import forward, is_forwarding
 from gateway.generation import generate
 from gateway.outputs import SequenceOutput, chat_logprobs, usage
 from gateway.protocol import (
@@ -50,6 +51,8 @@ def chat_prompt(body: ChatCompletionRequest, deployment: Deployment) -> list[int
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     deployment: Deployment = request.app.state.router.get(body.model)
     record = bind_request(request, deployment)
+    if is_forwarding(deployment):
+        return await forward(request, deployment, record, "/v1/chat/completions", stream=body.stream, choices=body.n)
     backend = deployment.backend
     prompt = chat_prompt(body, deployment)
     # No limit given: generate until the context is full, as OpenAI does.

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from backends.base import Backend, GenerationRequest
 from gateway.api.checks import check_context, check_token_ids
 from gateway.errors import invalid
+from gateway.forwarding import forward, is_forwarding
 from gateway.generation import generate
 from gateway.outputs import SequenceOutput, completion_logprobs, usage
 from gateway.protocol import (
@@ -68,6 +69,10 @@ def sequences(body: CompletionRequest, request_id: str, prompts: list[list[int]]
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     deployment: Deployment = request.app.state.router.get(body.model)
     record = bind_request(request, deployment)
+    if is_forwarding(deployment):
+        prompt = body.prompt
+        count = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+        return await forward(request, deployment, record, "/v1/completions", stream=body.stream, choices=count * body.n)
     backend = deployment.backend
     if body.suffix:
         raise invalid(f"suffix (fill-in-the-middle) is not supported by the {backend.name} backend", "suffix")

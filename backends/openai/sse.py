@@ -1,0 +1,81 @@
+"""Server-sent events from an OpenAI-compatible upstream, split and parsed once: the
+gateway forwards each event's JSON as it came, and reads it for tokens and errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+DONE = object()  # the `data: [DONE]` sentinel
+
+
+@dataclass(slots=True)
+class Event:
+    raw: bytes  # the event's JSON, byte for byte as the upstream sent it
+    data: dict[str, Any]
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        err = self.data.get("error")
+        return err if isinstance(err, dict) else None
+
+
+def error_status(error: dict[str, Any]) -> int:
+    """The HTTP status an upstream error stands for: servers put it in `code` (vLLM)
+    or only say `type` (OpenAI, Lightgate)."""
+    code = error.get("code")
+    if isinstance(code, int) and 400 <= code <= 599:
+        return code
+    kind = str(error.get("type", ""))
+    if kind in ("server_error", "service_unavailable", "internal_server_error", "api_error"):
+        return 503 if kind == "service_unavailable" else 500
+    if kind == "rate_limit_error":
+        return 429
+    return 400
+
+
+def parse_block(block: bytes) -> Event | object | None:
+    """One event (the lines between blank lines): its data as an Event, DONE, or None
+    for a comment or keep-alive. llama.cpp's server writes `error: {...}` lines."""
+    payload: list[bytes] = []
+    for line in block.split(b"\n"):
+        if line.startswith(b"data:") or line.startswith(b"error:"):
+            value = line.split(b":", 1)[1]
+            payload.append(value[1:] if value.startswith(b" ") else value)
+    if not payload:
+        return None
+    raw = b"\n".join(payload)
+    if raw == b"[DONE]":
+        return DONE
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        text = raw[:200].decode("utf-8", "replace")
+        data = {"error": {"message": f"the upstream sent an event that is not a JSON object: {text}"}}
+        raw = json.dumps(data).encode()
+    elif block.startswith(b"error:") and "error" not in data:
+        data = {"error": data}
+        raw = json.dumps(data).encode()
+    return Event(raw, data)
+
+
+async def events(chunks: AsyncIterator[bytes]) -> AsyncIterator[Event | object]:
+    """Events from a body arriving in arbitrary pieces; CRLF line ends become LF."""
+    buffer = b""
+    async for chunk in chunks:
+        buffer += chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        while (end := buffer.find(b"\n\n")) >= 0:
+            block, buffer = buffer[:end], buffer[end + 2 :]
+            parsed = parse_block(block)
+            if parsed is not None:
+                yield parsed
+    if buffer.strip():
+        parsed = parse_block(buffer.strip())
+        if parsed is not None:
+            yield parsed
