@@ -14,7 +14,7 @@ LLAMA_CPP_VERSION := 0.3.36
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
 
-.PHONY: setup serve test test-vllm lint unit bench bench-batching bench-metrics prometheus
+.PHONY: setup serve test test-vllm lint unit bench bench-batching bench-metrics prometheus helm
 
 setup: $(VENV)/.installed
 
@@ -53,7 +53,12 @@ prometheus:
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
-test: lint prometheus
+# The chart's tests run the real helm (scripts/get_helm.sh fetches it once).
+helm: .cache/tools/helm
+.cache/tools/helm:
+	scripts/get_helm.sh
+
+test: lint prometheus helm
 	$(VENV)/bin/pytest
 
 unit: setup

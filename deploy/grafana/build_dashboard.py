@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).with_name("lightgate.json")
+# The Helm chart ships the same dashboard as an optional ConfigMap; helm reads files
+# only from inside the chart, so it gets a copy (tests/integration/test_helm.py checks it).
+CHART_COPY = Path(__file__).parents[2] / "helm" / "lightgate" / "files" / "lightgate-dashboard.json"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 M = 'model=~"$model"'
 RATE = "$__rate_interval"
@@ -250,8 +253,10 @@ def build() -> dict[str, Any]:
 
 
 def main() -> None:
-    OUT.write_text(json.dumps(build(), indent=2) + "\n")
-    print(f"wrote {OUT}")
+    text = json.dumps(build(), indent=2) + "\n"
+    for out in (OUT, CHART_COPY):
+        out.write_text(text)
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":
