@@ -109,7 +109,13 @@ class _Connection(asyncio.Protocol):
 class Client:
     """POSTs to one server, over as many keep-alive connections as requests in flight."""
 
-    def __init__(self, base_url: str, headers: dict[str, str] | None = None, timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str] | None = None,
+        timeout_s: float = 600.0,
+        connect_timeout_s: float | None = None,
+    ) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"base URL must be http:// or https:// with a host, got {base_url!r}")
@@ -123,15 +129,18 @@ class Client:
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
         self.header_block = ("\r\n".join(lines) + "\r\n").encode()
         self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
         self.idle: list[_Connection] = []
 
-    async def post(self, path: str, body: bytes, on_chunk: OnChunk) -> tuple[int, bytes]:
+    async def post(self, path: str, body: bytes, on_chunk: OnChunk, headers: bytes = b"") -> tuple[int, bytes]:
         """Send one POST; the body of a 200 goes to `on_chunk` as it arrives. Returns the
-        status and, for any other status, the response body. Raises HttpError or TimeoutError."""
+        status and, for any other status, the response body. Raises HttpError or TimeoutError.
+        `headers`: more header lines for this request only, each ending in CRLF."""
         request = b"".join(
             (
                 f"POST {self.prefix}{path} HTTP/1.1\r\n".encode(),
                 self.header_block,
+                headers,
                 f"Content-Length: {len(body)}\r\n\r\n".encode(),
                 body,
             )
@@ -163,7 +172,10 @@ class Client:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(_Connection, self.host, self.port, ssl=self.ssl)
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, conn = await loop.create_connection(_Connection, self.host, self.port, ssl=self.ssl)
+        except TimeoutError as exc:
+            raise HttpError(f"cannot connect to {self.host}:{self.port}: timed out") from exc
         except OSError as exc:
             raise HttpError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
         return conn

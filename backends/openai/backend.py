@@ -30,7 +30,9 @@ from backends.base import (
 )
 from backends.openai.pool import HealthPolicy, ReplicaPool
 from backends.openai.routing import Policy, Replica, pick
-from backends.openai.sse import DONE, Event, error_status, events
+from backends.openai.sse import DONE, Event, error_status
+from backends.openai.stream import UpstreamStream
+from loadtest.http import Client, HttpError
 
 log = logging.getLogger("lightgate")
 
@@ -68,6 +70,15 @@ class OpenAIUpstreamConfig:
             raise ValueError(f"routing {self.routing!r} is not one of {', '.join(Policy)}")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+
+
+class _Status(Exception):
+    """An upstream answered a stream request with a status other than 200."""
+
+    def __init__(self, status: int, content: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.content = content
 
 
 class UpstreamFailed(Exception):
@@ -123,6 +134,8 @@ class OpenAIUpstreamBackend:
         )
         self.pool = ReplicaPool(c.upstreams, health, resolve_dns=c.resolve_dns, resolve_interval_s=c.resolve_interval_s)
         self._client: httpx.AsyncClient | None = None
+        self._clients: dict[str, Client] = {}
+        self._auth: dict[str, str] = {}
         self._watch: asyncio.Task[None] | None = None
         self._turn = 0
         self._max_model_len = c.max_model_len or 0
@@ -134,14 +147,9 @@ class OpenAIUpstreamBackend:
         key = c.api_key or (os.environ.get(c.api_key_env) if c.api_key_env else None)
         if c.api_key_env and not key:
             raise ValueError(f"the environment variable {c.api_key_env} (api_key_env) is not set")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        # One pool of keep-alive connections for every replica; no limit of our own
-        # (the admission queue bounds what is in flight).
-        self._client = httpx.AsyncClient(
-            headers={**headers, "Accept-Encoding": "identity"},
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-            timeout=httpx.Timeout(c.total_timeout_s, connect=c.connect_timeout_s),
-        )
+        self._auth = {"Authorization": f"Bearer {key}"} if key else {}
+        # httpx for the probes and other rare calls; requests go through self._http(replica).
+        self._client = httpx.AsyncClient(headers=self._auth, timeout=httpx.Timeout(c.total_timeout_s))
         await self.pool.resolve()
         if self.pool.health.interval_s > 0:
             await self.pool.probe(self._client)
@@ -155,9 +163,11 @@ class OpenAIUpstreamBackend:
 
     async def _upstream_max_len(self, url: str) -> int:
         assert self._client is not None
-        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+        # vLLM and Lightgate put max_model_len on the model card; llama-server and
+        # OpenAI do not (then /v1/models says nothing, and the upstream checks lengths).
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
             cards = (await self._client.get(url + "/v1/models", timeout=self.config.health_timeout_s)).json()["data"]
-            return int(next(c["max_model_len"] for c in cards if c.get("max_model_len")))
+            return int(next((c["max_model_len"] for c in cards if c.get("max_model_len")), 0))
         return 0
 
     async def stop(self) -> None:
@@ -167,6 +177,8 @@ class OpenAIUpstreamBackend:
                 await self._watch
         if self._client is not None:
             await self._client.aclose()
+        for client in self._clients.values():
+            client.close()
 
     # -- forwarding ----------------------------------------------------------------------------
 
@@ -178,7 +190,8 @@ class OpenAIUpstreamBackend:
         c = self.config
         if c.upstream_model:
             body = {**body, "model": c.upstream_model}
-        headers = {"x-request-id": request_id} if request_id else {}
+        headers = f"x-request-id: {request_id}\r\n".encode() if request_id else b""
+        payload = json.dumps(body).encode()
         key = affinity_key(body, c.prefix_chars) if self.policy is Policy.PREFIX_AFFINITY else b""
         tried: set[Replica] = set()
         last: Forwarded | None = None
@@ -192,7 +205,7 @@ class OpenAIUpstreamBackend:
             )
             tried.add(replica)
             attempt = self._stream if stream else self._once
-            result, retry = await attempt(replica, path, body, headers)
+            result, retry = await attempt(replica, path, payload, headers)
             if not retry:
                 return result
             last = result
@@ -201,26 +214,31 @@ class OpenAIUpstreamBackend:
             return last
         return Forwarded(503, _error(503, "no healthy upstream replica for this model", "no_healthy_upstream"))
 
-    async def _once(
-        self, r: Replica, path: str, body: dict[str, Any], headers: dict[str, str]
-    ) -> tuple[Forwarded, bool]:
-        assert self._client is not None
+    def _http(self, r: Replica) -> Client:
+        """The keep-alive connections to one replica (a client per replica, kept)."""
+        client = self._clients.get(r.url)
+        if client is None:
+            c = self.config
+            client = Client(r.url, self._auth, timeout_s=c.total_timeout_s, connect_timeout_s=c.connect_timeout_s)
+            self._clients[r.url] = client
+        return client
+
+    async def _once(self, r: Replica, path: str, body: bytes, headers: bytes) -> tuple[Forwarded, bool]:
+        content = bytearray()
         r.outstanding += 1
         r.requests += 1
         try:
-            response = await self._client.post(r.url + path, json=body, headers=headers)
-        except httpx.TimeoutException as exc:
+            status, error_body = await self._http(r).post(path, body, lambda d, _: content.extend(d), headers)
+        except HttpError as exc:
             self.pool.failed(r)
-            if isinstance(exc, httpx.ConnectTimeout):
-                return Forwarded(502, _error(502, f"cannot connect to {r.url}", "upstream_unreachable")), True
+            return Forwarded(502, _error(502, f"{r.url}: {exc}", "upstream_unreachable")), True
+        except TimeoutError:
+            self.pool.failed(r)
             # The whole answer was late: retrying would double the wait the client set.
             return Forwarded(504, _error(504, f"{r.url} took longer than the total timeout", "upstream_timeout")), False
-        except httpx.HTTPError as exc:
-            self.pool.failed(r)
-            return Forwarded(502, _error(502, f"{r.url}: {exc!r}", "upstream_unreachable")), True
         finally:
             r.outstanding -= 1
-        return self._answered(r, response.status_code, response.content)
+        return self._answered(r, status, bytes(content) if status == 200 else error_body)
 
     def _answered(self, r: Replica, status: int, content: bytes) -> tuple[Forwarded, bool]:
         """A complete response: relayed as JSON; a 5xx counts against the replica, and
@@ -239,38 +257,16 @@ class OpenAIUpstreamBackend:
             status = 502 if status < 400 else status
         return Forwarded(status, data, upstream=r.url), status >= 500 or status == 429
 
-    async def _stream(
-        self, r: Replica, path: str, body: dict[str, Any], headers: dict[str, str]
-    ) -> tuple[Forwarded, bool]:
-        assert self._client is not None
-        c = self.config
-        timeout = httpx.Timeout(c.first_token_timeout_s, connect=c.connect_timeout_s)
-        request = self._client.build_request("POST", r.url + path, json=body, headers=headers, timeout=timeout)
+    async def _stream(self, r: Replica, path: str, body: bytes, headers: bytes) -> tuple[Forwarded, bool]:
         r.outstanding += 1
         r.requests += 1
-        try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            r.outstanding -= 1
-            self.pool.failed(r)
-            if isinstance(exc, httpx.ReadTimeout):  # servers that send headers with the first token
-                message = f"{r.url} timed out: no first token within {c.first_token_timeout_s}s"
-                return Forwarded(504, _error(504, message, "upstream_timeout")), True
-            return Forwarded(502, _error(502, f"cannot reach {r.url}: {exc!r}", "upstream_unreachable")), True
-        if response.status_code != 200:
-            try:
-                content = await response.aread()
-            except httpx.HTTPError:
-                content = b""
-            finally:
-                r.outstanding -= 1
-                await response.aclose()
-            return self._answered(r, response.status_code, content)
-        rest = self._events(r, response)
+        rest = self._events(r, UpstreamStream(self._http(r), path, body, headers))
         try:
             first = await anext(rest)
         except StopAsyncIteration:  # [DONE] straight away: an empty answer, not a failure
             return Forwarded(200, upstream=r.url), False
+        except _Status as answer:  # not a 200: relayed, or another replica tried
+            return self._answered(r, answer.status, answer.content)
         except UpstreamFailed as exc:  # nothing reached the client: another replica may answer
             return Forwarded(exc.status, _error(exc.status, str(exc), exc.code)), True
         err = first.error
@@ -282,31 +278,37 @@ class OpenAIUpstreamBackend:
             return Forwarded(status, first.data, upstream=r.url), status >= 500
         return Forwarded(200, first=first, rest=rest, upstream=r.url), False
 
-    async def _events(self, r: Replica, response: httpx.Response) -> AsyncGenerator[Event, None]:
+    async def _events(self, r: Replica, stream: UpstreamStream) -> AsyncGenerator[Event, None]:
         """The stream's events until [DONE]. Closing this generator early (the client
         left) closes the connection, which is how the upstream learns to stop."""
-        deadline = asyncio.get_running_loop().time() + self.config.total_timeout_s
         finished = False
+        silence = self.config.first_token_timeout_s
         try:
-            async for event in events(response.aiter_raw()):
+            while (event := await stream.next(silence)) is not None:
                 if event is DONE:
                     finished = True
-                    break
+                if finished:
+                    # Read on to the body's end (it follows at once): a response read to
+                    # its end leaves its connection open for the next request.
+                    continue
                 assert isinstance(event, Event)
                 yield event
-                if asyncio.get_running_loop().time() > deadline:
-                    raise UpstreamFailed(504, f"{r.url} took longer than the total timeout", "upstream_timeout")
+            status, content = stream.result()
+            if status != 200:
+                raise _Status(status, content)
             if not finished:
                 self.pool.failed(r)
                 raise UpstreamFailed(502, f"{r.url} ended the stream without [DONE]")
             self.pool.succeeded(r)
-        except httpx.HTTPError as exc:
+        except HttpError as exc:
             self.pool.failed(r)
-            kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
-            raise UpstreamFailed(502, f"the stream from {r.url} {kind}: {exc!r}") from exc
+            raise UpstreamFailed(502, f"the stream from {r.url} failed: {exc}") from exc
+        except TimeoutError as exc:
+            self.pool.failed(r)
+            raise UpstreamFailed(504, f"{r.url} timed out: no token for {silence}s, or past the total timeout") from exc
         finally:
             r.outstanding -= 1
-            await response.aclose()
+            stream.close()
 
     # -- the Backend interface: what a forwarding backend has of it -------------------------
 

@@ -63,19 +63,36 @@ def parse_block(block: bytes) -> Event | object | None:
     return Event(raw, data)
 
 
-async def events(chunks: AsyncIterator[bytes]) -> AsyncIterator[Event | object]:
+class Splitter:
     """Events from a body arriving in arbitrary pieces; CRLF line ends become LF."""
-    buffer = b""
-    async for chunk in chunks:
-        buffer += chunk
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def feed(self, chunk: bytes) -> list[Event | object]:
+        buffer = self.buffer + chunk
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
+        out: list[Event | object] = []
         while (end := buffer.find(b"\n\n")) >= 0:
-            block, buffer = buffer[:end], buffer[end + 2 :]
-            parsed = parse_block(block)
+            parsed = parse_block(buffer[:end])
+            buffer = buffer[end + 2 :]
             if parsed is not None:
-                yield parsed
-    if buffer.strip():
-        parsed = parse_block(buffer.strip())
-        if parsed is not None:
-            yield parsed
+                out.append(parsed)
+        self.buffer = buffer
+        return out
+
+    def close(self) -> list[Event | object]:
+        """A last event the body ended without its blank line."""
+        rest, self.buffer = self.buffer.strip(), b""
+        parsed = parse_block(rest) if rest else None
+        return [] if parsed is None else [parsed]
+
+
+async def events(chunks: AsyncIterator[bytes]) -> AsyncIterator[Event | object]:
+    splitter = Splitter()
+    async for chunk in chunks:
+        for event in splitter.feed(chunk):
+            yield event
+    for event in splitter.close():
+        yield event
