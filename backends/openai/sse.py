@@ -4,7 +4,6 @@ gateway forwards each event's JSON as it came, and reads it for tokens and error
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +35,15 @@ def error_status(error: dict[str, Any]) -> int:
     return 400
 
 
+def json_object(raw: bytes) -> dict[str, Any] | None:
+    """`raw` as a JSON object, or None when it is not one (an upstream's HTML error page...)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def parse_block(block: bytes) -> Event | object | None:
     """One event (the lines between blank lines): its data as an Event, DONE, or None
     for a comment or keep-alive. llama.cpp's server writes `error: {...}` lines."""
@@ -49,11 +57,8 @@ def parse_block(block: bytes) -> Event | object | None:
     raw = b"\n".join(payload)
     if raw == b"[DONE]":
         return DONE
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
+    data = json_object(raw)
+    if data is None:
         text = raw[:200].decode("utf-8", "replace")
         data = {"error": {"message": f"the upstream sent an event that is not a JSON object: {text}"}}
         raw = json.dumps(data).encode()
@@ -87,12 +92,3 @@ class Splitter:
         rest, self.buffer = self.buffer.strip(), b""
         parsed = parse_block(rest) if rest else None
         return [] if parsed is None else [parsed]
-
-
-async def events(chunks: AsyncIterator[bytes]) -> AsyncIterator[Event | object]:
-    splitter = Splitter()
-    async for chunk in chunks:
-        for event in splitter.feed(chunk):
-            yield event
-    for event in splitter.close():
-        yield event

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import pytest
 
 from backends.openai.backend import OpenAIUpstreamConfig, affinity_key
 from backends.openai.pool import HealthPolicy, ReplicaPool
 from backends.openai.routing import HashRing, Policy, Replica, least_outstanding, pick, prefix_affinity
-from backends.openai.sse import DONE, Event, error_status, events
+from backends.openai.sse import DONE, Event, Splitter, error_status
 
 
 def replicas(*outstanding: int) -> list[Replica]:
@@ -163,25 +162,22 @@ def test_ipv6_addresses_get_brackets() -> None:
 # -- SSE ---------------------------------------------------------------------------------------
 
 
-async def _parse(pieces: list[bytes]) -> list[Event | object]:
-    async def source() -> AsyncIterator[bytes]:
-        for p in pieces:
-            yield p
-
-    return [e async for e in events(source())]
+def _parse(pieces: list[bytes]) -> list[Event | object]:
+    splitter = Splitter()
+    return [e for piece in pieces for e in splitter.feed(piece)] + splitter.close()
 
 
 def test_events_split_anywhere_and_crlf() -> None:
     body = b'data: {"a": 1}\r\n\r\n: keep-alive\r\n\r\ndata: {"b": 2}\n\ndata: [DONE]\n\n'
     for cut in range(len(body)):
-        parsed = asyncio.run(_parse([body[:cut], body[cut:]]))
+        parsed = _parse([body[:cut], body[cut:]])
         assert [e.data if isinstance(e, Event) else e for e in parsed] == [{"a": 1}, {"b": 2}, DONE], cut
-    first = asyncio.run(_parse([body]))[0]
+    first = (_parse([body]))[0]
     assert isinstance(first, Event) and first.raw == b'{"a": 1}'  # forwarded byte for byte
 
 
 def test_error_events_in_both_spellings() -> None:
-    parsed = asyncio.run(_parse([b'error: {"message": "slot unavailable", "code": 503}\n\n', b"data: not json\n\n"]))
+    parsed = _parse([b'error: {"message": "slot unavailable", "code": 503}\n\n', b"data: not json\n\n"])
     assert all(isinstance(e, Event) and e.error for e in parsed)
     first, second = parsed
     assert isinstance(first, Event) and first.error is not None and error_status(first.error) == 503
