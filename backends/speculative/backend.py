@@ -13,12 +13,10 @@ A step, with t the last token emitted (its KV not yet in either model):
   target: decode [t, x_1..x_γ] in one batch: rows 0..γ give p_1..p_γ+1;
   verify: keep x_1..x_k, draw the next token; drop both caches' cells past t, x_1..x_k.
 
-γ adapts when `adaptive` is on: after each step it moves to the γ with the best
-expected tokens per second, from the measured acceptance rate and the measured
-costs of a draft token and of a target pass over n tokens; γ = 0 (the target
-alone) when speculation does not pay, with a probe after `probe_every` steps,
-then twice as long each time a probe confirms it (up to 16 times). The draft reads the prompt
-only when it first drafts."""
+γ adapts when `adaptive` is on (adaptive.py): from the measured acceptance rate
+and the measured wall time of each part of a step, it drafts only when that beats
+the target alone, and probes now and then while it does not. The draft reads the
+prompt only when it first drafts."""
 
 from __future__ import annotations
 
@@ -50,6 +48,7 @@ from backends.jobs import Job, Outbox, Worker, relay
 from backends.llamacpp.engine import EngineConfig, LlamaEngine
 from backends.logprobs import log_softmax, top_k
 from backends.memory import peak_rss_bytes
+from backends.speculative.adaptive import Policy
 from backends.speculative.verify import Probs, draw, verify, warp
 from backends.textstream import TextStream
 
@@ -61,10 +60,10 @@ class SpeculativeConfig:
     path: str  # the target GGUF
     draft: str = ""  # a GGUF path or a catalog variant (same tokenizer, smaller model), or "ngram"
     ngram: int = 3  # prompt lookup: the longest n-gram matched against the text so far
-    gamma: int = 4  # draft tokens per step (the start value when adaptive)
+    gamma: int = 4  # draft tokens per step when not adaptive
     adaptive: bool = True
     gamma_max: int = 8
-    probe_every: int = 16  # with γ = 0, try γ = 1 after this many steps (then up to 16x less often)
+    probe_every: int = 16  # with γ = 0, probe after this many steps (then up to 16x less often)
     n_ctx: int = 2048
     n_batch: int = 512
     n_threads: int = 0
@@ -100,46 +99,6 @@ class Counters:
     accepted_tokens: int = 0
 
 
-@dataclass(slots=True)
-class Costs:
-    """Running estimates of the physics: seconds per draft token, and a target pass
-    over n tokens as a + b*n (least squares over recent passes)."""
-
-    draft_s: float = 0.0
-    passes: list[tuple[int, float]] = field(default_factory=list)
-    alpha: float = 0.7  # acceptance rate per draft token, smoothed
-
-    def best(self, gamma_max: int) -> tuple[int, float]:
-        """The γ with the highest expected tokens/s over the target alone, and that
-        ratio (Leviathan et al., eq. 1): γ = 0, the target alone, is 1. The line
-        c_t(n) = a + b*n is fitted once for every γ."""
-        if len({n for n, _ in self.passes}) < 2:
-            a, b = (self.passes[-1][1] if self.passes else 1.0), 0.0
-        else:
-            ns, ts = np.array(self.passes, dtype=np.float64).T
-            b, a = np.polyfit(ns, ts, 1)
-        # A size measured is taken as measured: a line through a curve would make
-        # one token dearer and a batch cheaper than they are, and drafting look better.
-        seen: dict[int, list[float]] = {}
-        for n, t in self.passes:
-            seen.setdefault(n, []).append(t)
-
-        def cost(n: int) -> float:
-            return float(np.median(seen[n])) if n in seen else max(a + b * n, 1e-6)
-
-        alpha = min(self.alpha, 0.999)
-        best = (0, 1.0)
-        for gamma in range(1, gamma_max + 1):
-            tokens = (1 - alpha ** (gamma + 1)) / (1 - alpha)
-            ratio = tokens * cost(1) / (gamma * self.draft_s + cost(gamma + 1))
-            if ratio > best[1]:
-                best = (gamma, float(ratio))
-        return best
-
-    def record_pass(self, n: int, seconds: float) -> None:
-        self.passes = [*self.passes[-31:], (n, seconds)]
-
-
 class SpeculativeBackend:
     name = "speculative"
 
@@ -150,10 +109,9 @@ class SpeculativeBackend:
         self._worker: Worker | None = None
         self._generated = 0
         self.counters = Counters()
-        self.costs = Costs()
-        self.gamma = self.config.gamma
-        self.plain_steps = 0  # target-only steps, across requests: when to probe
-        self.probe_interval = self.config.probe_every  # doubles while probes keep finding γ = 0 best
+        self.policy = Policy(self.config.gamma_max, self.config.probe_every)  # adaptive γ, across requests
+        if self.config.lookup:
+            self.policy.costs.draft_s = 0.0  # a lookup in the text so far costs next to nothing
         self._chat_template: ChatTemplateInfo | None = None
 
     # -- lifecycle ------------------------------------------------------------------
@@ -268,8 +226,6 @@ class Run:
         self.stream = TextStream(stop=list(self.params.stop))
         self.generated: list[int] = []
         self.draft_pending: list[int] = []  # emitted tokens whose KV the draft lacks
-        self.steps = 0  # draft-and-verify steps
-        self.probed = False  # the last draft step was a probe
 
     # Logits after the request's bias and penalties, before warping (both models).
     def adjusted(self, logits: npt.NDArray[np.float32], history: list[int]) -> npt.NDArray[np.float32]:
@@ -303,7 +259,11 @@ class Run:
 
     def run(self) -> None:
         p = self.params
+        started = time.perf_counter()
         target_logits = self.feed(self.t, self.prompt)
+        if self.d is not None:
+            per_token = (time.perf_counter() - started) / len(self.prompt)
+            self.b.policy.costs.guess_catchup(per_token, self.d.weight_bytes / self.t.weight_bytes)
         if p.max_tokens == 0:
             self.emit([], None, "length")
             return
@@ -318,11 +278,13 @@ class Run:
 
     def step(self) -> bool:
         """One draft-and-verify step (or a plain target step when γ is 0); True when finished."""
-        b, p = self.b, self.params
+        b, p, costs = self.b, self.params, self.b.policy.costs
+        began = time.perf_counter()
         n_past = len(self.prompt) + len(self.generated) - 1  # position of the last emitted token
         last = self.generated[-1]
-        gamma = min(self.choose_gamma(), p.max_tokens - len(self.generated) - 1, self.t.n_ctx_seq - n_past - 2)
-        gamma = max(gamma, 0)
+        remaining = p.max_tokens - len(self.generated)
+        wanted = b.policy.choose(len(self.draft_pending), remaining) if b.config.adaptive else b.config.gamma
+        gamma = max(min(wanted, remaining - 1, self.t.n_ctx_seq - n_past - 2), 0)
         draft: list[int] = []
         q: list[Probs] = []
         if gamma and self.d is None:
@@ -331,39 +293,22 @@ class Run:
             q = [_one_hot(x, self.t.n_vocab) for x in draft]  # a lookup is certain of its guess
             gamma = len(draft)  # what the text offered: maybe fewer, maybe none
             if gamma:
-                b.costs.draft_s = _ema(b.costs.draft_s, (time.perf_counter() - started) / gamma)
+                costs.record_draft((time.perf_counter() - started) / gamma)
         elif gamma:
-            assert self.d is not None
-            started = time.perf_counter()
-            feed = [*self.draft_pending, last]
-            pos = n_past - len(self.draft_pending)
-            for i in range(gamma):
-                if i == 1:
-                    started = time.perf_counter()  # the catch-up of the first feed is not a draft token's cost
-                logits = self.feed(self.d, feed, pos)
-                pos += len(feed)
-                dist = self.dist(logits, self.generated + draft)
-                draft.append(draw(dist, self.rng))
-                q.append(dist)
-                feed = [draft[-1]]
-            if gamma > 1 or len(self.draft_pending) == 0:
-                per_token = (time.perf_counter() - started) / (gamma - 1 if gamma > 1 else 1)
-                b.costs.draft_s = _ema(b.costs.draft_s, per_token)
-            self.draft_pending = []
+            draft, q = self.propose(n_past, last, gamma)
+        # The pass is timed through emission: what one more pass costs the stream.
         started = time.perf_counter()
         rows = [last, *draft]
         self.t.decode(rows, list(range(n_past, n_past + len(rows))), [0] * len(rows), [True] * len(rows))
-        b.costs.record_pass(len(rows), time.perf_counter() - started)
         raw = [self.t.logits(i).copy() for i in range(len(rows))]
         target_p = [self.dist(raw[i], self.generated + draft[:i]) for i in range(len(rows))]
         verdict = verify(draft, q, target_p, self.rng)
         kept = draft[: verdict.accepted]
         if gamma:
-            self.steps += 1
             b.counters.drafts += 1
             b.counters.draft_tokens += gamma
             b.counters.accepted_tokens += verdict.accepted
-            b.costs.alpha = _ema(b.costs.alpha, verdict.accepted / gamma, weight=0.2)
+            costs.record_verdict(verdict.accepted, gamma)
         # Keep the KV of last, x_1..x_k; the draft lacks x_γ's when all were kept.
         keep_until = n_past + 1 + verdict.accepted
         self.t.free_sequence(0, keep_until)
@@ -374,32 +319,39 @@ class Run:
                 self.draft_pending.append(last)  # the draft skipped this step: it catches up later
         elif verdict.accepted == gamma:
             self.draft_pending = [draft[-1]]
-        return self.emit([*kept, verdict.token], raw[: verdict.accepted + 1])
+        finished = self.emit([*kept, verdict.token], raw[: verdict.accepted + 1])
+        done = time.perf_counter()
+        costs.record_pass(len(rows), done - started)
+        b.policy.observe(gamma, done - began, verdict.accepted + 1)
+        return finished
 
-    def choose_gamma(self) -> int:
-        b, c = self.b, self.b.config
-        if not c.adaptive:
-            return b.gamma
-        if not any(n == 1 for n, _ in b.costs.passes):
-            return 0  # first measure what a plain target step costs (it is one anyway)
-        if self.steps and b.costs.draft_s:
-            best, gain = b.costs.best(c.gamma_max)
-            if gain > 1.0:
-                b.gamma, b.probe_interval = best, c.probe_every
-            elif b.gamma or self.probed:
-                # Drafting does not pay: the target alone, and the probes rarer (up to 16x).
-                if not b.gamma:
-                    b.probe_interval = min(b.probe_interval * 2, 16 * c.probe_every)
-                b.gamma = 0
-            self.probed = False
-        if b.gamma == 0:
-            # A probe now and then, so acceptance and draft cost are measured again.
-            b.plain_steps += 1
-            if not b.costs.draft_s or b.plain_steps % b.probe_interval == 0:
-                self.probed = True
-                return 1
-            return 0
-        return b.gamma
+    def propose(self, n_past: int, last: int, gamma: int) -> tuple[list[int], list[Probs]]:
+        """γ tokens from the draft model and the distributions they were drawn from.
+        The first feed also catches the draft up on the tokens it lacks."""
+        assert self.d is not None
+        costs = self.b.policy.costs
+        feed = [*self.draft_pending, last]
+        pos = n_past - len(self.draft_pending)
+        draft: list[int] = []
+        q: list[Probs] = []
+        catchup: tuple[int, float] | None = None  # (tokens, seconds of the feed that carried them)
+        for _ in range(gamma):
+            started = time.perf_counter()
+            logits = self.feed(self.d, feed, pos)
+            pos += len(feed)
+            dist = self.dist(logits, self.generated + draft)
+            draft.append(draw(dist, self.rng))
+            q.append(dist)
+            seconds = time.perf_counter() - started
+            if len(feed) <= 2:  # t alone, or with x_γ kept last step: a draft token's cost
+                costs.record_draft(seconds)
+            else:
+                catchup = (len(feed) - 1, seconds)
+            feed = [draft[-1]]
+        if catchup is not None and costs.draft_s is not None:  # less the draft token that feed also made
+            costs.record_catchup(catchup[0], catchup[1] - costs.draft_s)
+        self.draft_pending = []
+        return draft, q
 
     def emit(
         self, tokens: list[int], rows: list[npt.NDArray[np.float32]] | None, finish: FinishReason | None = None
@@ -444,7 +396,3 @@ def _one_hot(token: int, size: int) -> Probs:
     out = np.zeros(size, dtype=np.float64)
     out[token] = 1.0
     return out
-
-
-def _ema(old: float, new: float, weight: float = 0.3) -> float:
-    return new if old == 0.0 else (1 - weight) * old + weight * new
