@@ -4,7 +4,9 @@
 #   1. the conformance suite (tests/conformance) on exllamav2 (SmolLM2 converted
 #      to EXL2 there), transformers on CUDA, and llamacpp with every layer on the
 #      GPU (llama.cpp built there with CUDA, in the background while 1 runs);
-#   2. a table of passed / failed / skipped per engine.
+#   2. the speculative backend with every layer on the GPU (prompt lookup on SmolLM2:
+#      the issue's Qwen pair is too big to carry), against the target alone;
+#   3. a table of passed / failed / skipped per engine.
 # Its dependencies travel in .cache/gpu-wheels (bash scripts/gpu_deps.sh, here).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +40,7 @@ run_suite() {  # engines, junit file
 run_suite "transformers,exllamav2" conformance-gpu.xml
 if wait "$builder"; then
     run_suite "llamacpp-gpu" conformance-llamacpp.xml
+    timeout 120 python3 tests/gpu/check_speculative.py | tail -6  # the speculative backend on the GPU
 else
     echo "llama.cpp CUDA build failed or skipped:"; tail -5 "$out/llama-build.log"
 fi

@@ -67,6 +67,7 @@ class SpeculativeConfig:
     n_ctx: int = 2048
     n_batch: int = 512
     n_threads: int = 0
+    n_gpu_layers: int = 0  # layers of both models on a GPU (a CUDA build of llama.cpp); -1: all
     lookup: bool = field(default=False, init=False)  # set from `draft`
 
     def __post_init__(self) -> None:
@@ -141,7 +142,9 @@ class SpeculativeBackend:
 
         c = self.config
         threads = c.n_threads or len(os.sched_getaffinity(0))
-        return LlamaEngine(EngineConfig(path, c.n_ctx, c.n_batch, 1, threads, threads, 0, True, None, False))
+        return LlamaEngine(
+            EngineConfig(path, c.n_ctx, c.n_batch, 1, threads, threads, c.n_gpu_layers, True, None, False)
+        )
 
     async def stop(self) -> None:
         if self._worker is not None:
