@@ -56,7 +56,7 @@ def main() -> None:
             with status, server(cmd, port, "/ready", CPU_ENV) as url, httpx.Client(base_url=url, timeout=900) as client:
                 one(client, "m", "text", 8)  # warm-up
                 for workload in ("text", "code edit"):
-                    n, seconds = one(client, "m", workload, args.tokens)
+                    n, seconds, _ = one(client, "m", workload, args.tokens)
                     rates.setdefault((name, workload), []).append(n / seconds)
     rows: list[dict[str, Any]] = []
     for (name, workload), measured in rates.items():
