@@ -3,26 +3,35 @@
 alone on the llamacpp backend.
 
 The draft is a model (fixed and adaptive γ) or prompt lookup (n-grams of the text
-so far). Greedy output is the target's own, token for token: the target verifies a draft
-with one batched decode of γ+1 tokens where plain decoding runs γ+1 one-token
-decodes, and llama.cpp's CPU kernels give the same logits for a row whatever the
-batch around it, so the argmaxes agree (checked here on 6 prompts x 48 tokens at
-fixed γ and with adaptive γ). Sampling's correctness is tested on exact
-distributions in tests/unit/test_speculative_verify.py."""
+so far). Greedy output is the target's own, token for token, with one exception
+measured and tested below: the target verifies a draft with one batched decode of
+γ+1 tokens where plain decoding runs one-token decodes, and llama.cpp computes a
+batch through another matmul path, so a row's logits can differ in the last
+digits. Where the target's two best tokens are nearly tied, that flips the argmax.
+Measured: no departure on 20 WikiText prompts x 128 tokens nor on 14 code-edit
+prompts x 128 (prompt lookup, γ = 4 and adaptive: 68 runs), one on a 200-token
+edit (token 82, where the target's two best logits are 0.001 apart). Sampling's
+correctness is tested on exact distributions in tests/unit/test_speculative_verify.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import httpx
 import llama_cpp
+import numpy as np
 import openai
 import pytest
 
+from backends.llamacpp.backend import LlamaCppBackend
+from backends.llamacpp.engine import EngineConfig, LlamaEngine
 from backends.speculative.backend import SpeculativeBackend, same_tokenizer
 from compressed_models.build import build_ladder
 from compressed_models.catalog import resolve
 from gateway.config import ModelConfig, Settings
+from tests.gpu.check_speculative import PROMPT as RENAME
+from tests.gpu.check_speculative import decode
 from tests.server import RunningServer, serve, wait_until
 
 PROMPTS = [
@@ -152,3 +161,42 @@ def test_models_with_different_tokenizers_are_refused() -> None:
         same_tokenizer(Vocab([b"a", b"b", b"c"]), Vocab([b"a", b"b"]))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="differ at token 1"):
         same_tokenizer(Vocab([b"a", b"b"]), Vocab([b"a", b"x"]))  # type: ignore[arg-type]
+
+
+def test_where_batched_verification_departs_from_greedy_it_is_at_a_near_tie() -> None:
+    """The one departure measured (module docstring): prompt lookup with adaptive γ
+    on a 200-token rename. Either the output is the target's, or at the first
+    difference the two tokens are the target's own two best (evaluated as it
+    decodes alone: the prompt in one batch, then one token at a time), less than
+    half a logit apart: a floating-point tie, not a wrong token. (Here 0.001 apart;
+    batch shapes move a row's logits by up to about 0.3: with everything in one
+    batch the gap is 0.07, with the prompt too one token at a time 0.24 the other way.)"""
+    path = str(resolve("smollm2-135m-instruct-q4_1"))
+
+    async def both() -> tuple[list[int], list[int], list[int]]:
+        target = LlamaCppBackend(path=path, n_ctx=1024, n_parallel=1)
+        spec = SpeculativeBackend(path=path, draft="ngram", n_ctx=1024)
+        await target.start()
+        await spec.start()
+        try:
+            prompt = target.tokenize(RENAME)
+            return prompt, (await decode(target, prompt))[0], (await decode(spec, prompt))[0]
+        finally:
+            await spec.stop()
+            await target.stop()
+
+    prompt, alone, drafted = asyncio.run(both())
+    first = next((i for i, (a, b) in enumerate(zip(alone, drafted, strict=True)) if a != b), None)
+    if first is None:
+        return
+    engine = LlamaEngine(EngineConfig(path, 1024, 512, 1, 2, 2, 0, True, None, False))
+    try:
+        engine.decode(prompt, list(range(len(prompt))), [0] * len(prompt), [False] * len(prompt))
+        for i, token in enumerate(alone[:first], start=len(prompt)):  # then one by one, as the target alone
+            engine.decode([token], [i], [0], [True])
+        logits = np.array(engine.logits(0))
+    finally:
+        engine.close()
+    best, second = np.argsort(-logits)[:2]
+    assert {alone[first], drafted[first]} == {int(best), int(second)}
+    assert logits[best] - logits[second] < 0.5
