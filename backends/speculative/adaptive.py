@@ -46,7 +46,7 @@ class Costs:
     """In-situ measurements, in seconds."""
 
     draft_s: float | None = None  # one draft token (None: not yet timed; prompt lookup: ~0)
-    catchup_s: float = 0.0  # per token the draft reads to catch up (0: not yet measured)
+    catchup_s: float = 0.0  # per token the draft reads to catch up (guessed from the target's prefill until measured)
     passes: dict[int, list[float]] = field(default_factory=dict)  # n: the latest passes over n tokens
     accepted: float = 0.0  # decayed counts of draft tokens accepted and tested
     tested: float = 0.0
@@ -131,7 +131,6 @@ class Policy:
     costs: Costs = field(default_factory=Costs)
     gamma: int = 0
     since_probe: int = 0
-    probes: int = 0
     probing: bool = False  # the step being run is a probe
     plain_time: float = 0.0  # seconds spent on plain steps
     explored: float = 0.0  # seconds probes cost beyond what plain steps would have
@@ -162,8 +161,7 @@ class Policy:
         if self.explored + cost > PROBE_BUDGET * self.plain_time:
             return 0
         self.since_probe, self.probing = 0, True
-        self.probes += 1
-        return 1 if self.probes > 1 else 2  # γ = 2 the first time: a draft token is timed on its own
+        return 2 if c.draft_s is None else 1  # γ = 2 until a draft token was timed on its own
 
     def observe(self, gamma: int, seconds: float, tokens: int) -> None:
         """A step ran at γ for `seconds` and emitted `tokens`."""

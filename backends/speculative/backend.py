@@ -63,7 +63,7 @@ class SpeculativeConfig:
     gamma: int = 4  # draft tokens per step when not adaptive
     adaptive: bool = True
     gamma_max: int = 8
-    probe_every: int = 16  # with γ = 0, probe after this many steps (then up to 16x less often)
+    probe_every: int = 16  # with γ = 0, at least this many steps between probes (adaptive.py's budget decides)
     n_ctx: int = 2048
     n_batch: int = 512
     n_threads: int = 0
