@@ -3,9 +3,10 @@ another on the same machine: Lightgate's llama.cpp backend (continuous batching)
 llama.cpp's own C++ `llama-server`, and llama-cpp-python's `llama_cpp.server`.
 
 Closed loop: C users, each sending streaming completions back to back (128 output
-tokens with ignore_eos) until 2*C requests (at least 4) are done. Reported per
-server, model and C: output tokens/s over the wall time, TTFT and ITL p50/p99, and
-dropped streams (an error status, a broken stream or fewer tokens than asked).
+tokens with ignore_eos) until C*K requests (at least 4) are done, K being
+--requests-per-user (default 2). Reported per server, model and C: output tokens/s
+over the wall time, TTFT and ITL p50/p99, each round's TTFT p50, and dropped
+streams (an error status, a broken stream or fewer tokens than asked).
 
     .venv/bin/python benchmarks/batching.py --llama-server PATH [--models smollm2 qwen0.5b]
 
@@ -223,6 +224,12 @@ def main() -> None:
     parser.add_argument("--servers", nargs="*", help="only these servers (default: every one configured)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")
     parser.add_argument(
+        "--requests-per-user",
+        type=int,
+        default=2,
+        help="requests each of the C users sends per level (at least 4 in all); more gives steadier latency medians",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -246,28 +253,35 @@ def main() -> None:
                 with server(cmd, port, ready, env) as base, Progress(console=console) as progress:
                     label = f"{short} on {name}" + (f", round {round_ + 1}/{args.rounds}" if args.rounds > 1 else "")
                     task = progress.add_task(label, total=len(args.concurrency))
-                    asyncio.run(run_level(base, "m", 1, 8, args.timeout, tag=f"warm-up {round_} "))
+                    # Warm-up at the top concurrency too: an engine's first batch of a new
+                    # shape (vLLM's oneDNN kernels, for one) costs more than the rest.
+                    asyncio.run(run_level(base, "m", slots, 8, args.timeout, tag=f"warm-up {round_} "))
                     for c in args.concurrency:
                         tag = f"r{round_} " if round_ else ""
-                        level = asyncio.run(run_level(base, "m", c, args.tokens, args.timeout, tag=tag))
+                        total = max(c * args.requests_per_user, 4)
+                        level = asyncio.run(run_level(base, "m", c, args.tokens, args.timeout, tag=tag, requests=total))
                         levels.setdefault((short, name, c), []).append(level)
                         progress.advance(task)
     results = [_summary(short, name, rounds) for (short, name, _), rounds in levels.items()]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
-    print("\n| model | server | C | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | dropped |")
-    print("|---|---|---|---|---|---|---|")
+    head = "| model | server | C | output tok/s | TTFT p50 / p99 ms | TTFT p50 by round | ITL p50 / p99 ms | dropped |"
+    print("\n" + head)
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
+        by_round = " ".join(f"{t:.0f}" for t in r["ttft_ms_p50_rounds"])
         print(
             f"| {r['model']} | {r['server']} | {r['concurrency']} | {r['output_tok_s']:.1f} | "
-            f"{r['ttft_ms_p50']:.0f} / {r['ttft_ms_p99']:.0f} | {r['itl_ms_p50']:.1f} / {r['itl_ms_p99']:.1f} | "
+            f"{r['ttft_ms_p50']:.0f} / {r['ttft_ms_p99']:.0f} | {by_round} | "
+            f"{r['itl_ms_p50']:.1f} / {r['itl_ms_p99']:.1f} | "
             f"{r['dropped']} of {r['requests']} |"
         )
     console.print(f"\nwrote {args.out}")
 
 
 def _summary(model: str, name: str, rounds: list[Level]) -> dict[str, Any]:
-    """The median round's throughput; latencies and drops pooled over every round."""
+    """The median round's throughput; latencies and drops pooled over every round,
+    with each round's TTFT p50 kept to show how far rounds differ."""
     rates = [lv.tokens / lv.wall_s if lv.wall_s else 0.0 for lv in rounds]
     pooled = Level(rounds[0].concurrency)
     for lv in rounds:
@@ -278,6 +292,7 @@ def _summary(model: str, name: str, rounds: list[Level]) -> dict[str, Any]:
         **pooled.row(),
         "output_tok_s": statistics.median(rates),
         "output_tok_s_rounds": rates,
+        "ttft_ms_p50_rounds": [percentile(lv.ttft_ms, 50) for lv in rounds],
     }
 
 
