@@ -14,7 +14,7 @@ LLAMA_CPP_VERSION := 0.3.36
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
 
-.PHONY: setup serve test test-vllm lint unit bench bench-batching bench-upstream bench-metrics prometheus helm
+.PHONY: setup serve test test-vllm lint unit bench bench-batching bench-upstream bench-vllm bench-metrics prometheus helm
 
 setup: $(VENV)/.installed
 
@@ -106,3 +106,12 @@ $(VLLM_VENV)/.installed: pyproject.toml
 
 test-vllm: $(VLLM_VENV)/.installed
 	LIGHTGATE_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q -k vllm tests/conformance tests/integration/test_vllm_backend.py
+
+# Lightgate's vllm backend against vLLM's own OpenAI server, both on SmolLM2's bf16
+# export and vLLM's CPU build (its venv, as make test-vllm); four interleaved rounds
+# (~22 minutes).
+bench-vllm: setup $(VLLM_VENV)/.installed
+	$(PY) -m gateway.cli models export-hf smollm2-135m-instruct-q4_1
+	$(PY) benchmarks/batching.py --models smollm2 --servers vllm lightgate-vllm \
+		--vllm-python $(VLLM_VENV)/bin/python --concurrency 1 8 --rounds 4 --requests-per-user 8 \
+		--hf-model smollm2="$$($(PY) -m compressed_models.catalog path smollm2-135m-instruct-bf16-from-q4_1)"

