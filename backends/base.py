@@ -15,6 +15,12 @@ class BackendError(Exception):
     """An engine failure the gateway reports as a server error (never a client's fault)."""
 
 
+class EngineDead(BackendError):
+    """The engine has stopped for good (its process died): no request can run on this
+    model until the gateway restarts. The gateway answers 503 and stops calling it
+    live and ready."""
+
+
 class UnsupportedFeature(ValueError):
     """A request asks for something this backend cannot do; the gateway answers 400."""
 

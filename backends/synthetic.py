@@ -15,6 +15,7 @@ from backends.base import (
     BackendStats,
     ChatTemplateInfo,
     Chunk,
+    EngineDead,
     GenerationRequest,
     UnsupportedFeature,
     engine_config,
@@ -37,6 +38,7 @@ class SyntheticConfig:
     n_ctx: int = 4096
     max_running: int = 256
     fail_after_tokens: int | None = None  # injected engine failure mid-stream, for error-path tests
+    die_after_tokens: int | None = None  # injected engine death: this stream fails, and every later one
 
     def __post_init__(self) -> None:
         if self.ttft_ms < 0 or self.itl_ms < 0:
@@ -52,6 +54,7 @@ class SyntheticBackend:
         self.config = engine_config(SyntheticConfig, "synthetic", options)
         self._running = 0
         self._generated = 0
+        self._dead = False
 
     async def start(self) -> None:
         return None
@@ -64,6 +67,8 @@ class SyntheticBackend:
         if params.logprobs is not None or params.prompt_logprobs is not None:
             raise UnsupportedFeature("the synthetic backend has no model and computes no logprobs", "logprobs")
         c = self.config
+        if self._dead:
+            raise EngineDead(f"injected death after {c.die_after_tokens} tokens (die_after_tokens)")
         loop = asyncio.get_running_loop()
         self._running += 1
         try:
@@ -82,6 +87,9 @@ class SyntheticBackend:
                 due += c.itl_ms / 1000
                 if i == c.fail_after_tokens:
                     raise BackendError(f"injected failure after {i} tokens (fail_after_tokens)")
+                if i == c.die_after_tokens:
+                    self._dead = True
+                    raise EngineDead(f"injected death after {i} tokens (die_after_tokens)")
                 token = EOS if i == eos_at else ord(c.text[i % len(c.text)])
                 self._generated += 1
                 text, finish = stream.token(self.token_bytes(token), eos=token == EOS, last=i + 1 == params.max_tokens)

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 
-from backends.base import BackendError, Chunk, GenerationRequest, UnsupportedFeature
+from backends.base import BackendError, Chunk, EngineDead, GenerationRequest, UnsupportedFeature
 from gateway.errors import OpenAIError, invalid
 from gateway.limits import QueueFull
 from gateway.request_log import RequestRecord
@@ -55,6 +55,10 @@ async def generate(
                     yield index, chunk
     except UnsupportedFeature as exc:
         raise invalid(str(exc), exc.param, code="unsupported_feature") from exc
+    except EngineDead as exc:
+        deployment.died(str(exc))
+        message = f"the model {deployment.name!r} is unavailable: {exc}; the gateway must be restarted"
+        raise OpenAIError(503, message, code="engine_dead") from exc
     except BackendError as exc:
         raise OpenAIError(500, f"the {deployment.backend.name} engine failed: {exc}", code="engine_error") from exc
 

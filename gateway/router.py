@@ -25,10 +25,18 @@ class Deployment:
     created: int = field(default_factory=lambda: int(time.time()))
     ready: bool = False
     failure: str | None = None
+    dead: bool = False  # the engine stopped for good: only a restart brings it back
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    def died(self, reason: str) -> None:
+        """Take the model out of service after its engine has died: new requests get
+        503, /ready says why, and /health fails so that a supervisor restarts us."""
+        if not self.dead:
+            log.error("model %s: the %s engine died: %s", self.name, self.backend.name, reason)
+        self.ready, self.dead, self.failure = False, True, f"its engine died: {reason}"
 
 
 # Backends that hold no weights: their `variant` is a label, never a file to find here.
@@ -61,6 +69,11 @@ class Router:
     @property
     def ready(self) -> bool:
         return all(d.ready for d in self.deployments)
+
+    @property
+    def dead(self) -> list[str]:
+        """The models whose engine has died."""
+        return [d.name for d in self.deployments if d.dead]
 
     async def start(self) -> None:
         await asyncio.gather(*(self._start_one(d) for d in self.deployments))

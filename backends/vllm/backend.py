@@ -29,6 +29,7 @@ from backends.base import (
     BackendError,
     BackendStats,
     Chunk,
+    EngineDead,
     FinishReason,
     GenerationRequest,
     TokenLogprob,
@@ -120,6 +121,7 @@ class VllmBackend(HfTokenizerMethods):
         if self._engine is None:
             raise BackendError("the vllm backend is not started")
         from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         p = req.params
         echo_only = p.max_tokens == 0  # vLLM generates at least one token; it is dropped
@@ -140,6 +142,11 @@ class VllmBackend(HfTokenizerMethods):
                 logprobs = self._logprobs(tokens, seq.logprobs, p.logprobs) if p.logprobs is not None else None
                 if tokens or finish is not None or prompt_logprobs is not None:
                     yield Chunk(tokens, seq.text, logprobs, finish, prompt_logprobs)
+        except EngineDeadError as exc:  # the engine-core process is gone; vLLM does not restart it
+            self._scheduler = None  # its last figures no longer describe anything
+            raise EngineDead("vLLM's engine-core process has died") from exc
+        except EngineGenerateError as exc:  # this request failed inside vLLM; the engine lives on
+            raise BackendError(f"vLLM failed the request: {exc.__cause__!r}") from exc
         finally:
             await stream.aclose()  # vLLM aborts the request when its generator closes early
 

@@ -1,4 +1,4 @@
-"""GET /v1/models, /health (the process is alive) and /ready (every model is loaded,
+"""GET /v1/models, /health (the process is alive and no engine has died) and /ready (every model is loaded,
 and the gateway is not draining)."""
 
 from __future__ import annotations
@@ -45,8 +45,13 @@ async def retrieve_model(model_id: str, request: Request) -> ModelCard:
 
 
 @router.get("/health")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+async def health(request: Request) -> JSONResponse:
+    """Alive, unless an engine has died: a process that can no longer serve one of its
+    models fails its liveness probe and gets restarted (vLLM's own server exits)."""
+    dead = request.app.state.router.dead
+    if dead:
+        return JSONResponse({"status": "engine_dead", "models": dead}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/ready")

@@ -10,8 +10,9 @@ import httpx
 import openai
 import pytest
 
+from gateway.config import ModelConfig, Settings
 from tests.conftest import FAILING, FAST, SMOL
-from tests.server import RunningServer
+from tests.server import RunningServer, serve
 
 
 def post(gateway: RunningServer, path: str, body: Any, **kwargs: Any) -> httpx.Response:
@@ -171,3 +172,29 @@ def test_an_engine_error_after_the_stream_began_is_an_error_event_then_done(gate
 def test_an_engine_error_before_any_output_is_a_500_body(gateway: RunningServer) -> None:
     error = error_of(post(gateway, "/completions", {"model": FAILING, "prompt": "hi", "max_tokens": 10}), 500)
     assert error["code"] == "engine_error"
+
+
+def test_a_dead_engine_takes_its_model_out_of_service_and_fails_liveness() -> None:
+    """An engine that dies (vLLM's engine-core process, here the synthetic backend's
+    injected death) answers 503 from then on, /ready and /health say so, and the
+    gateway's other models keep serving. Its own gateway: the death is for good."""
+    dying = ModelConfig(name="dying", backend="synthetic", options={"die_after_tokens": 3})
+    with serve(Settings(models=[dying, ModelConfig(name=FAST, backend="synthetic")])) as server:
+        assert httpx.get(server.base_url + "/health").status_code == 200
+        body = {"model": "dying", "prompt": "hi", "max_tokens": 10, "stream": True}
+        with httpx.stream("POST", server.v1 + "/completions", json=body) as r:
+            assert r.status_code == 200
+            events = [line for line in r.iter_lines() if line]
+        assert len(events) == 3 + 2 and events[-1] == "data: [DONE]"
+        error = json.loads(events[-2].removeprefix("data: "))["error"]
+        assert (error["type"], error["code"]) == ("service_unavailable", "engine_dead")
+
+        after = error_of(post(server, "/completions", {"model": "dying", "prompt": "hi", "max_tokens": 4}), 503)
+        assert after["code"] == "model_not_ready" and "engine died" in after["message"]
+        ready = httpx.get(server.base_url + "/ready")
+        assert ready.status_code == 503 and "engine died" in ready.json()["models"]["dying"]
+        health = httpx.get(server.base_url + "/health")
+        assert health.status_code == 503 and health.json() == {"status": "engine_dead", "models": ["dying"]}
+        assert post(server, "/completions", {"model": FAST, "prompt": "hi", "max_tokens": 4}).status_code == 200
+        dead = next(d for d in server.router.deployments if d.name == "dying")
+        assert dead.admission.running == 0  # the failed stream gave its slot back

@@ -1,12 +1,13 @@
 """What is particular to the vllm backend, on vLLM's CPU build with SmolLM2 exported
-to a Hugging Face folder (the contract itself is tests/conformance/): engine options
-go to vLLM as they are, the scheduler's figures reach `stats()`, and a request
-abandoned mid-stream is aborted inside vLLM. Runs in `make test-vllm`; skips (or,
-with LIGHTGATE_REQUIRE_VLLM=1, fails) where vLLM is absent."""
+to a Hugging Face folder (the contract itself, a client that leaves included, is
+tests/conformance/): engine options go to vLLM as they are, the scheduler's figures
+reach `stats()`, and a dead engine core is a 503. Runs in `make test-vllm`; skips
+(or, with LIGHTGATE_REQUIRE_VLLM=1, fails) where vLLM is absent."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -65,3 +66,37 @@ def test_options_reach_the_engine_and_stats_follow_the_scheduler(vllm_gateway: R
     stats = backend.stats()
     assert stats.weight_bytes and stats.weight_bytes > 100e6  # SmolLM2's bf16 safetensors
     assert stats.running_memory_bytes and stats.running_memory_bytes > stats.weight_bytes
+
+
+def test_when_vllms_engine_core_dies_the_model_answers_503_and_liveness_fails(smollm2_hf: Path) -> None:
+    """vLLM's engine-core process killed mid-stream: the stream ends with an
+    engine_dead error event instead of hanging, later requests get 503, and /ready
+    and /health fail so that a supervisor restarts the gateway. Its own gateway:
+    the engine does not come back."""
+    import psutil
+
+    def children() -> dict[int, psutil.Process]:
+        return {p.pid: p for p in psutil.Process().children(recursive=True)}
+
+    before = children()
+    options = {"max_model_len": 512, "dtype": "bfloat16", "max_num_seqs": 2, "enforce_eager": True}
+    settings = Settings(models=[ModelConfig(name="doomed", backend="vllm", path=str(smollm2_hf), options=options)])
+    with serve(settings, startup_s=300) as server:
+        ours = [p for pid, p in children().items() if pid not in before]
+        cores = [p for p in ours if "EngineCore" in " ".join(p.cmdline())]
+        assert cores, [p.cmdline() for p in ours]
+        body = {"model": "doomed", "prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", server.v1 + "/completions", json=body, timeout=60) as r:
+            assert r.status_code == 200
+            lines = (line for line in r.iter_lines() if line)
+            assert next(lines).startswith("data: {")  # it is streaming: now the engine dies
+            for core in cores:
+                core.kill()
+            rest = list(lines)
+        assert rest[-1] == "data: [DONE]"
+        error = json.loads(rest[-2].removeprefix("data: "))["error"]
+        assert (error["type"], error["code"]) == ("service_unavailable", "engine_dead")
+        after = httpx.post(server.v1 + "/completions", json={**body, "stream": False}, timeout=30)
+        assert after.status_code == 503 and after.json()["error"]["code"] == "model_not_ready"
+        assert httpx.get(server.base_url + "/ready").status_code == 503
+        assert httpx.get(server.base_url + "/health").json() == {"status": "engine_dead", "models": ["doomed"]}
