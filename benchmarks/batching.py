@@ -6,7 +6,8 @@ Closed loop: C users, each sending streaming completions back to back (128 outpu
 tokens with ignore_eos) until C*K requests (at least 4) are done, K being
 --requests-per-user (default 2). Reported per server, model and C: output tokens/s
 over the wall time, TTFT and ITL p50/p99, each round's TTFT p50, and dropped
-streams (an error status, a broken stream or fewer tokens than asked).
+streams (an error status, a broken stream or fewer tokens than asked), as a table,
+JSON (--out) and a figure of tokens/s and TTFT p50 per server (--plot).
 
     .venv/bin/python benchmarks/batching.py --llama-server PATH [--models smollm2 qwen0.5b]
 
@@ -237,6 +238,7 @@ def main() -> None:
         "(the machine's speed drifts by several percent over minutes)",
     )
     parser.add_argument("--out", default="bench-results/batching.json")
+    parser.add_argument("--plot", help="where to draw tokens/s and TTFT per server (default: --out as .png)")
     args = parser.parse_args()
 
     slots = max(args.concurrency)
@@ -276,7 +278,45 @@ def main() -> None:
             f"{r['itl_ms_p50']:.1f} / {r['itl_ms_p99']:.1f} | "
             f"{r['dropped']} of {r['requests']} |"
         )
-    console.print(f"\nwrote {args.out}")
+    figure = Path(args.plot or Path(args.out).with_suffix(".png"))
+    plot(results, figure)
+    console.print(f"\nwrote {args.out} and {figure}")
+
+
+FIGURES = (("output_tok_s", "output tokens/s (median round)", "tokens/s"), ("ttft_ms_p50", "TTFT p50", "ms"))
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Per model, two panels of bars grouped by concurrency, a bar per server: output
+    tokens/s and TTFT p50 (on a log scale where values span more than 20x: a server
+    that queues is seconds where the others are tens of milliseconds)."""
+    from loadtest.plots import _png, _pyplot
+
+    plt = _pyplot()
+    models = list(dict.fromkeys(r["model"] for r in results))
+    fig, axes = plt.subplots(len(models), 2, figsize=(12, 3.6 * len(models)), squeeze=False)
+    for row, model in zip(axes, models, strict=True):
+        rows = {(r["server"], r["concurrency"]): r for r in results if r["model"] == model}
+        levels = sorted({c for _, c in rows})
+        names = list(dict.fromkeys(name for name, _ in rows))
+        width = 0.8 / len(names)
+        for ax, (key, title, unit) in zip(row, FIGURES, strict=True):
+            shown = [r[key] for r in rows.values() if r[key] > 0]
+            for i, name in enumerate(names):
+                values = [rows[(name, c)][key] if (name, c) in rows else 0.0 for c in levels]
+                ax.bar([j + i * width for j in range(len(levels))], values, width, label=name)
+            ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(levels))], [f"C={c}" for c in levels])
+            ax.set_title(f"{model}: {title}")
+            if shown and max(shown) > 20 * min(shown):
+                ax.set_yscale("log")
+                unit += ", log scale"
+            else:
+                ax.set_ylim(0, 1.35 * max(shown, default=1))  # room for the legend above the bars
+            ax.set_ylabel(unit)
+            ax.grid(axis="y", alpha=0.3)
+        row[0].legend(loc="upper left")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_png(fig))
 
 
 def _summary(model: str, name: str, rounds: list[Level]) -> dict[str, Any]:
