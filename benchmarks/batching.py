@@ -290,22 +290,19 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     """Per model, two panels of bars grouped by concurrency, a bar per server: output
     tokens/s and TTFT p50 (on a log scale where values span more than 20x: a server
     that queues is seconds where the others are tens of milliseconds)."""
-    from loadtest.plots import _png, _pyplot
+    from loadtest.plots import draw_bars, png, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     models = list(dict.fromkeys(r["model"] for r in results))
     fig, axes = plt.subplots(len(models), 2, figsize=(12, 3.6 * len(models)), squeeze=False)
     for row, model in zip(axes, models, strict=True):
         rows = {(r["server"], r["concurrency"]): r for r in results if r["model"] == model}
         levels = sorted({c for _, c in rows})
         names = list(dict.fromkeys(name for name, _ in rows))
-        width = 0.8 / len(names)
         for ax, (key, title, unit) in zip(row, FIGURES, strict=True):
             shown = [r[key] for r in rows.values() if r[key] > 0]
-            for i, name in enumerate(names):
-                values = [rows[(name, c)][key] if (name, c) in rows else 0.0 for c in levels]
-                ax.bar([j + i * width for j in range(len(levels))], values, width, label=name)
-            ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(levels))], [f"C={c}" for c in levels])
+            groups = {name: [rows[(name, c)][key] if (name, c) in rows else 0.0 for c in levels] for name in names}
+            draw_bars(ax, [f"C={c}" for c in levels], groups)
             ax.set_title(f"{model}: {title}")
             if shown and max(shown) > 20 * min(shown):
                 ax.set_yscale("log")
@@ -316,7 +313,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             ax.grid(axis="y", alpha=0.3)
         row[0].legend(loc="upper left")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_png(fig))
+    path.write_bytes(png(fig))
 
 
 def _summary(model: str, name: str, rounds: list[Level]) -> dict[str, Any]:

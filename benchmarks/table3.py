@@ -142,9 +142,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
-    from loadtest.plots import _png, _pyplot
+    from loadtest.plots import png, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     for engine, marker in (("llama.cpp", "o"), ("PyTorch", "s")):
         mine = [r for r in rows if r["engine"] == engine]
@@ -159,7 +159,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend()
-    out.write_bytes(_png(fig))
+    out.write_bytes(png(fig))
 
 
 def main() -> int:

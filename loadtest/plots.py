@@ -11,7 +11,7 @@ from typing import Any
 from loadtest.client import RequestRecord
 
 
-def _pyplot() -> ModuleType:
+def pyplot() -> ModuleType:
     try:
         import matplotlib
     except ImportError as exc:
@@ -22,8 +22,8 @@ def _pyplot() -> ModuleType:
     return plt
 
 
-def _png(fig: Any) -> bytes:
-    plt = _pyplot()
+def png(fig: Any) -> bytes:
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -32,7 +32,7 @@ def _png(fig: Any) -> bytes:
 
 def latency_cdfs(records: Sequence[RequestRecord]) -> bytes:
     """Cumulative distributions of TTFT, ITL and end-to-end latency, in ms."""
-    plt = _pyplot()
+    plt = pyplot()
     ok = [r for r in records if r.ok]
     series = {
         "TTFT": [r.ttft * 1000 for r in ok if r.ttft is not None],
@@ -48,12 +48,12 @@ def latency_cdfs(records: Sequence[RequestRecord]) -> bytes:
         ax.set_xlabel("ms")
         ax.set_ylim(0, 1.01)
         ax.grid(alpha=0.3)
-    return _png(fig)
+    return png(fig)
 
 
 def over_time(records: Sequence[RequestRecord], bin_s: float = 1.0) -> bytes:
     """Output tokens/s and requests in flight, second by second through the run."""
-    plt = _pyplot()
+    plt = pyplot()
     if not records:
         raise ValueError("no requests to plot")
     end = max(r.end for r in records)
@@ -76,28 +76,33 @@ def over_time(records: Sequence[RequestRecord], bin_s: float = 1.0) -> bytes:
     ax2.step(times, in_flight, where="post", color="tab:orange", label="requests in flight")
     ax2.set_ylabel("requests in flight")
     fig.legend(loc="upper right")
-    return _png(fig)
+    return png(fig)
 
 
-def bars(title: str, labels: Sequence[str], groups: Mapping[str, Sequence[float]], unit: str) -> bytes:
-    """Grouped bars: one group per label (variant), one bar per series."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(labels) + 2), 3.6))
+def draw_bars(ax: Any, labels: Sequence[str], groups: Mapping[str, Sequence[float]]) -> None:
+    """Grouped bars on one set of axes: one group per label, one bar per series."""
     width = 0.8 / max(1, len(groups))
     for i, (name, values) in enumerate(groups.items()):
         xs = [j + i * width for j in range(len(labels))]
         ax.bar(xs, values, width, label=name)
     ax.set_xticks([j + width * (len(groups) - 1) / 2 for j in range(len(labels))], labels)
+
+
+def bars(title: str, labels: Sequence[str], groups: Mapping[str, Sequence[float]], unit: str) -> bytes:
+    """Grouped bars: one group per label (variant), one bar per series."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(labels) + 2), 3.6))
+    draw_bars(ax, labels, groups)
     ax.set_title(title)
     ax.set_ylabel(unit)
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def lines(title: str, xlabel: str, xs: Sequence[float], series: Mapping[str, Sequence[float]], unit: str) -> bytes:
     """Several series against one x axis (for a sweep: figures against load)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for name, ys in series.items():
         ax.plot(xs, ys, marker="o", label=name)
@@ -106,4 +111,4 @@ def lines(title: str, xlabel: str, xs: Sequence[float], series: Mapping[str, Seq
     ax.set_ylabel(unit)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _png(fig)
+    return png(fig)

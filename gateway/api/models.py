@@ -1,5 +1,5 @@
-"""GET /v1/models, /health (the process is alive and no engine has died) and /ready (every model is loaded,
-and the gateway is not draining)."""
+"""GET /v1/models, /health (the process is alive and no engine has died) and /ready
+(every model is loaded, and the gateway is not draining)."""
 
 from __future__ import annotations
 
