@@ -1,11 +1,15 @@
-"""Engine backends, found by name through the `lightgate.backends` entry-point group,
-so a third-party package can add one without touching the gateway."""
+"""Backends by name, from the `lightgate.backends` entry-point group, so a third-party
+package can add one without touching the gateway. A class is a token engine
+(backends/base.py's `Backend`) or a relay (backends/relay.py's `Relay`); its `kind`
+says which."""
 
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from typing import Any
 
 from backends.base import Backend
+from backends.relay import Relay
 
 GROUP = "lightgate.backends"
 
@@ -18,15 +22,20 @@ def backend_names() -> list[str]:
     return sorted(ep.name for ep in entry_points(group=GROUP))
 
 
-def create_backend(name: str, path: str | None, options: dict[str, object]) -> Backend:
+def backend_class(name: str) -> Any:
+    """The class registered as `name`. Engines import their engine package lazily, so
+    only a configured one must be installed."""
     found = [ep for ep in entry_points(group=GROUP) if ep.name == name]
     if not found:
         raise BackendUnavailable(f"unknown backend {name!r}; installed: {', '.join(backend_names())}")
     try:
-        cls = found[0].load()
-    except ImportError as exc:  # engines import lazily: only a configured one must be present
+        return found[0].load()
+    except ImportError as exc:
         raise BackendUnavailable(
             f"backend {name!r} needs the package {exc.name!r}, which is not installed (pip install 'lightgate[{name}]')"
         ) from exc
-    backend: Backend = cls(path, **options)
+
+
+def create_backend(name: str, path: str | None, options: dict[str, object]) -> Backend | Relay:
+    backend: Backend | Relay = backend_class(name)(path, **options)
     return backend

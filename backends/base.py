@@ -1,14 +1,26 @@
-"""The engine interface: what every backend implements and the data that crosses it."""
+"""The token-engine interface: what every engine implements (the `Backend` protocol)
+and the data that crosses it. Relays to OpenAI-compatible servers have their own,
+smaller protocol (backends/relay.py); `Kind` says which of the two a backend is."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
+import numpy as np
+import numpy.typing as npt
+
 FinishReason = Literal["stop", "length"]
+
+
+class Kind(Enum):
+    """The two kinds of backend. The gateway branches on this, never on a name."""
+
+    ENGINE = "engine"  # takes token ids and SamplingParams, yields Chunks (Backend)
+    RELAY = "relay"  # forwards the client's JSON to OpenAI-compatible servers (backends/relay.py)
 
 
 class BackendError(Exception):
@@ -29,9 +41,29 @@ class UnsupportedFeature(ValueError):
         self.param = param
 
 
+def refuse_logits_processors(params: SamplingParams, backend: str) -> None:
+    """For engines that sample inside their own code, where no per-sequence hook reaches."""
+    if params.logits_processors:
+        raise UnsupportedFeature(
+            f"the {backend} backend samples inside its engine: it takes no per-request logits processors",
+            "logits_processors",
+        )
+
+
+class LogitsProcessor(Protocol):
+    """Changes one sequence's row of raw logits in place before it is sampled, given
+    the tokens generated so far (a grammar's token mask, a ban). Engines that sample
+    themselves call it inside their batched step (backends/sampling.py's `constrain`);
+    it must accept any history, a shorter one included (a speculative step tries
+    several and keeps some)."""
+
+    def __call__(self, generated: Sequence[int], logits: npt.NDArray[np.float32]) -> None: ...
+
+
 @dataclass(slots=True)
 class SamplingParams:
-    """How to pick tokens for one sequence. Defaults mean "off" for every processor."""
+    """How to pick tokens for one sequence. Defaults mean "off" for every processor.
+    Requests are checked in gateway/protocol.py (a 400 naming the field), not here."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -48,22 +80,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # same for the prompt's tokens (echo)
     ignore_eos: bool = False
     min_tokens: int = 0
-
-    def __post_init__(self) -> None:
-        if self.max_tokens < 0:
-            raise ValueError("max_tokens must be >= 0")
-        if not self.temperature >= 0.0 or not math.isfinite(self.temperature):
-            raise ValueError("temperature must be a finite number >= 0")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.top_k < 0:
-            self.top_k = 0
-        if not 0.0 <= self.min_p <= 1.0:
-            raise ValueError("min_p must be in [0, 1]")
-        if self.repetition_penalty <= 0.0:
-            raise ValueError("repetition_penalty must be > 0")
-        if self.min_tokens > self.max_tokens:
-            raise ValueError("min_tokens must be <= max_tokens")
+    # Applied first, on the raw logits (before bias and penalties), by the engines that
+    # sample themselves; the others refuse a request that has any (UnsupportedFeature).
+    logits_processors: tuple[LogitsProcessor, ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -108,6 +127,11 @@ class Chunk:
     finish_reason: FinishReason | None = None
     prompt_logprobs: list[TokenLogprob] | None = None  # first chunk only, when asked
 
+    @classmethod
+    def prompt_only(cls, prompt_logprobs: list[TokenLogprob] | None) -> Chunk:
+        """The one chunk of an echo-only request (max_tokens 0): the prompt was all it asked for."""
+        return cls([], "", finish_reason="length", prompt_logprobs=prompt_logprobs)
+
 
 @dataclass(slots=True)
 class BackendStats:
@@ -145,9 +169,12 @@ class UpstreamStats:
 
 @runtime_checkable
 class Backend(Protocol):
-    """An engine behind the gateway. It knows nothing of HTTP."""
+    """A token engine behind the gateway. It knows nothing of HTTP, and gets file
+    paths, never catalog names: the router resolves `variant`, and every option the
+    class lists in `weight_options` (a draft model), before constructing it."""
 
     name: str
+    kind: Kind  # Kind.ENGINE: a class attribute
 
     async def start(self) -> None:
         """Load weights and warm up."""

@@ -17,8 +17,10 @@ from backends.base import (
     Chunk,
     EngineDead,
     GenerationRequest,
+    Kind,
     UnsupportedFeature,
     engine_config,
+    refuse_logits_processors,
 )
 from backends.textstream import TextStream
 
@@ -49,6 +51,7 @@ class SyntheticConfig:
 
 class SyntheticBackend:
     name = "synthetic"
+    kind = Kind.ENGINE
 
     def __init__(self, path: str | None = None, **options: object) -> None:
         self.config = engine_config(SyntheticConfig, "synthetic", options)
@@ -66,6 +69,7 @@ class SyntheticBackend:
         params = req.params
         if params.logprobs is not None or params.prompt_logprobs is not None:
             raise UnsupportedFeature("the synthetic backend has no model and computes no logprobs", "logprobs")
+        refuse_logits_processors(params, self.name)
         c = self.config
         if self._dead:
             raise EngineDead(f"injected death after {c.die_after_tokens} tokens (die_after_tokens)")
@@ -73,7 +77,7 @@ class SyntheticBackend:
         self._running += 1
         try:
             if params.max_tokens == 0:
-                yield Chunk([], "", finish_reason="length")
+                yield Chunk.prompt_only(None)
                 return
             # Text tokens before EOS: the configured length, never under min_tokens.
             eos_at = None

@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import itertools
 
-from benchmarks.common import free_port, lightgate_config, percentile, server
+from benchmarks.common import lightgate_config, percentile
 from compressed_models.catalog import resolve
+from leanhttp.local import free_port, server
 
 MODELS = {"smollm2": "smollm2-135m-instruct-q4_1", "qwen0.5b": "qwen2.5-coder-0.5b-instruct-q4_k_m"}
 console = Console()

@@ -1,50 +1,12 @@
-"""What the benchmarks share: servers in their own processes on loopback ports, and
-latency statistics."""
+"""What the benchmarks share: Lightgate configs, latency statistics, tables and JSON
+(servers in their own processes come from leanhttp/local.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import httpx
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def server(args: list[str], port: int, ready_path: str = "/health", env: dict[str, str] | None = None) -> Iterator[str]:
-    """A server in its own process on a loopback port, stopped on exit."""
-    proc = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300  # vLLM on a CPU takes a while to start
-    try:
-        while True:
-            try:
-                if httpx.get(base + ready_path, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {' '.join(args)}")
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def lightgate_config(models: list[dict[str, Any]]) -> Path:

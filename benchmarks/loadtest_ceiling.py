@@ -32,7 +32,8 @@ from rich.progress import Progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import free_port, lightgate_config, print_table, save_json, server
+from benchmarks.common import lightgate_config, print_table, save_json
+from leanhttp.local import free_port, server
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -27,7 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import free_port, lightgate_config, print_table, save_json, server
+from benchmarks.common import lightgate_config, print_table, save_json
+from leanhttp.local import free_port, server
 
 BIN = Path(sys.executable).parent
 # About 16 SmolLM2 tokens, as GuideLLM's prompts below: the synthetic backend counts bytes.

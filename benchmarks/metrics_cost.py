@@ -24,7 +24,8 @@ from rich.progress import Progress
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.batching import run_level
-from benchmarks.common import free_port, lightgate_config, print_table, save_json, server
+from benchmarks.common import lightgate_config, print_table, save_json
+from leanhttp.local import free_port, server
 
 SETTINGS = {  # name -> environment of the gateway process
     "metrics on": {"LIGHTGATE_METRICS": "true", "LIGHTGATE_ACCESS_LOG": "true"},

@@ -38,8 +38,9 @@ from rich.progress import Progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import free_port, lightgate_config, server
+from benchmarks.common import lightgate_config
 from compressed_models.catalog import resolve
+from leanhttp.local import free_port, server
 from loadtest.prompts import WIKITEXT
 
 TARGET, DRAFT = "qwen2.5-coder-1.5b-instruct-q4_k_m", "qwen2.5-coder-0.5b-instruct-q4_k_m"

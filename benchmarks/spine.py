@@ -32,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backends.base import GenerationRequest, SamplingParams
 from backends.synthetic import SyntheticBackend
-from benchmarks.common import free_port, lightgate_config, percentile, server
+from benchmarks.common import lightgate_config, percentile
 from benchmarks.contract import probe_contract
 from compressed_models.catalog import resolve
+from leanhttp.local import free_port, server
 
 PROMPT = "Write a long story about a dragon who learns to bake bread. Once upon a time"
 console = Console()

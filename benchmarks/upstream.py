@@ -33,8 +33,9 @@ from rich.progress import Progress
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.batching import Level, run_level
-from benchmarks.common import free_port, lightgate_config, percentile, server
+from benchmarks.common import lightgate_config, percentile
 from compressed_models.catalog import resolve
+from leanhttp.local import free_port, server
 
 console = Console()
 MODEL = "smollm2-135m-instruct-q4_1"

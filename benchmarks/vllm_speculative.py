@@ -23,8 +23,9 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import free_port, lightgate_config, server
+from benchmarks.common import lightgate_config
 from benchmarks.speculative import one
+from leanhttp.local import free_port, server
 
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "0-1", "HF_HUB_OFFLINE": "1"}
 

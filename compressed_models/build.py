@@ -39,9 +39,9 @@ def quantize(src: Path, dst: Path, gguf_type: str, *, allow_requantize: bool = F
 def parameter_count(path: Path) -> int:
     import llama_cpp
 
-    from backends.llamacpp.engine import _init_backend
+    from backends.llamacpp.engine import init_backend
 
-    _init_backend(False)
+    init_backend(False)
     params = llama_cpp.llama_model_default_params()
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
     if not model:

@@ -13,8 +13,8 @@ from rich.table import Table
 
 from compressed_models import catalog
 from compressed_models.build import LADDER, build_ladder
+from compressed_models.datasets import WIKITEXT_VALID
 from compressed_models.gpu_recipes import METHODS as GPU_METHODS
-from loadtest.prompts import WIKITEXT
 
 QUANTIZE_METHODS = ("quanto-int8", "quanto-int4", *GPU_METHODS)
 
@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> None:
     prune = models.add_parser("prune", help="Wanda-SP structured pruning of a Hugging Face variant's MLP channels")
     prune.add_argument("name", help="a Hugging Face catalog variant (from export-hf)")
     prune.add_argument("--sparsity", type=float, nargs="+", default=[0.2, 0.5], help="fractions of channels to cut")
-    prune.add_argument("--calibration", type=Path, default=WIKITEXT.with_name("wiki.valid.raw"))
+    prune.add_argument("--calibration", type=Path, default=WIKITEXT_VALID)
     prune.add_argument("--samples", type=int, default=32, help="calibration windows")
     prune.add_argument("--length", type=int, default=256, help="tokens per calibration window")
     prune.set_defaults(func=_prune)
@@ -53,7 +53,7 @@ def add_parser(sub: Any) -> None:
     quant.add_argument("name", help="a Hugging Face bf16 catalog variant (from export-hf)")
     quant.add_argument("--method", nargs="+", default=["quanto-int8", "quanto-int4"], choices=QUANTIZE_METHODS)
     quant.add_argument("--bits", type=float, default=4, help="GPTQ/AWQ: 4 or 8; EXL2: target bits per weight")
-    quant.add_argument("--calibration", type=Path, default=WIKITEXT.with_name("wiki.valid.raw"), help="GPTQ/AWQ")
+    quant.add_argument("--calibration", type=Path, default=WIKITEXT_VALID, help="GPTQ/AWQ")
     quant.add_argument("--samples", type=int, default=128, help="GPTQ/AWQ calibration windows")
     quant.add_argument("--length", type=int, default=512, help="tokens per GPTQ/AWQ calibration window")
     quant.set_defaults(func=_quantize)

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from compressed_models import catalog, perplexity, results
-from loadtest.prompts import WIKITEXT
+from compressed_models.datasets import WIKITEXT
 
 
 def add_parser(sub: Any) -> None:

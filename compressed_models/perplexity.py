@@ -45,10 +45,6 @@ class Protocol:
         """The first position whose prediction of the next token is scored."""
         return self.n_ctx // 2 if self.name == "llamacpp" else 0
 
-    @property
-    def scored_per_chunk(self) -> int:
-        return self.n_ctx - 1 - self.first_scored
-
     def text(self, raw: str) -> str:
         """The text to tokenize, from a WikiText raw file. GPTQ reads the Hugging Face
         dataset, whose rows are the raw file's lines with blank ones empty."""

@@ -16,6 +16,7 @@ COPY gateway gateway
 COPY backends backends
 COPY compressed_models compressed_models
 COPY loadtest loadtest
+COPY leanhttp leanhttp
 # CUDA kernels for Ampere, Ada, Hopper and Blackwell; no -march=native (see gateway.Dockerfile).
 ENV CMAKE_ARGS="-DGGML_CUDA=on -DGGML_NATIVE=OFF -DCMAKE_CUDA_ARCHITECTURES=80;86;89;90;100"
 RUN python3 -m venv /opt/lightgate \

@@ -12,6 +12,7 @@ COPY gateway gateway
 COPY backends backends
 COPY compressed_models compressed_models
 COPY loadtest loadtest
+COPY leanhttp leanhttp
 # A portable build: the Makefile's -march=native would tie the image to the build
 # machine's CPU. AVX2/FMA/F16C cover every x86-64 server of the last decade; AMX
 # stays off (its kernels crash on some CPUs, see the Makefile).

@@ -10,10 +10,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from gateway.api import chat, completions, metrics, models, tokenize
-from gateway.auth import GuardMiddleware
 from gateway.config import Settings
 from gateway.drain import Drain, DrainMiddleware
 from gateway.errors import install_handlers
+from gateway.guard import GuardMiddleware
 from gateway.metrics import Metrics
 from gateway.request_log import RequestLogMiddleware
 from gateway.router import Router, build_deployment
@@ -40,7 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.router = router
     app.state.settings = settings
     app.state.metrics = Metrics(router) if settings.metrics else None
-    app.state.drain = Drain()
+    app.state.drain = Drain(on_begin=router.drain)
     install_handlers(app)
 
     # The last added runs first: every request gets its id and its log line, even

@@ -60,15 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="load-test an OpenAI-compatible server").add_subparsers(
         dest="bench_command", required=True
     )
+    from compressed_models.cli import add_parser as add_models
+    from compressed_models.eval_cli import add_parser as add_eval
+    from compressed_models.results import perplexity
     from loadtest.cli import add_parser as add_bench_run
     from loadtest.compare import add_parser as add_bench_compare
     from loadtest.sweep import add_parser as add_bench_sweep
 
     add_bench_run(bench)
     add_bench_sweep(bench)
-    add_bench_compare(bench)
-    from compressed_models.cli import add_parser as add_models
-    from compressed_models.eval_cli import add_parser as add_eval
+    add_bench_compare(bench, perplexity_of=perplexity)
 
     add_models(sub)
     add_eval(sub)

@@ -10,6 +10,7 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -23,9 +24,10 @@ _PROBES = frozenset({"/health", "/ready", "/metrics"})  # answered while drainin
 
 
 class Drain:
-    def __init__(self) -> None:
+    def __init__(self, on_begin: Callable[[], None] = lambda: None) -> None:
         self.draining = False
         self.in_flight = 0  # requests other than probes and scrapes, until their response ends
+        self.on_begin = on_begin  # called on the event loop once draining: every model moves to `draining`
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """True when nothing is in flight, False if the timeout came first."""
@@ -84,6 +86,7 @@ class DrainingServer(uvicorn.Server):
         self._loop.call_soon_threadsafe(self._start_drain)
 
     def _start_drain(self) -> None:
+        self.drain.on_begin()  # on the event loop: the router's state is the loop's
         self._drainer = asyncio.ensure_future(self._drain_then_exit())
 
     async def _drain_then_exit(self) -> None:

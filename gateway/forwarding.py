@@ -1,6 +1,7 @@
-"""Requests for a model on a forwarding backend (`openai`): the client's JSON goes to
-an upstream replica as it came, unknown fields included, and the answer comes back
-as it went, read on the way for the request's metrics and access log.
+"""Requests for a model served by a relay (backends/relay.py; today the `openai`
+backend): the client's JSON goes to an upstream replica as it came, unknown fields
+included, and the answer comes back as it went, read on the way for the request's
+metrics and access log.
 
 Validation, API keys, admission and metrics are the gateway's, as for every model;
 tokenizing, chat templates and sampling are the upstream's. Each streamed event is
@@ -17,17 +18,12 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from backends.openai.backend import Forwarded, OpenAIUpstreamBackend, UpstreamFailed
-from backends.openai.sse import Event, error_status
+from backends.relay import Event, Forwarded, UpstreamFailed, error_status
 from gateway.errors import OpenAIError
 from gateway.generation import admission_slot
 from gateway.request_log import RequestRecord
 from gateway.router import Deployment
 from gateway.streaming import event_stream, until_disconnect
-
-
-def is_forwarding(deployment: Deployment) -> bool:
-    return isinstance(deployment.backend, OpenAIUpstreamBackend)
 
 
 async def forward(
@@ -47,9 +43,7 @@ async def forward(
 
 async def relay_json(deployment: Deployment, path: str, body: dict[str, Any], request_id: str) -> JSONResponse:
     """A small JSON request (/tokenize, /detokenize) answered by an upstream as is."""
-    backend = deployment.backend
-    assert isinstance(backend, OpenAIUpstreamBackend)
-    answer = await backend.forward(path, body, stream=False, request_id=request_id)
+    answer = await deployment.relay.forward(path, body, stream=False, request_id=request_id)
     if answer.status != 200:
         raise upstream_error(answer)
     return JSONResponse(answer.body)
@@ -76,19 +70,17 @@ class _Call:
     stream, finish reasons, usage; and the rewrites (model name, an unasked-for usage chunk)."""
 
     def __init__(self, deployment: Deployment, path: str, body: dict[str, Any], record: RequestRecord) -> None:
-        backend = deployment.backend
-        assert isinstance(backend, OpenAIUpstreamBackend)
         self.deployment = deployment
-        self.backend = backend
+        self.relay = deployment.relay
         self.path = path
         self.body = body
         self.record = record
         self.client_model = body.get("model")
-        self.rename = backend.config.upstream_model not in (None, self.client_model)
+        self.rename = self.relay.upstream_model not in (None, self.client_model)
         self.drop_usage = False
 
     async def send(self, *, stream: bool) -> Forwarded:
-        answer = await self.backend.forward(self.path, self.body, stream=stream, request_id=self.record.request_id)
+        answer = await self.relay.forward(self.path, self.body, stream=stream, request_id=self.record.request_id)
         if answer.status != 200:
             raise upstream_error(answer)
         return answer

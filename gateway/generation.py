@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 
 from backends.base import BackendError, Chunk, EngineDead, GenerationRequest, UnsupportedFeature
+from gateway.admission import QueueFull
 from gateway.errors import OpenAIError, invalid
-from gateway.limits import QueueFull
 from gateway.request_log import RequestRecord
 from gateway.router import Deployment
 
@@ -45,7 +45,7 @@ async def generate(
     try:
         async with admission_slot(deployment, record):
             if len(requests) == 1:
-                async with aclosing(deployment.backend.generate(requests[0])) as stream:
+                async with aclosing(deployment.engine.generate(requests[0])) as stream:
                     async for chunk in stream:
                         record.on_chunk(0, chunk)
                         yield 0, chunk
@@ -68,7 +68,7 @@ async def _merged(deployment: Deployment, requests: list[GenerationRequest]) -> 
 
     async def pump(index: int, req: GenerationRequest) -> None:
         try:
-            async with aclosing(deployment.backend.generate(req)) as stream:
+            async with aclosing(deployment.engine.generate(req)) as stream:
                 async for chunk in stream:
                     await out.put((index, chunk))
         except Exception as exc:

@@ -215,7 +215,7 @@ class EngineCollector(Collector):
             ready.add_metric(labels, float(d.ready))
             running.add_metric(labels, d.admission.running)
             waiting.add_metric(labels, d.admission.waiting)
-            if not d.ready:
+            if not d.started:
                 continue
             capacity.add_metric(labels, d.admission.max_running)
             stats = d.backend.stats()

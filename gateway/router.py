@@ -1,4 +1,6 @@
-"""Model names and aliases to deployments (a started backend and its admission queue)."""
+"""Model names and aliases to deployments: a backend (a token engine or a relay), its
+admission queue, and its one state. The router turns catalog names into paths before
+a backend is constructed, and starts and stops the backends."""
 
 from __future__ import annotations
 
@@ -6,50 +8,116 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import cast
 
-from backends import create_backend
-from backends.base import Backend
-from compressed_models.catalog import resolve
+from backends import backend_class
+from backends.base import Backend, Kind
+from backends.relay import Relay
+from compressed_models.catalog import VariantNotFound, resolve
+from gateway.admission import AdmissionQueue
 from gateway.config import ModelConfig
 from gateway.errors import OpenAIError
-from gateway.limits import AdmissionQueue
 
 log = logging.getLogger("lightgate")
+
+
+class State(Enum):
+    LOADING = "loading"  # starting: weights loading, upstreams probed
+    READY = "ready"  # serving
+    FAILED = "failed"  # its backend did not start (`reason` says why)
+    DEAD = "dead"  # its engine died for good: only a restart of the gateway brings it back
+    DRAINING = "draining"  # the gateway is shutting down: requests in flight finish, no new ones
+
+
+# The transitions, each allowed only from these states (llama-swap's way: a state
+# machine you can draw, and a wrong move is a bug that shows).
+_FROM = {
+    State.READY: {State.LOADING},
+    State.FAILED: {State.LOADING},
+    State.DEAD: {State.READY, State.DRAINING},
+    State.DRAINING: {State.LOADING, State.READY},
+}
 
 
 @dataclass
 class Deployment:
     config: ModelConfig
-    backend: Backend
+    backend: Backend | Relay
     admission: AdmissionQueue
     created: int = field(default_factory=lambda: int(time.time()))
-    ready: bool = False
-    failure: str | None = None
-    dead: bool = False  # the engine stopped for good: only a restart brings it back
+    state: State = State.LOADING
+    reason: str | None = None  # why it is not ready, when it is failed or dead
 
     @property
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def kind(self) -> Kind:
+        return self.backend.kind
+
+    @property
+    def engine(self) -> Backend:
+        """The backend as a token engine (routes ask only after checking `kind`)."""
+        if self.kind is not Kind.ENGINE:
+            raise TypeError(f"the model {self.name!r} is served by a relay, not a token engine")
+        return cast(Backend, self.backend)
+
+    @property
+    def relay(self) -> Relay:
+        if self.kind is not Kind.RELAY:
+            raise TypeError(f"the model {self.name!r} is served by a token engine, not a relay")
+        return cast(Relay, self.backend)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.READY
+
+    @property
+    def started(self) -> bool:
+        """Its backend is up (serving, or finishing what is in flight)."""
+        return self.state in (State.READY, State.DRAINING)
+
+    def move(self, to: State, reason: str | None = None) -> None:
+        if self.state not in _FROM[to]:
+            raise RuntimeError(f"model {self.name}: no transition from {self.state.value} to {to.value}")
+        self.state, self.reason = to, reason
+
     def died(self, reason: str) -> None:
         """Take the model out of service after its engine has died: new requests get
         503, /ready says why, and /health fails so that a supervisor restarts us."""
-        if not self.dead:
-            log.error("model %s: the %s engine died: %s", self.name, self.backend.name, reason)
-        self.ready, self.dead, self.failure = False, True, f"its engine died: {reason}"
-
-
-# Backends that hold no weights: their `variant` is a label, never a file to find here.
-FORWARDING_BACKENDS = frozenset({"openai"})
+        if self.state is State.DEAD:
+            return
+        log.error("model %s: the %s engine died: %s", self.name, self.backend.name, reason)
+        self.move(State.DEAD, f"its engine died: {reason}")
 
 
 def build_deployment(config: ModelConfig) -> Deployment:
+    cls = backend_class(config.backend)
+    options = dict(config.options)
     path = config.path
-    if path is None and config.variant is not None and config.backend not in FORWARDING_BACKENDS:
-        path = str(resolve(config.variant))
-    backend = create_backend(config.backend, path, dict(config.options))
+    if cls.kind is Kind.ENGINE:
+        # Engines get paths, never catalog names. A relay's `variant` is only a label.
+        if path is None and config.variant is not None:
+            path = str(resolve(config.variant))
+        for name in getattr(cls, "weight_options", ()):
+            options[name] = _weights(options.get(name))
+    backend = cls(path, **options)
     # max_running is fixed once the backend has started and says what it can run.
     return Deployment(config, backend, AdmissionQueue(max_running=1, max_queue=config.max_queue))
+
+
+def _weights(value: object) -> object:
+    """An option that names weights: a catalog variant becomes its path; a file, or a
+    value that is neither (such as `ngram`), stays for the backend to judge."""
+    if not isinstance(value, str) or not value or Path(value).exists():
+        return value
+    try:
+        return str(resolve(value))
+    except VariantNotFound:
+        return value
 
 
 class Router:
@@ -62,7 +130,7 @@ class Router:
         if deployment is None:
             raise OpenAIError(404, f"the model {model!r} does not exist", param="model", code="model_not_found")
         if not deployment.ready:
-            reason = deployment.failure or "it is still loading"
+            reason = deployment.reason or f"it is {deployment.state.value}"
             raise OpenAIError(503, f"the model {model!r} is not ready: {reason}", code="model_not_ready")
         return deployment
 
@@ -73,7 +141,7 @@ class Router:
     @property
     def dead(self) -> list[str]:
         """The models whose engine has died."""
-        return [d.name for d in self.deployments if d.dead]
+        return [d.name for d in self.deployments if d.state is State.DEAD]
 
     async def start(self) -> None:
         await asyncio.gather(*(self._start_one(d) for d in self.deployments))
@@ -83,14 +151,22 @@ class Router:
         try:
             await d.backend.start()
         except Exception as exc:  # one broken model must not take the others down
-            d.failure = f"failed to start: {exc}"
             log.exception("model %s failed to start", d.name)
+            if d.state is State.LOADING:
+                d.move(State.FAILED, f"failed to start: {exc}")
             return
         d.admission.max_running = d.config.max_running or d.backend.stats().max_running
-        d.ready = True
-        log.info("model %s ready on %s in %.2fs", d.name, d.backend.name, time.perf_counter() - began)
+        if d.state is State.LOADING:  # not if a drain began while it loaded
+            d.move(State.READY)
+            log.info("model %s ready on %s in %.2fs", d.name, d.backend.name, time.perf_counter() - began)
+
+    def drain(self) -> None:
+        """The gateway is shutting down: every model that would serve stops taking new work."""
+        for d in self.deployments:
+            if d.state in (State.LOADING, State.READY):
+                d.move(State.DRAINING)
 
     async def stop(self) -> None:
+        self.drain()
         for d in self.deployments:
-            d.ready = False
             await d.backend.stop()

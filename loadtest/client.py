@@ -2,7 +2,7 @@
 side: when it was sent, when each content chunk arrived, what `usage` said, how
 it ended. Everything else in loadtest/ is built from these records.
 
-The HTTP client is loadtest/http.py's: the client's own CPU is what caps a load
+The HTTP client is leanhttp/client.py's: the client's own CPU is what caps a load
 generator on a small machine, and that module says how it keeps it low."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from loadtest.http import Client, HttpError
+from leanhttp.client import Client, HttpError
 
 Api = Literal["completions", "chat"]
 

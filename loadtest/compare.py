@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,6 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from compressed_models import results
 from loadtest import html, plots
 from loadtest import prompts as prompt_sources
 from loadtest.client import RequestSpec
@@ -144,7 +144,14 @@ async def measure(
     return summarize(single), summarize(load)
 
 
-def add_parser(bench: Any) -> None:
+# A variant's perplexity by a protocol ("llamacpp", "gptq"), when one was measured.
+PerplexityOf = Callable[[str, str], float | None]
+
+
+def add_parser(bench: Any, perplexity_of: PerplexityOf | None = None) -> None:
+    """`perplexity_of` fills the perplexity column: the load tester measures servers and
+    keeps no results of its own, so whoever wires the command in (gateway/cli.py, with
+    compressed_models' results) says where they are."""
     p = bench.add_parser("compare", help="the same workload against several variants", description=__doc__)
     p.add_argument(
         "--target",
@@ -167,7 +174,7 @@ def add_parser(bench: Any) -> None:
         help="whose perplexity to show, from `lightgate eval ppl` results",
     )
     p.add_argument("--out", type=Path, help="results folder (default: bench-results/compare-<time>)")
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, perplexity_of=perplexity_of)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -197,7 +204,8 @@ def main(args: argparse.Namespace) -> int:
                 load.server = server_figures(before, scrape(client, target.model))
                 labels = labels_of(client, target.model)
             # A Lightgate target names its catalog variant; elsewhere the row's label is the variant.
-            ppl = results.perplexity(labels.get("variant") or target.label, args.ppl_protocol)
+            variant = labels.get("variant") or target.label
+            ppl = args.perplexity_of(variant, args.ppl_protocol) if args.perplexity_of else None
             rows.append(_row(target, labels.get("backend", "-"), single, load, ppl))
             progress.advance(task)
     title = "Compressed variants side by side"

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from leanhttp.client import Client
 from loadtest.client import RequestRecord, RequestSpec, send
-from loadtest.http import Client
 from loadtest.prompts import PromptSource
 
 T = TypeVar("T")

@@ -17,10 +17,10 @@ import uvicorn
 import yaml
 from fastapi import FastAPI
 
-from benchmarks.common import free_port, server
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.router import Router
+from leanhttp.local import free_port, server
 
 
 @dataclass

@@ -26,12 +26,14 @@ from backends.base import (
     Chunk,
     FinishReason,
     GenerationRequest,
-    TokenLogprob,
-    TopLogprob,
+    Kind,
     UnsupportedFeature,
     engine_config,
+    refuse_logits_processors,
 )
 from backends.hf_tokenizer import HfTokenizer, HfTokenizerMethods
+from backends.logprobs import entry
+from backends.sampling import filters
 
 
 @dataclass(slots=True)
@@ -52,6 +54,7 @@ class ExLlamaV2Config:
 
 class ExLlamaV2Backend(HfTokenizerMethods):
     name = "exllamav2"
+    kind = Kind.ENGINE
 
     def __init__(self, path: str | None = None, **options: object) -> None:
         if importlib.util.find_spec("exllamav2") is None:
@@ -104,11 +107,12 @@ class ExLlamaV2Backend(HfTokenizerMethods):
         p = req.params
         if p.prompt_logprobs is not None:
             raise UnsupportedFeature("exllamav2's generator does not return the prompt's logits (echo with logprobs)")
+        refuse_logits_processors(p, self.name)
         import torch
         from exllamav2.generator import ExLlamaV2DynamicJobAsync
 
         if p.max_tokens == 0:
-            yield Chunk([], "", finish_reason="length")
+            yield Chunk.prompt_only(None)
             return
         eos = self.tokenizer.eos_ids
         job = ExLlamaV2DynamicJobAsync(
@@ -137,8 +141,9 @@ class ExLlamaV2Backend(HfTokenizerMethods):
                     finish = "length" if result.get("eos_reason") == "max_new_tokens" else "stop"
                 logprobs = None
                 if p.logprobs is not None and tokens:
+                    rows = result["logits"][0].float().cpu().numpy()  # raw logits, one row per token
                     logprobs = [
-                        _entry(self, row, t, p.logprobs) for row, t in zip(result["logits"][0], tokens, strict=True)
+                        entry(row, t, p.logprobs, self.token_bytes) for row, t in zip(rows, tokens, strict=True)
                     ]
                 if tokens or finish is not None:
                     yield Chunk(tokens, result.get("text", ""), logprobs, finish)
@@ -151,10 +156,10 @@ class ExLlamaV2Backend(HfTokenizerMethods):
         from exllamav2.generator import ExLlamaV2Sampler
 
         p = req.params
+        f = filters(p)
         s = ExLlamaV2Sampler.Settings()
-        s.temperature = p.temperature if not p.greedy else 1.0
-        s.top_k = 1 if p.greedy else p.top_k
-        s.top_p, s.min_p = (1.0, 0.0) if p.greedy else (p.top_p, p.min_p)
+        s.temperature = f.temperature or 1.0  # its sampler divides by it; greedy is top_k 1 alone
+        s.top_k, s.top_p, s.min_p = f.top_k, f.top_p, f.min_p
         s.token_repetition_penalty = p.repetition_penalty
         s.token_frequency_penalty = p.frequency_penalty
         s.token_presence_penalty = p.presence_penalty
@@ -176,15 +181,6 @@ class ExLlamaV2Backend(HfTokenizerMethods):
             running_memory_bytes=_cuda_peak(),
             generated_tokens=self._generated,
         )
-
-
-def _entry(backend: HfTokenizerMethods, logits: Any, token: int, k: int) -> TokenLogprob:
-    import torch
-
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    values, ids = torch.topk(lp, k) if k else (lp[:0], lp[:0].long())
-    top = tuple(TopLogprob(int(i), backend.token_bytes(int(i)), float(v)) for v, i in zip(values, ids, strict=True))
-    return TokenLogprob(token, backend.token_bytes(token), float(lp[token]), top)
 
 
 def _cuda_peak() -> int | None:

@@ -14,17 +14,11 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.base import (
-    BackendError,
-    BackendStats,
-    ChatTemplateInfo,
-    Chunk,
-    GenerationRequest,
-    engine_config,
-)
-from backends.jobs import relay
+from backends.base import BackendError, BackendStats, Chunk, GenerationRequest, Kind, engine_config
+from backends.engine_thread import job_stream
 from backends.llamacpp.engine import EngineConfig, LlamaEngine
 from backends.llamacpp.scheduler import Scheduler
+from backends.llamacpp.tokenizer import LlamaTokenizerMethods, chat_template_of
 from backends.memory import peak_rss_bytes
 
 
@@ -57,8 +51,9 @@ class LlamaCppConfig:
         self.n_threads_batch = self.n_threads_batch or self.n_threads
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(LlamaTokenizerMethods):
     name = "llamacpp"
+    kind = Kind.ENGINE
 
     def __init__(self, path: str | None = None, **options: object) -> None:
         if not path:
@@ -66,7 +61,6 @@ class LlamaCppBackend:
         self.config = engine_config(LlamaCppConfig, "llamacpp", options, path=path)
         self._engine: LlamaEngine | None = None
         self._scheduler: Scheduler | None = None
-        self._chat_template: ChatTemplateInfo | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -84,11 +78,8 @@ class LlamaCppBackend:
             flash_attn=c.flash_attn,
             verbose=c.verbose,
         )
-        self._engine = e = await asyncio.to_thread(LlamaEngine, settings)
-        source = e.metadata("tokenizer.chat_template")
-        if source:
-            eos = e.eog_ids[0] if e.eog_ids else -1
-            self._chat_template = ChatTemplateInfo(source, e.token_text(e.bos_id), e.token_text(eos))
+        self._engine = await asyncio.to_thread(LlamaEngine, settings)
+        self._chat_template = chat_template_of(self._engine)
         self._scheduler = Scheduler(self._engine, c.n_parallel, c.prefix_cache)
         self._scheduler.start()
 
@@ -111,32 +102,7 @@ class LlamaCppBackend:
     def generate(self, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         if self._scheduler is None:
             raise BackendError("the llamacpp backend is not started")
-        return relay(req, self._scheduler.submit)
-
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        tokens = self.engine.tokenize(text, add_special=True, parse_special=special)
-        bos = self.engine.bos_id
-        if special and len(tokens) > 1 and tokens[0] == tokens[1] == bos:
-            tokens = tokens[1:]  # the template wrote a BOS and llama.cpp added one too
-        return tokens
-
-    def detokenize(self, token_ids: list[int]) -> str:
-        return self.engine.detokenize(token_ids)
-
-    def token_bytes(self, token_id: int) -> bytes:
-        return self.engine.piece(token_id)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.engine.n_vocab)
-
-    @property
-    def max_model_len(self) -> int:
-        return self.engine.n_ctx_seq
-
-    @property
-    def chat_template(self) -> ChatTemplateInfo | None:
-        return self._chat_template
+        return job_stream(req, self._scheduler.submit)
 
     def stats(self) -> BackendStats:
         c, sched = self.config, self._scheduler

@@ -22,7 +22,9 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 
 
-def _init_backend(verbose: bool) -> None:
+def init_backend(verbose: bool) -> None:
+    """llama.cpp's process-wide set-up, once, before any model loads (tools that load a
+    model without an engine, such as the catalog's parameter count, call it too)."""
     global _backend_ready
     logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
     with _backend_lock:
@@ -52,7 +54,7 @@ class LlamaEngine:
     def __init__(self, config: EngineConfig) -> None:
         if not Path(config.path).is_file():
             raise FileNotFoundError(f"model file not found: {config.path}")
-        _init_backend(config.verbose)
+        init_backend(config.verbose)
         self.config = config
 
         mparams = llama_cpp.llama_model_default_params()

@@ -1,13 +1,14 @@
-"""SamplingParams as a llama.cpp sampler chain.
-
-The order is the one OpenAI-style servers (vLLM, transformers) use, not llama.cpp's
-CLI default: bias and penalties on raw logits, then temperature, then the top-k /
-top-p / min-p filters on the tempered distribution, then a seeded draw. Applying
-temperature before top-p is what makes `top_p` mean the same thing here as on every
-other backend."""
+"""SamplingParams as a llama.cpp sampler chain, in the order of the reference
+(backends/sampling.py), not llama.cpp's CLI default: bias and penalties on raw
+logits, then temperature, then the top-k / top-p / min-p filters on the tempered
+distribution, then a seeded draw. Applying temperature before top-p is what makes
+`top_p` mean the same thing here as on every other backend. The scheduler has run
+the reference's `constrain` on the row before the chain reads it; a test checks
+that the chain draws from the reference's distribution."""
 
 from __future__ import annotations
 
+import ctypes
 import secrets
 from dataclasses import dataclass
 from typing import Any, cast
@@ -77,6 +78,23 @@ class SamplerChain:
         if self.plain_greedy:
             return int(np.argmax(logits))
         return int(llama_cpp.llama_sampler_sample(self._ptr, ctx, index))
+
+    def draw(self, logits: npt.NDArray[np.float32]) -> int:
+        """What `sample` does with a context's row, on a row held anywhere: the chain
+        applied to every token's logit, then the drawn token accepted (penalties count it)."""
+        n = logits.shape[0]
+        data = (llama_cpp.llama_token_data * n)()
+        for i in range(n):
+            data[i].id, data[i].logit, data[i].p = i, float(logits[i]), 0.0
+        candidates = llama_cpp.llama_token_data_array(data=data, size=n, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(self._ptr, ctypes.byref(candidates))
+        token = int(candidates.data[candidates.selected].id)
+        self.accept(token)
+        return token
+
+    def accept(self, token: int) -> None:
+        """Tell the chain a token was generated (the penalties' history)."""
+        llama_cpp.llama_sampler_accept(self._ptr, token)
 
     def close(self) -> None:
         llama_cpp.llama_sampler_free(self._ptr)

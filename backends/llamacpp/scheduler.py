@@ -21,14 +21,13 @@ import queue
 import threading
 from collections import deque
 
-import numpy as np
-
-from backends.base import BackendError, Chunk, TokenLogprob, TopLogprob
-from backends.jobs import Job, Outbox
+from backends.base import BackendError, Chunk
+from backends.engine_thread import Job, Outbox
 from backends.llamacpp.engine import LlamaEngine
 from backends.llamacpp.sampler import SamplerChain, sampler_steps
 from backends.llamacpp.sequence import Phase, Sequence
-from backends.logprobs import log_softmax, top_k
+from backends.logprobs import entry, first_prompt_entry
+from backends.sampling import constrain
 from backends.textstream import TextStream
 
 _MIN_REUSE = 8  # a shared prefix shorter than this (a BOS, a word) is not worth a slot's cache
@@ -131,7 +130,7 @@ class Scheduler:
         sampler = SamplerChain(steps, self.engine.n_vocab)
         seq = Sequence(job, slot, sampler, TextStream(stop=list(params.stop)), n_cached=reuse)
         if params.prompt_logprobs is not None:
-            seq.prompt_logprobs = [TokenLogprob(prompt[0], self.engine.piece(prompt[0]), None)]
+            seq.prompt_logprobs = [first_prompt_entry(prompt, self.engine.piece)]
         return seq
 
     def _step(self) -> None:
@@ -176,26 +175,28 @@ class Scheduler:
             for j in range(count):
                 target = seq.n_cached + j + 1  # row j predicts the prompt's next token
                 if target < len(seq.prompt):
-                    entry = _logprob_entry(e, e.logits(first + j), seq.prompt[target], params.prompt_logprobs or 0)
-                    seq.prompt_logprobs.append(entry)
+                    k = params.prompt_logprobs or 0
+                    seq.prompt_logprobs.append(entry(e.logits(first + j), seq.prompt[target], k, e.piece))
         seq.n_cached += count
         if seq.phase is Phase.PREFILL:
             if seq.n_cached < len(seq.prompt):
                 return
             seq.phase = Phase.DECODE
             if params.max_tokens == 0:  # echo only: the prompt was all that was asked
-                self.outbox.put(seq.job, Chunk([], "", finish_reason="length", prompt_logprobs=seq.prompt_logprobs))
+                self.outbox.put(seq.job, Chunk.prompt_only(seq.prompt_logprobs))
                 self._finish(seq)
                 return
         self._sample(seq, first + count - 1)
 
     def _sample(self, seq: Sequence, row: int) -> None:
+        """The sequence's next token from its row of this step's logits: constrained in
+        place first (the seam: EOS bans, the request's logits processors), then drawn
+        by its own sampler chain, which reads that same row."""
         e = self.engine
         params = seq.job.req.params
-        logits = e.logits(row)
+        logits = e.logits(row)  # a view of llama.cpp's own row: what the sampler chain reads
         raw = logits.copy() if params.logprobs is not None else None
-        if params.ignore_eos or len(seq.generated) < params.min_tokens:
-            logits[e.eog_ids] = -np.inf
+        constrain(logits, params, seq.generated, e.eog_ids)
         token = seq.sampler.sample(e.ctx, row, logits)
         seq.generated.append(token)
         self.generated_tokens += 1
@@ -203,7 +204,7 @@ class Scheduler:
         text, finish = seq.stream.token(e.piece(token), eos=token in e.eog_set, last=last)
         logprobs = None
         if raw is not None and params.logprobs is not None:
-            logprobs = [_logprob_entry(e, raw, token, params.logprobs)]
+            logprobs = [entry(raw, token, params.logprobs, e.piece)]
         first = len(seq.generated) == 1
         chunk = Chunk([token], text, logprobs, finish, seq.prompt_logprobs if first else None)
         self.outbox.put(seq.job, chunk)
@@ -230,9 +231,3 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
-
-
-def _logprob_entry(engine: LlamaEngine, logits: np.ndarray, token: int, k: int) -> TokenLogprob:
-    lp = log_softmax(logits)
-    top = tuple(TopLogprob(i, engine.piece(i), v) for i, v in top_k(lp, k))
-    return TokenLogprob(token, engine.piece(token), float(lp[token]), top)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 
 from backends.base import TokenLogprob
-from backends.jobs import Job
+from backends.engine_thread import Job
 from backends.llamacpp.sampler import SamplerChain
 from backends.textstream import TextStream
 

@@ -1,8 +1,8 @@
-"""The `openai` backend: one model served by N OpenAI-compatible upstream replicas
-(Lightgate engine pods, vLLM, trtllm-serve, llama-server). The gateway forwards the
-client's JSON as it came; this module picks the replica, fails over while nothing has
-reached the client yet, and never after, and closes the upstream stream when the
-client leaves so the engine stops generating.
+"""The `openai` backend, a relay (backends/relay.py): one model served by N
+OpenAI-compatible upstream replicas (Lightgate engine pods, vLLM, trtllm-serve,
+llama-server). The gateway forwards the client's JSON as it came; this module picks
+the replica, fails over while nothing has reached the client yet, and never after,
+and closes the upstream stream when the client leaves so the engine stops generating.
 
 It does not tokenize: the upstream does, and reports usage."""
 
@@ -19,20 +19,13 @@ from typing import Any
 
 import httpx
 
-from backends.base import (
-    BackendStats,
-    ChatTemplateInfo,
-    Chunk,
-    GenerationRequest,
-    UnsupportedFeature,
-    UpstreamStats,
-    engine_config,
-)
+from backends.base import BackendStats, Kind, UpstreamStats, engine_config
 from backends.openai.pool import HealthPolicy, ReplicaPool
 from backends.openai.routing import Policy, Replica, pick
-from backends.openai.sse import DONE, Event, error_status, json_object
+from backends.openai.sse import DONE, json_object
 from backends.openai.stream import UpstreamStream
-from loadtest.http import Client, HttpError
+from backends.relay import Event, Forwarded, UpstreamFailed, error_status
+from leanhttp.client import Client, HttpError
 
 log = logging.getLogger("lightgate")
 
@@ -81,27 +74,6 @@ class _Status(Exception):
         self.content = content
 
 
-class UpstreamFailed(Exception):
-    """An upstream stream broke or timed out (before its first event: worth another
-    replica; after it: an error event for the client)."""
-
-    def __init__(self, status: int, message: str, code: str = "upstream_error") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-
-@dataclass(slots=True)
-class Forwarded:
-    """What the upstreams answered: a status and a JSON body (a whole response, or an
-    error), or the first event of a stream and the rest of it."""
-
-    status: int
-    body: dict[str, Any] | None = None
-    first: Event | None = None
-    rest: AsyncGenerator[Event, None] | None = None
-
-
 def _error(status: int, message: str, code: str) -> dict[str, Any]:
     kind = "service_unavailable" if status == 503 else "server_error"
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
@@ -125,6 +97,7 @@ def affinity_key(body: dict[str, Any], chars: int) -> bytes:
 
 class OpenAIUpstreamBackend:
     name = "openai"
+    kind = Kind.RELAY
 
     def __init__(self, path: str | None = None, **options: object) -> None:
         self.config = c = engine_config(OpenAIUpstreamConfig, "openai", options)
@@ -311,31 +284,15 @@ class OpenAIUpstreamBackend:
             r.outstanding -= 1
             stream.close()
 
-    # -- the Backend interface: what a forwarding backend has of it -------------------------
-
-    def generate(self, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-        raise UnsupportedFeature("the openai backend forwards requests as they come; it takes no token ids")
-
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        raise UnsupportedFeature("the openai backend does not tokenize; its upstreams do")
-
-    def detokenize(self, token_ids: list[int]) -> str:
-        raise UnsupportedFeature("the openai backend does not tokenize; its upstreams do")
-
-    def token_bytes(self, token_id: int) -> bytes:
-        raise UnsupportedFeature("the openai backend does not tokenize; its upstreams do")
+    # -- the rest of the Relay interface ---------------------------------------------------
 
     @property
-    def vocab_size(self) -> int:
-        return 0
+    def upstream_model(self) -> str | None:
+        return self.config.upstream_model
 
     @property
     def max_model_len(self) -> int:
         return self._max_model_len
-
-    @property
-    def chat_template(self) -> ChatTemplateInfo | None:
-        return None
 
     def stats(self) -> BackendStats:
         now = self.pool.clock()

@@ -4,35 +4,11 @@ gateway forwards each event's JSON as it came, and reads it for tokens and error
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
+from backends.relay import Event
+
 DONE = object()  # the `data: [DONE]` sentinel
-
-
-@dataclass(slots=True)
-class Event:
-    raw: bytes  # the event's JSON, byte for byte as the upstream sent it
-    data: dict[str, Any]
-
-    @property
-    def error(self) -> dict[str, Any] | None:
-        err = self.data.get("error")
-        return err if isinstance(err, dict) else None
-
-
-def error_status(error: dict[str, Any]) -> int:
-    """The HTTP status an upstream error stands for: servers put it in `code` (vLLM)
-    or only say `type` (OpenAI, Lightgate)."""
-    code = error.get("code")
-    if isinstance(code, int) and 400 <= code <= 599:
-        return code
-    kind = str(error.get("type", ""))
-    if kind in ("server_error", "service_unavailable", "internal_server_error", "api_error"):
-        return 503 if kind == "service_unavailable" else 500
-    if kind == "rate_limit_error":
-        return 429
-    return 400
 
 
 def json_object(raw: bytes) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""One upstream response, read by the load tester's lean HTTP client (loadtest/http.py:
+"""One upstream response, read by the shared lean HTTP client (leanhttp/client.py:
 httptools' parser inside an asyncio protocol). Its reasons apply to a proxy twice over:
 every microsecond spent per token is taken from the engine on the same cores. The body
 is split into events inside the protocol's callback, and the relaying task wakes once
@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from backends.openai.sse import Event, Splitter
-from loadtest.http import Client
+from backends.openai.sse import Splitter
+from backends.relay import Event
+from leanhttp.client import Client
 
 
 class UpstreamStream:

@@ -8,48 +8,19 @@ drawn from norm(max(0, p_i - q_i)) instead and the step ends; if all γ are
 accepted, a bonus token is drawn from p_γ+1. Whatever q is, each emitted token is
 distributed exactly as the target's p: the output is the target's.
 
-Both distributions are after the request's warping (temperature, top-k, top-p,
-min-p): `warp` below, shared by the draft and the target, so "the target's
-distribution" means the one the request asked for. Greedy decoding is the
-limit where p and q are one-hot: a draft token is kept iff it is the target's
-argmax, and the correction is the target's argmax."""
+Both distributions are the request's, from the reference sampling order
+(backends/sampling.py: constrained, biased, penalized, warped), for the draft and
+the target alike, so "the target's distribution" means the one the request asked
+for. Greedy decoding is the limit where p and q are one-hot: a draft token is kept
+iff it is the target's argmax, and the correction is the target's argmax."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
-from backends.base import SamplingParams
-
-Probs = npt.NDArray[np.float64]
-
-
-def warp(logits: npt.NDArray[np.float32], params: SamplingParams) -> Probs:
-    """The distribution a request samples from: temperature, then top-k, top-p and
-    min-p on the tempered probabilities (the order of every Lightgate backend).
-    Greedy is one-hot on the first maximum."""
-    x = logits.astype(np.float64)
-    if params.greedy:
-        out = np.zeros_like(x)
-        out[int(np.argmax(x))] = 1.0
-        return out
-    x = x / params.temperature
-    if 0 < params.top_k < x.shape[0]:
-        kth = np.partition(x, -params.top_k)[-params.top_k]
-        x = np.where(x < kth, -np.inf, x)
-    x -= x.max()
-    p = np.exp(x)
-    p /= p.sum()
-    if params.top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
-        before = np.cumsum(p[order]) - p[order]
-        p[order[before >= params.top_p]] = 0.0
-    if params.min_p > 0.0:
-        p = np.where(p < params.min_p * p.max(), 0.0, p)
-    total: float = p.sum()
-    return p / total
+from backends.sampling import Probs, draw
 
 
 @dataclass(slots=True, frozen=True)
@@ -71,16 +42,5 @@ def verify(draft: list[int], q: list[Probs], p: list[Probs], rng: np.random.Gene
         mass = residual.sum()
         # mass is 0 only when p == q, where rejection has probability 0; guard anyway.
         dist = residual / mass if mass > 0 else p[i]
-        return Verdict(i, _draw(dist, rng))
-    return Verdict(len(draft), _draw(p[len(draft)], rng))
-
-
-def draw(dist: Probs, rng: np.random.Generator) -> int:
-    return _draw(dist, rng)
-
-
-def _draw(dist: Probs, rng: np.random.Generator) -> int:
-    nonzero = np.flatnonzero(dist)
-    if len(nonzero) == 1:  # one-hot (greedy): no randomness spent
-        return int(nonzero[0])
-    return int(rng.choice(dist.shape[0], p=dist))
+        return Verdict(i, draw(dist, rng))
+    return Verdict(len(draft), draw(p[len(draft)], rng))

@@ -27,15 +27,19 @@ from backends.base import (
     Chunk,
     FinishReason,
     GenerationRequest,
+    Kind,
     TokenLogprob,
-    TopLogprob,
     UnsupportedFeature,
+    refuse_logits_processors,
 )
 from backends.hf_tokenizer import HfTokenizer, HfTokenizerMethods
+from backends.logprobs import ranked_entry, ranked_prompt_entries
+from backends.sampling import filters
 
 
 class TensorRTLLMBackend(HfTokenizerMethods):
     name = "tensorrt_llm"
+    kind = Kind.ENGINE
 
     def __init__(self, path: str | None = None, **options: object) -> None:
         if importlib.util.find_spec("tensorrt_llm") is None:
@@ -70,14 +74,16 @@ class TensorRTLLMBackend(HfTokenizerMethods):
         p = req.params
         if p.logit_bias:
             raise UnsupportedFeature("TensorRT-LLM's SamplingParams has no logit bias", "logit_bias")
+        refuse_logits_processors(p, self.name)
         from tensorrt_llm import SamplingParams
 
+        f = filters(p)
         sampling = SamplingParams(
             max_tokens=max(1, p.max_tokens),
-            temperature=p.temperature,
-            top_k=1 if p.greedy else p.top_k or None,
-            top_p=p.top_p,
-            min_p=p.min_p or None,
+            temperature=f.temperature,
+            top_k=f.top_k or None,
+            top_p=f.top_p,
+            min_p=f.min_p or None,
             seed=p.seed,
             stop=list(p.stop) or None,
             repetition_penalty=p.repetition_penalty,
@@ -92,13 +98,15 @@ class TensorRTLLMBackend(HfTokenizerMethods):
         result = self._llm.generate_async(req.prompt_tokens, sampling_params=sampling, streaming=True)
         self._running += 1
         finished = False
+        first_output = True
         try:
             async for out in result:
                 seq = out.outputs[0]
-                first = self._prompt_logprobs(req.prompt_tokens, seq, p.prompt_logprobs)
-                if p.max_tokens == 0:  # echo only: the generated token is dropped
-                    finished = True
-                    yield Chunk([], "", finish_reason="length", prompt_logprobs=first)
+                # The prompt's logprobs ride on the first chunk only (backends/base.py's Chunk).
+                first = self._prompt_logprobs(req.prompt_tokens, seq, p.prompt_logprobs) if first_output else None
+                first_output = False
+                if p.max_tokens == 0:  # echo only: the engine's token is dropped, its request aborted
+                    yield Chunk.prompt_only(first)
                     return
                 tokens = list(seq.token_ids_diff)
                 self._generated += len(tokens)
@@ -114,22 +122,10 @@ class TensorRTLLMBackend(HfTokenizerMethods):
                 result.abort()  # a client gone: the engine drops the request
 
     def _logprobs(self, tokens: list[int], rows: list[Any], k: int) -> list[TokenLogprob]:
-        return [self._entry(t, row, k) for t, row in zip(tokens, rows, strict=True)]
-
-    def _entry(self, token: int, row: Any, k: int) -> TokenLogprob:
-        ranked: dict[int, Any] = row if isinstance(row, dict) else {}
-        logprob = ranked[token].logprob if token in ranked else (float(row) if isinstance(row, float) else None)
-        top = sorted(((i, lp.logprob) for i, lp in ranked.items()), key=lambda x: -x[1])[:k]
-        alternatives = tuple(TopLogprob(i, self.token_bytes(i), v) for i, v in top)
-        return TokenLogprob(token, self.token_bytes(token), logprob, alternatives)
+        return [ranked_entry(t, row, k, self.token_bytes) for t, row in zip(tokens, rows, strict=True)]
 
     def _prompt_logprobs(self, prompt: list[int], seq: Any, k: int | None) -> list[TokenLogprob] | None:
-        rows = getattr(seq, "prompt_logprobs", None)
-        if k is None or not rows:
-            return None
-        rows = rows[1:] if len(rows) == len(prompt) else rows
-        first = TokenLogprob(prompt[0], self.token_bytes(prompt[0]), None)
-        return [first, *(self._entry(t, r, k) for t, r in zip(prompt[1:], rows, strict=True))]
+        return ranked_prompt_entries(prompt, getattr(seq, "prompt_logprobs", None), k, self.token_bytes)
 
     def stats(self) -> BackendStats:
         import torch

@@ -8,33 +8,29 @@ itself (a forward over the prompt, then one token per forward with the KV cache)
 rather than calling `generate` with a streamer, because the gateway needs what
 `generate` keeps inside: the raw logits of every step for logprobs, the prompt's
 logits for echo, a cancellation check between tokens, and the same sampling order
-as every other backend (backends/transformers/sampling.py)."""
+as every other backend: the reference's (backends/sampling.py), on each row as a
+NumPy array, its logits processors included."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import secrets
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backends.base import (
-    BackendError,
-    BackendStats,
-    Chunk,
-    GenerationRequest,
-    TokenLogprob,
-    TopLogprob,
-    engine_config,
-)
+import numpy as np
+import numpy.typing as npt
+
+from backends.base import BackendError, BackendStats, Chunk, GenerationRequest, Kind, TokenLogprob, engine_config
+from backends.engine_thread import Job, Outbox, Worker, job_stream
 from backends.hf_tokenizer import HfTokenizer, HfTokenizerMethods
-from backends.jobs import Job, Outbox, Worker, relay
+from backends.logprobs import entry, first_prompt_entry
 from backends.memory import peak_rss_bytes
+from backends.sampling import distribution, draw
 from backends.textstream import TextStream
 from backends.transformers.model import load_causal_lm
-from backends.transformers.sampling import pick, process
 
 
 @dataclass(slots=True)
@@ -54,6 +50,7 @@ class TransformersConfig:
 
 class TransformersBackend(HfTokenizerMethods):
     name = "transformers"
+    kind = Kind.ENGINE
 
     def __init__(self, path: str | None = None, **options: object) -> None:
         if not path:
@@ -105,7 +102,7 @@ class TransformersBackend(HfTokenizerMethods):
     def generate(self, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         if self._worker is None:
             raise BackendError("the transformers backend is not started")
-        return relay(req, self._worker.jobs.put)
+        return job_stream(req, self._worker.jobs.put)
 
     def stats(self) -> BackendStats:
         running_memory = peak_rss_bytes()
@@ -127,8 +124,7 @@ class TransformersBackend(HfTokenizerMethods):
         from transformers import DynamicCache
 
         params, prompt = job.req.params, job.req.prompt_tokens
-        generator = torch.Generator(self._device)
-        generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
+        rng = np.random.default_rng(params.seed)
         stream = TextStream(stop=list(params.stop))
         with torch.inference_mode():
             # Every prompt row's logits only when echo asks for them; else the last row.
@@ -137,38 +133,36 @@ class TransformersBackend(HfTokenizerMethods):
             out = self._model(torch.tensor([prompt], device=self._device), logits_to_keep=keep, **cache)
             prompt_logprobs = self._prompt_logprobs(prompt, out.logits[0], params.prompt_logprobs)
             if params.max_tokens == 0:  # echo only: the prompt was all that was asked
-                outbox.put(job, Chunk([], "", finish_reason="length", prompt_logprobs=prompt_logprobs))
+                outbox.put(job, Chunk.prompt_only(prompt_logprobs))
                 return
-            row = out.logits[0, -1].float()
+            row = _as_numpy(out.logits[0, -1])
             generated: list[int] = []
             while not job.cancelled.is_set():
-                banned = self._eos if params.ignore_eos or len(generated) < params.min_tokens else []
-                token = pick(process(row, params, generated, banned), params, generator)
+                token = draw(distribution(row, params, generated, self._eos), rng)
                 generated.append(token)
                 self._generated += 1
                 last = len(generated) == params.max_tokens or len(prompt) + len(generated) >= self._max_len
                 text, finish = stream.token(self._bytes[token], eos=token in self._eos, last=last)
-                logprobs = [self._entry(row, token, params.logprobs)] if params.logprobs is not None else None
+                logprobs = (
+                    [entry(row, token, params.logprobs, self.token_bytes)] if params.logprobs is not None else None
+                )
                 first = prompt_logprobs if len(generated) == 1 else None
                 outbox.put(job, Chunk([token], text, logprobs, finish, first))
                 outbox.flush()
                 if finish is not None:
                     return
                 step = torch.tensor([[token]], device=self._device)
-                row = self._model(step, **cache).logits[0, -1].float()
+                row = _as_numpy(self._model(step, **cache).logits[0, -1])
 
     def _prompt_logprobs(self, prompt: list[int], logits: Any, k: int | None) -> list[TokenLogprob] | None:
         if k is None:
             return None
-        first = TokenLogprob(prompt[0], self._bytes[prompt[0]], None)
-        return [first, *(self._entry(logits[i].float(), prompt[i + 1], k) for i in range(len(prompt) - 1))]
+        rows = _as_numpy(logits)  # row i predicts token i+1
+        tail = [entry(rows[i], prompt[i + 1], k, self.token_bytes) for i in range(len(prompt) - 1)]
+        return [first_prompt_entry(prompt, self.token_bytes), *tail]
 
-    def _entry(self, row: Any, token: int, k: int | None) -> TokenLogprob:
-        import torch
 
-        lp = torch.log_softmax(row.double(), dim=-1)
-        top: tuple[TopLogprob, ...] = ()
-        if k:
-            values, ids = torch.topk(lp, min(k, lp.shape[0]))
-            top = tuple(TopLogprob(int(i), self._bytes[int(i)], float(v)) for v, i in zip(values, ids, strict=True))
-        return TokenLogprob(token, self._bytes[token], float(lp[token]), top)
+def _as_numpy(logits: Any) -> npt.NDArray[np.float32]:
+    """Logits as float32 NumPy: a view on the CPU; from a GPU, a copy (a row is a few
+    hundred KB, next to a forward pass over the whole model)."""
+    return np.asarray(logits.detach().float().cpu().numpy(), dtype=np.float32)

@@ -32,10 +32,12 @@ from backends.base import (
     EngineDead,
     FinishReason,
     GenerationRequest,
-    TokenLogprob,
-    TopLogprob,
+    Kind,
+    refuse_logits_processors,
 )
 from backends.hf_tokenizer import HfTokenizer, HfTokenizerMethods
+from backends.logprobs import ranked_entry, ranked_prompt_entries
+from backends.sampling import filters
 
 OURS = {"cpu_kv_cache_gib", "cpu_threads_bind"}
 
@@ -62,6 +64,7 @@ def engine_args(path: str, options: dict[str, object]) -> Any:
 
 class VllmBackend(HfTokenizerMethods):
     name = "vllm"
+    kind = Kind.ENGINE
 
     def __init__(self, path: str | None = None, **options: object) -> None:
         if importlib.util.find_spec("vllm") is None:
@@ -75,7 +78,7 @@ class VllmBackend(HfTokenizerMethods):
         self._engine: Any = None
         self._tokenizer: HfTokenizer | None = None
         self._max_len = 0
-        self._scheduler: Any = None  # vLLM's latest SchedulerStats
+        self._latest: Any = None  # vLLM's SchedulerStats of its last step
         self._ids = itertools.count()
         self._generated = 0
         self._peak_memory = 0
@@ -93,20 +96,20 @@ class VllmBackend(HfTokenizerMethods):
 
         from vllm.v1.metrics.loggers import StatLoggerBase
 
-        class Scheduler(StatLoggerBase):  # type: ignore[misc]
-            """Keeps the scheduler's figures of the last step for `stats()`."""
+        class LatestSchedulerStats(StatLoggerBase):  # type: ignore[misc]
+            """A stat logger that keeps the scheduler's figures of the last step for `stats()`."""
 
             def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
                 pass
 
             def record(self, scheduler_stats: Any, iteration_stats: Any, *args: Any, **kwargs: Any) -> None:
                 if scheduler_stats is not None:
-                    backend._scheduler = scheduler_stats
+                    backend._latest = scheduler_stats
 
             def log_engine_initialized(self) -> None:
                 pass
 
-        self._engine = AsyncLLM.from_engine_args(args, stat_loggers=[Scheduler])
+        self._engine = AsyncLLM.from_engine_args(args, stat_loggers=[LatestSchedulerStats])
         self._tokenizer = await asyncio.to_thread(HfTokenizer, self.path)
         self._max_len = int(self._engine.model_config.max_model_len)
 
@@ -124,6 +127,7 @@ class VllmBackend(HfTokenizerMethods):
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         p = req.params
+        refuse_logits_processors(p, self.name)
         echo_only = p.max_tokens == 0  # vLLM generates at least one token; it is dropped
         sampling = self._sampling(req)
         request_id = f"{req.request_id}-{next(self._ids)}"
@@ -131,19 +135,27 @@ class VllmBackend(HfTokenizerMethods):
         stream = self._engine.generate(prompt, sampling, request_id)
         try:
             async for out in stream:
-                prompt_logprobs = self._prompt_logprobs(req.prompt_tokens, out.prompt_logprobs, p.prompt_logprobs)
+                # vLLM sends the prompt's tables with the first output (later ones: []).
+                prompt_logprobs = ranked_prompt_entries(
+                    req.prompt_tokens, out.prompt_logprobs, p.prompt_logprobs, self.token_bytes
+                )
                 if echo_only:
-                    yield Chunk([], "", finish_reason="length", prompt_logprobs=prompt_logprobs)
+                    yield Chunk.prompt_only(prompt_logprobs)
                     return
                 seq = out.outputs[0]
                 tokens = list(seq.token_ids)
                 self._generated += len(tokens)
                 finish = _finish_reason(seq.finish_reason) if out.finished else None
-                logprobs = self._logprobs(tokens, seq.logprobs, p.logprobs) if p.logprobs is not None else None
+                logprobs = None
+                if p.logprobs is not None:
+                    rows = seq.logprobs or [None] * len(tokens)
+                    logprobs = [
+                        ranked_entry(t, r, p.logprobs, self.token_bytes) for t, r in zip(tokens, rows, strict=True)
+                    ]
                 if tokens or finish is not None or prompt_logprobs is not None:
                     yield Chunk(tokens, seq.text, logprobs, finish, prompt_logprobs)
         except EngineDeadError as exc:  # the engine-core process is gone; vLLM does not restart it
-            self._scheduler = None  # its last figures no longer describe anything
+            self._latest = None  # its last figures no longer describe anything
             raise EngineDead("vLLM's engine-core process has died") from exc
         except EngineGenerateError as exc:  # this request failed inside vLLM; the engine lives on
             raise BackendError(f"vLLM failed the request: {exc.__cause__!r}") from exc
@@ -155,13 +167,14 @@ class VllmBackend(HfTokenizerMethods):
         from vllm.sampling_params import RequestOutputKind
 
         p = req.params
+        f = filters(p)
         return SamplingParams(
             n=1,
             max_tokens=max(1, p.max_tokens),
-            temperature=p.temperature,
-            top_p=p.top_p,
-            top_k=p.top_k,
-            min_p=p.min_p,
+            temperature=f.temperature,
+            top_p=f.top_p,
+            top_k=f.top_k,
+            min_p=f.min_p,
             presence_penalty=p.presence_penalty,
             frequency_penalty=p.frequency_penalty,
             repetition_penalty=p.repetition_penalty,
@@ -177,32 +190,8 @@ class VllmBackend(HfTokenizerMethods):
             output_kind=RequestOutputKind.DELTA,  # each output carries only what is new
         )
 
-    def _entry(self, token: int, ranked: dict[int, Any] | None, k: int) -> TokenLogprob:
-        ranked = ranked or {}
-        logprob = ranked[token].logprob if token in ranked else None
-        # vLLM's dict holds the k most likely (ranks 1..k) and the chosen token, whatever its rank.
-        top = sorted(((i, lp.logprob) for i, lp in ranked.items() if lp.rank is not None and lp.rank <= k), key=_minus)
-        return TokenLogprob(
-            token, self.token_bytes(token), logprob, tuple(TopLogprob(i, self.token_bytes(i), v) for i, v in top)
-        )
-
-    def _logprobs(self, tokens: list[int], per_token: list[dict[int, Any]] | None, k: int) -> list[TokenLogprob]:
-        rows = per_token or [{}] * len(tokens)
-        return [self._entry(t, row, k) for t, row in zip(tokens, rows, strict=True)]
-
-    def _prompt_logprobs(
-        self, prompt: list[int], rows: list[dict[int, Any] | None] | None, k: int | None
-    ) -> list[TokenLogprob] | None:
-        """The prompt's logprobs, which vLLM sends with the first output (later ones: [])."""
-        if not rows or k is None:
-            return None
-        if len(rows) == len(prompt):  # a leading None for the first token, as in vLLM's API docs
-            rows = rows[1:]
-        first = TokenLogprob(prompt[0], self.token_bytes(prompt[0]), None)
-        return [first, *(self._entry(t, r, k) for t, r in zip(prompt[1:], rows, strict=True))]
-
     def stats(self) -> BackendStats:
-        s = self._scheduler
+        s = self._latest
         config = self._engine.vllm_config.scheduler_config if self._engine is not None else None
         return BackendStats(
             running=s.num_running_reqs if s else 0,
@@ -224,10 +213,6 @@ class VllmBackend(HfTokenizerMethods):
         rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
         self._peak_memory = max(self._peak_memory, rss)
         return self._peak_memory
-
-
-def _minus(item: tuple[int, float]) -> float:
-    return -item[1]
 
 
 def _finish_reason(reason: str | None) -> FinishReason:

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from backends.base import GenerationRequest
+from backends.base import GenerationRequest, Kind
 from gateway.api.checks import check_context, check_token_ids
 from gateway.chat_template import TemplateError, render
 from gateway.errors import invalid
-from gateway.forwarding import forward, is_forwarding
+from gateway.forwarding import forward
 from gateway.generation import generate
 from gateway.outputs import SequenceOutput, chat_logprobs, usage
 from gateway.protocol import (
@@ -35,7 +35,7 @@ router = APIRouter()
 
 
 def chat_prompt(body: ChatCompletionRequest, deployment: Deployment) -> list[int]:
-    backend = deployment.backend
+    backend = deployment.engine
     template = backend.chat_template
     if template is None:
         raise invalid(f"the model {body.model!r} has no chat template; use /v1/completions", "messages")
@@ -51,9 +51,9 @@ def chat_prompt(body: ChatCompletionRequest, deployment: Deployment) -> list[int
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     deployment: Deployment = request.app.state.router.get(body.model)
     record = bind_request(request, deployment)
-    if is_forwarding(deployment):
+    if deployment.kind is Kind.RELAY:  # the upstream renders the template and samples
         return await forward(request, deployment, record, "/v1/chat/completions", stream=body.stream, choices=body.n)
-    backend = deployment.backend
+    backend = deployment.engine
     prompt = chat_prompt(body, deployment)
     # No limit given: generate until the context is full, as OpenAI does.
     max_tokens = body.output_limit or max(backend.max_model_len - len(prompt), 1)

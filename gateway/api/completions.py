@@ -8,10 +8,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from backends.base import Backend, GenerationRequest
+from backends.base import Backend, GenerationRequest, Kind
 from gateway.api.checks import check_context, check_token_ids
 from gateway.errors import invalid
-from gateway.forwarding import forward, is_forwarding
+from gateway.forwarding import forward
 from gateway.generation import generate
 from gateway.outputs import SequenceOutput, completion_logprobs, usage
 from gateway.protocol import (
@@ -69,11 +69,11 @@ def sequences(body: CompletionRequest, request_id: str, prompts: list[list[int]]
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     deployment: Deployment = request.app.state.router.get(body.model)
     record = bind_request(request, deployment)
-    if is_forwarding(deployment):
+    if deployment.kind is Kind.RELAY:  # the upstream tokenizes, templates and samples
         prompt = body.prompt
         count = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
         return await forward(request, deployment, record, "/v1/completions", stream=body.stream, choices=count * body.n)
-    backend = deployment.backend
+    backend = deployment.engine
     if body.suffix:
         raise invalid(f"suffix (fill-in-the-middle) is not supported by the {backend.name} backend", "suffix")
     prompts = prompt_token_lists(body, backend)
@@ -120,7 +120,7 @@ def _choice(
     echo_source: SequenceOutput,
     out: SequenceOutput,
 ) -> CompletionChoice:
-    prefix = deployment.backend.detokenize(prompt) if body.echo else ""
+    prefix = deployment.engine.detokenize(prompt) if body.echo else ""
     logprobs = None
     if body.logprobs is not None:
         entries = (echo_source.prompt_logprobs or []) if body.echo else []
@@ -148,7 +148,7 @@ async def _stream(
         if index not in started:
             started.add(index)
             if body.echo:
-                text = deployment.backend.detokenize(prompts[index // n]) + text
+                text = deployment.engine.detokenize(prompts[index // n]) + text
                 entries = list(chunk.prompt_logprobs or []) + entries
         logprobs = None
         if body.logprobs is not None:

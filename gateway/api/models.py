@@ -14,7 +14,7 @@ router = APIRouter()
 
 
 def _cards(d: Deployment) -> list[ModelCard]:
-    max_len = (d.backend.max_model_len or None) if d.ready else None  # 0: an upstream that does not say
+    max_len = (d.backend.max_model_len or None) if d.started else None  # 0: an upstream that does not say
     return [
         ModelCard(
             id=name,
@@ -57,7 +57,7 @@ async def health(request: Request) -> JSONResponse:
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     r: Router = request.app.state.router
-    models = {d.name: "ready" if d.ready else (d.failure or "loading") for d in r.deployments}
+    models = {d.name: d.reason or d.state.value for d in r.deployments}
     draining = request.app.state.drain.draining  # shutting down: take no new traffic
     is_ready = r.ready and not draining
     body = {"ready": is_ready, "draining": draining, "models": models}

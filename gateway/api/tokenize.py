@@ -6,8 +6,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from backends.base import Kind
 from gateway.api.checks import check_token_ids
-from gateway.forwarding import is_forwarding, relay_json
+from gateway.forwarding import relay_json
 from gateway.protocol import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from gateway.router import Deployment
 
@@ -17,9 +18,9 @@ router = APIRouter()
 @router.post("/tokenize", response_model=None)
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse | JSONResponse:
     deployment: Deployment = request.app.state.router.get(body.model)
-    if is_forwarding(deployment):  # the upstream's tokenizer is the one that counts
+    if deployment.kind is Kind.RELAY:  # the upstream's tokenizer is the one that counts
         return await relay_json(deployment, "/tokenize", await request.json(), request.state.record.request_id)
-    backend = deployment.backend
+    backend = deployment.engine
     tokens = backend.tokenize(body.prompt)
     return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=backend.max_model_len)
 
@@ -27,7 +28,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse 
 @router.post("/detokenize", response_model=None)
 async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse | JSONResponse:
     deployment: Deployment = request.app.state.router.get(body.model)
-    if is_forwarding(deployment):
+    if deployment.kind is Kind.RELAY:
         return await relay_json(deployment, "/detokenize", await request.json(), request.state.record.request_id)
-    check_token_ids(deployment.backend, body.tokens, "tokens")
-    return DetokenizeResponse(prompt=deployment.backend.detokenize(body.tokens))
+    check_token_ids(deployment.engine, body.tokens, "tokens")
+    return DetokenizeResponse(prompt=deployment.engine.detokenize(body.tokens))

@@ -40,7 +40,7 @@ class Engine:
 
     @property
     def backend(self) -> Backend:
-        return self.server.router.get(self.model).backend
+        return self.server.router.get(self.model).engine
 
     @property
     def has_model(self) -> bool:

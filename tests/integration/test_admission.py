@@ -121,7 +121,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]
         max_body_bytes=2048,
     )
     with serve(settings, wait_ready=False) as server:
-        assert wait_until(lambda: server.router.deployments[1].failure is not None)
+        assert wait_until(lambda: server.router.deployments[1].reason is not None)
         yield server
 
 

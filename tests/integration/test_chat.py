@@ -21,7 +21,7 @@ def test_chat_answers_and_counts_the_templated_prompt(gateway: RunningServer, cl
     [choice] = r.choices
     assert choice.message.role == "assistant"
     assert "Paris" in (choice.message.content or "")
-    backend = gateway.router.get(SMOL).backend
+    backend = gateway.router.get(SMOL).engine
     template = backend.chat_template
     assert template is not None
     rendered = render(template, [dict(m) for m in MESSAGES], add_generation_prompt=True)

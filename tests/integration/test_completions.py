@@ -44,7 +44,7 @@ def test_list_of_prompts_gives_choices_in_prompt_order(client: openai.OpenAI) ->
 
 
 def test_token_id_prompts(gateway: RunningServer, client: openai.OpenAI) -> None:
-    ids = gateway.router.get(SMOL).backend.tokenize(PROMPT)
+    ids = gateway.router.get(SMOL).engine.tokenize(PROMPT)
     assert greedy(client, ids, 6) == greedy(client, PROMPT, 6)
     r = client.completions.create(model=SMOL, prompt=[ids, ids[:3]], max_tokens=4, temperature=0)
     assert r.choices[0].text == greedy(client, PROMPT, 4)

@@ -47,7 +47,7 @@ def independent_logprobs(tokens: list[int]) -> list[float]:
 
 def test_echo_logprobs_match_an_independent_computation(gateway: RunningServer, client: openai.OpenAI) -> None:
     text = sample_text()
-    tokens = gateway.router.get(SMOL).backend.tokenize(text)
+    tokens = gateway.router.get(SMOL).engine.tokenize(text)
     r = client.completions.create(model=SMOL, prompt=tokens, max_tokens=0, echo=True, logprobs=1)
     lp = r.choices[0].logprobs
     assert lp is not None and lp.token_logprobs is not None

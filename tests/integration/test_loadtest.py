@@ -23,9 +23,9 @@ import pytest
 
 from compressed_models import results
 from gateway.cli import main as lightgate
+from leanhttp.client import Client
 from loadtest.client import RequestSpec
 from loadtest.compare import Target
-from loadtest.http import Client
 from loadtest.prompts import fixed, of_token_lengths, token_lengths, wikitext
 from loadtest.shapes import ClosedLoop, OpenLoop, Stop, run
 from loadtest.stats import summarize
@@ -109,7 +109,7 @@ def test_chat_requests_are_timed_the_same_way(synthetic: str) -> None:
 
 async def _bare_ttfts(base: str, count: int) -> list[float]:
     """Time to the first data line with the plainest client on the tester's own HTTP
-    client (loadtest/http.py): the reference, so the difference is the tester's own work."""
+    client (leanhttp/client.py): the reference, so the difference is the tester's own work."""
     body = json.dumps({"model": "timed", "prompt": "hello", "max_tokens": 4, "stream": True}).encode()
     out: list[float] = []
     client = Client(base)

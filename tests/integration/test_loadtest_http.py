@@ -1,4 +1,4 @@
-"""The load tester's own HTTP client (loadtest/http.py) against real servers on
+"""The load tester's own HTTP client (leanhttp/client.py) against real servers on
 loopback: the session's gateway, and a few lines of asyncio server written here
 for what a well-behaved server never does (drop a pooled connection, answer
 garbage). Keep-alive connections are reused, a stale one is resent on a fresh
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import free_port, server
 from gateway.cli import main as lightgate
-from loadtest.http import Client, HttpError
+from leanhttp.client import Client, HttpError
+from leanhttp.local import free_port, server
 from tests.conftest import FAST, SLOW
 from tests.server import RunningServer
 

@@ -96,7 +96,7 @@ def backend(server: RunningServer, model: str) -> SpeculativeBackend:
 
 
 def kv_empty(b: SpeculativeBackend) -> bool:
-    engines = (b.target, b._draft)
+    engines = (b.engine, b.draft_engine)
     return all(e is not None and llama_cpp.llama_memory_seq_pos_max(e.memory, 0) == -1 for e in engines)
 
 
@@ -200,3 +200,4 @@ def test_where_batched_verification_departs_from_greedy_it_is_at_a_near_tie() ->
     best, second = np.argsort(-logits)[:2]
     assert {alone[first], drafted[first]} == {int(best), int(second)}
     assert logits[best] - logits[second] < 0.5
+

@@ -20,8 +20,8 @@ import openai
 import pytest
 import yaml
 
-from benchmarks.common import free_port
 from gateway.config import ModelConfig, Settings
+from leanhttp.local import free_port
 from tests.server import RunningServer, serve, wait_until
 
 SMOL = "smollm2-135m"
@@ -351,6 +351,7 @@ def test_sigterm_drains_streams_and_refuses_new_work(tmp_path: Path) -> None:
     time.sleep(0.2)
     ready = httpx.get(gateway.url + "/ready")
     assert ready.status_code == 503 and ready.json()["draining"] is True
+    assert ready.json()["models"] == {"timed": "draining"}  # the model's own state says so too
     refused = httpx.post(gateway.url + "/v1/completions", json={**body, "stream": False})
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
     assert gateway.proc.poll() is None  # still up while the stream runs

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.limits import AdmissionQueue, QueueFull
+from gateway.admission import AdmissionQueue, QueueFull
 
 
 def test_slots_go_to_waiters_in_arrival_order() -> None:
@@ -15,9 +15,10 @@ def test_slots_go_to_waiters_in_arrival_order() -> None:
         order: list[int] = []
 
         async def user(i: int) -> None:
-            async with q.slot():
-                order.append(i)
-                await asyncio.sleep(0)
+            await q.acquire()
+            order.append(i)
+            await asyncio.sleep(0)
+            q.release()
 
         await q.acquire()  # hold the slot while everyone queues
         tasks = [asyncio.create_task(user(i)) for i in range(5)]

@@ -11,7 +11,8 @@ import pytest
 from backends.openai.backend import OpenAIUpstreamConfig, affinity_key
 from backends.openai.pool import HealthPolicy, ReplicaPool
 from backends.openai.routing import HashRing, Policy, Replica, least_outstanding, pick, prefix_affinity
-from backends.openai.sse import DONE, Event, Splitter, error_status
+from backends.openai.sse import DONE, Splitter
+from backends.relay import Event, error_status
 
 
 def replicas(*outstanding: int) -> list[Replica]:

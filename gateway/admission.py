@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 
 class QueueFull(Exception):
@@ -51,11 +49,3 @@ class AdmissionQueue:
                 turn.set_result(None)
                 return
         self.running -= 1
-
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        await self.acquire()
-        try:
-            yield
-        finally:
-            self.release()

@@ -1,6 +1,7 @@
 """The bridge between the event loop and an engine's own thread, shared by the
-backends whose engine runs in a thread of its own (llama.cpp, PyTorch): a job per
-request, and the outbox that hands a step's chunks to the loop in one wake-up."""
+backends whose engine runs in a thread of its own (llama.cpp, speculative, PyTorch):
+a job per request, the outbox that hands a step's chunks to the loop in one wake-up,
+and a worker thread for engines that run one job at a time."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def _deliver(items: list[tuple[Job, Chunk | BaseException]]) -> None:
         job.out.put_nowait(item)
 
 
-async def relay(req: GenerationRequest, submit: Callable[[Job], None]) -> AsyncGenerator[Chunk, None]:
+async def job_stream(req: GenerationRequest, submit: Callable[[Job], None]) -> AsyncGenerator[Chunk, None]:
     """A request's chunks as the engine thread hands them over. The job is submitted
     on the first iteration, and leaving early (a client gone) marks it cancelled,
     which the engine thread checks before its next step."""

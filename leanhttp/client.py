@@ -1,15 +1,16 @@
-"""A lean HTTP/1.1 client for the load tester's streaming POSTs: asyncio protocols
-and httptools' C parser (the one uvicorn serves with), keep-alive connections
-pooled, one request in flight per connection.
+"""A lean HTTP/1.1 client for streaming POSTs, shared by the load tester and the relay
+backend: asyncio protocols and httptools' C parser (the one uvicorn serves with),
+keep-alive connections pooled, one request in flight per connection.
 
-Why not aiohttp: a load generator shares the machine with what it measures, so
-every microsecond of its CPU is taken from the server. aiohttp wakes the reading
-task once per network read and builds a response object, headers and stream
-reader per request; here the body goes straight from the parser to a callback
-inside the protocol, and the awaiting task wakes once, when the response ends.
+Why not aiohttp: a load generator shares the machine with what it measures, and a
+relay the machine with its engine, so every microsecond of its CPU is taken from
+the server. aiohttp wakes the reading task once per network read and builds a
+response object, headers and stream reader per request; here the body goes
+straight from the parser to a callback inside the protocol, and the awaiting task
+wakes once, when the response ends.
 That halves the tester's CPU per request (docs/benchmarks.md, "Its own ceiling").
 Plain HTTP and HTTPS (the ssl context of the standard library); no proxies, no
-redirects, no HTTP/2: a load test names its server directly."""
+redirects, no HTTP/2: a load test or a relay names its server directly."""
 
 from __future__ import annotations
 
