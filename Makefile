@@ -43,6 +43,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The observability tests run a real Prometheus and promtool: Debian's package, put
 # in once (the binary runs on a loopback port with the test's own config; no service).
