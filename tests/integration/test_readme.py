@@ -50,3 +50,10 @@ def test_the_config_examples_are_valid_configs(tmp_path: Path) -> None:
     backends = {m.backend for m in load_settings(path).models}
     assert backends == {"transformers", "vllm", "speculative", "exllamav2", "tensorrt_llm"}
     assert backends <= set(backend_names())  # each one the gateway knows by that name
+
+
+def test_the_readme_and_the_architecture_page_name_every_registered_backend() -> None:
+    architecture = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    for name in backend_names():
+        assert f"`{name}`" in README, f"README.md does not name the {name} backend"
+        assert f"`{name}`" in architecture, f"docs/architecture.md does not name the {name} backend"
