@@ -5,6 +5,7 @@ gateway answers 400 `unsupported_feature`; nothing is silently ignored."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any
@@ -13,7 +14,9 @@ import httpx
 import openai
 import pytest
 
+from backends.base import GenerationRequest, SamplingParams, UnsupportedFeature
 from tests.conformance.conftest import Engine
+from tests.logits_processors import AllowOnly, collect, digit_tokens
 from tests.server import wait_until
 
 PROMPT = "The capital of France is"
@@ -193,3 +196,26 @@ def test_bad_requests_are_400_in_the_openai_body(engine: Engine) -> None:
     assert raised.value.param == "logit_bias"
     with pytest.raises(openai.BadRequestError):
         complete(engine, prompt="hi", max_tokens=4, temperature=-1)
+
+
+# Engines that sample themselves, where a logits processor applies inside the step;
+# the others sample inside their own engine code and refuse one.
+SELF_SAMPLING = {"llamacpp", "llamacpp-gpu", "transformers"}
+
+
+def test_a_logits_processor_constrains_every_token_or_is_refused(engine: Engine) -> None:
+    """The seam structured outputs plug into (backends/sampling.py's `constrain`)."""
+    backend = engine.backend
+    allowed = digit_tokens(backend) if engine.has_model else {ord("7")}
+    processor = AllowOnly(allowed)
+    params = SamplingParams(max_tokens=10, temperature=0.8, seed=3, logits_processors=(processor,))
+    request = GenerationRequest("seam", backend.tokenize("My phone number is"), params)
+    if engine.name not in SELF_SAMPLING:
+        with pytest.raises(UnsupportedFeature, match="logits processors"):
+            asyncio.run(collect(backend.generate(request)))
+        return
+    chunks = asyncio.run(collect(backend.generate(request)))
+    tokens = [t for c in chunks for t in c.token_ids]
+    assert len(tokens) == 10 and set(tokens) <= allowed, tokens  # EOS is not allowed either
+    assert chunks[-1].finish_reason == "length"
+    assert [len(h) for h in processor.histories] == list(range(10))  # once per token, with its history

@@ -12,12 +12,13 @@ import httpx
 import openai
 import pytest
 
-from backends.base import GenerationRequest, SamplingParams
+from backends.base import Chunk, GenerationRequest, SamplingParams
 from backends.llamacpp.backend import LlamaCppBackend
 from backends.llamacpp.engine import LlamaEngine
 from compressed_models.catalog import resolve
 from gateway.config import ModelConfig, Settings
 from tests.conftest import SMOL
+from tests.logits_processors import AllowOnly, collect, digit_tokens
 from tests.server import RunningServer, serve, wait_until
 
 PROMPTS = [
@@ -219,3 +220,29 @@ def test_a_burst_beyond_slots_and_queue_gets_429s_and_nothing_hangs(two_slots: R
     assert statuses.count(200) >= 4 and statuses.count(429) >= 1  # 2 running + 2 queued at least
     d = two_slots.router.get("tiny-queue")
     assert wait_until(lambda: d.admission.running == 0 and d.backend.stats().running == 0)
+
+
+def test_a_logits_processor_masks_its_own_rows_only(gateway: RunningServer) -> None:
+    """The seam sits inside the batched step: a masked sequence decodes beside free ones
+    and their output is what it is alone."""
+    backend = gateway.router.get(SMOL).engine
+    allowed = digit_tokens(backend)
+
+    def request(name: str, prompt: str, *processors: AllowOnly) -> GenerationRequest:
+        params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True, logits_processors=processors)
+        return GenerationRequest(name, backend.tokenize(prompt), params)
+
+    def ids(chunks: list[Chunk]) -> list[int]:
+        return [t for c in chunks for t in c.token_ids]
+
+    async def run() -> tuple[list[list[int]], list[list[int]]]:
+        free = [request(f"free-{i}", p) for i, p in enumerate(PROMPTS[:3])]
+        masked = [request(f"masked-{i}", p, AllowOnly(allowed)) for i, p in enumerate(PROMPTS[3:6])]
+        solo = [ids(await collect(backend.generate(r))) for r in free]
+        together = await asyncio.gather(*(collect(backend.generate(r)) for r in [*free, *masked]))
+        return solo, [ids(c) for c in together]
+
+    solo, together = asyncio.run(run())
+    assert together[:3] == solo
+    for tokens in together[3:]:
+        assert len(tokens) == 16 and set(tokens) <= allowed

@@ -24,6 +24,7 @@ import numpy as np
 import openai
 import pytest
 
+from backends.base import Backend, GenerationRequest, SamplingParams
 from backends.llamacpp.backend import LlamaCppBackend
 from backends.llamacpp.engine import EngineConfig, LlamaEngine
 from backends.speculative.backend import SpeculativeBackend, same_tokenizer
@@ -32,6 +33,7 @@ from compressed_models.catalog import resolve
 from gateway.config import ModelConfig, Settings
 from tests.gpu.check_speculative import PROMPT as RENAME
 from tests.gpu.check_speculative import decode
+from tests.logits_processors import AllowOnly, collect, digit_tokens
 from tests.server import RunningServer, serve, wait_until
 
 PROMPTS = [
@@ -201,3 +203,21 @@ def test_where_batched_verification_departs_from_greedy_it_is_at_a_near_tie() ->
     assert {alone[first], drafted[first]} == {int(best), int(second)}
     assert logits[best] - logits[second] < 0.5
 
+
+def test_a_logits_processor_constrains_draft_and_target_alike(served: RunningServer) -> None:
+    """The draft proposes under the mask and the target verifies against its masked
+    distribution, so greedy output is the constrained target's own."""
+    target = served.router.get("target").engine
+    speculative = backend(served, "fixed")
+    allowed = digit_tokens(target)
+    accepted = speculative.counters.accepted_tokens
+
+    def run(engine: Backend) -> list[int]:
+        params = SamplingParams(max_tokens=24, temperature=0, logits_processors=(AllowOnly(allowed),))
+        chunks = asyncio.run(collect(engine.generate(GenerationRequest("seam", target.tokenize("Call me at"), params))))
+        return [t for c in chunks for t in c.token_ids]
+
+    alone = run(target)
+    assert len(alone) == 24 and set(alone) <= allowed
+    assert run(speculative) == alone
+    assert speculative.counters.accepted_tokens > accepted  # drafts were made, and kept, under the mask
