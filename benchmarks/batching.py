@@ -15,7 +15,9 @@ JSON (--out) and a figure of tokens/s and TTFT p50 per server (--plot).
 sdist (see docs/benchmarks.md); without --llama-server that peer is skipped. vLLM
 and Lightgate's `vllm` backend run when --vllm-python and an HF folder per model
 (--hf-model smollm2=DIR) are given; the HF folder alone adds Lightgate's
-`transformers` backend (the PyTorch baseline).
+`transformers` backend (the PyTorch baseline). `--baseline CHECKOUT` adds the
+llamacpp backend of another checkout (a git worktree of an earlier commit), so a
+change is measured against the code before it in the same interleaved rounds.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import itertools
 
-from benchmarks.common import lightgate_config, percentile
+from benchmarks.common import baseline_env, lightgate_config, percentile
 from compressed_models.catalog import resolve
 from leanhttp.local import free_port, server
 
@@ -175,6 +177,10 @@ def servers(model_path: str, threads: int, slots: int, args: argparse.Namespace,
     config = lightgate_config([{"name": "m", "backend": "llamacpp", "path": model_path, "options": options}])
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)]
     out["lightgate"] = (cmd, port, "/ready", {})
+    if args.baseline:  # the same config on an earlier checkout's code
+        port = free_port()
+        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)]
+        out["lightgate@baseline"] = (cmd, port, "/ready", baseline_env(args.baseline))
     if args.llama_server:
         port = free_port()
         cmd = [args.llama_server, "-m", model_path, "--port", str(port), "-np", str(slots), "-c", str(ctx * slots)]
@@ -224,6 +230,11 @@ def main() -> None:
         help="HF folder per model (lightgate models export-hf) for vLLM and the PyTorch baseline, e.g. smollm2=DIR",
     )
     parser.add_argument("--servers", nargs="*", help="only these servers (default: every one configured)")
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="another checkout of Lightgate (a git worktree of an earlier commit) run as lightgate@baseline",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")
     parser.add_argument(
         "--requests-per-user",

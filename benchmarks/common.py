@@ -15,6 +15,13 @@ def lightgate_config(models: list[dict[str, Any]]) -> Path:
     return path
 
 
+def baseline_env(checkout: str) -> dict[str, str]:
+    """The environment that runs another checkout of Lightgate (a git worktree of an
+    earlier commit) with this venv: its packages first on the path. Run beside the
+    current code in one run, it says what a change costs, free of the machine's drift."""
+    return {"PYTHONPATH": str(Path(checkout).resolve())}
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile; NaN for no values."""
     if not values:

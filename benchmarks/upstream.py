@@ -11,7 +11,8 @@ added TTFT p50 in ms.
 
 `--llama-server` comes from benchmarks/build_llama_server.sh; `--litellm` is the
 `litellm` command of a venv with `litellm[proxy]` (its own venv: it pins its own
-dependencies). Without it, LiteLLM is skipped.
+dependencies). Without it, LiteLLM is skipped. `--baseline CHECKOUT` adds the
+`openai` backend of another checkout (a git worktree of an earlier commit).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from rich.progress import Progress
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.batching import Level, run_level
-from benchmarks.common import lightgate_config, percentile
+from benchmarks.common import baseline_env, lightgate_config, percentile
 from compressed_models.catalog import resolve
 from leanhttp.local import free_port, server
 
@@ -56,6 +57,10 @@ def fronts(upstream: str, args: argparse.Namespace) -> dict[str, Front]:
         "/ready",
         {},
     )
+    if args.baseline:  # the same config on an earlier checkout's code
+        port = free_port()
+        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)]
+        out["lightgate@baseline"] = (cmd, port, "/ready", baseline_env(args.baseline))
     if args.litellm:
         port = free_port()
         env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}  # its packaged price list: no network at start
@@ -87,6 +92,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llama-server", required=True, help="path of a llama-server binary (the upstream)")
     parser.add_argument("--litellm", help="the `litellm` command of a venv with litellm[proxy] (the peer)")
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="another checkout of Lightgate (a git worktree of an earlier commit) run as lightgate@baseline",
+    )
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--requests-per-user", type=int, default=3)
