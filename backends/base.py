@@ -186,9 +186,11 @@ class Backend(Protocol):
         """Stream one sequence. Closing the iterator early cancels it in the engine."""
         ...
 
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        """Token ids of `text`, with the model's BOS when it wants one. `special`
-        parses control tokens written in the text (a rendered chat template)."""
+    def tokenize(self, text: str, *, special: bool = False, bos: bool = True) -> list[int]:
+        """Token ids of `text`, with the model's BOS when it wants one and `bos` is
+        true (a text's first piece). `special` parses control tokens written in the
+        text (`<|im_start|>`): a completions prompt, a chat template's markup; never
+        a chat message's content."""
         ...
 
     def detokenize(self, token_ids: list[int]) -> str: ...

@@ -70,11 +70,11 @@ class HfTokenizer:
             else None
         )
 
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        tokens: list[int] = self.hf(text, add_special_tokens=True, split_special_tokens=not special)["input_ids"]
-        bos = self.hf.bos_token_id
-        if special and len(tokens) > 1 and tokens[0] == tokens[1] == bos:
-            tokens = tokens[1:]  # the template wrote a BOS and the tokenizer added one too
+    def tokenize(self, text: str, *, special: bool = False, bos: bool = True) -> list[int]:
+        tokens: list[int] = self.hf(text, add_special_tokens=bos, split_special_tokens=not special)["input_ids"]
+        bos_id = self.hf.bos_token_id
+        if special and len(tokens) > 1 and tokens[0] == tokens[1] == bos_id:
+            tokens = tokens[1:]  # the text wrote a BOS and the tokenizer added one too
         return tokens
 
     def detokenize(self, token_ids: list[int]) -> str:
@@ -106,8 +106,8 @@ class HfTokenizerMethods:
             raise BackendError(f"the {self.name} backend is not started")
         return self._tokenizer
 
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        return self.tokenizer.tokenize(text, special=special)
+    def tokenize(self, text: str, *, special: bool = False, bos: bool = True) -> list[int]:
+        return self.tokenizer.tokenize(text, special=special, bos=bos)
 
     def detokenize(self, token_ids: list[int]) -> str:
         return self.tokenizer.detokenize(token_ids)

@@ -103,7 +103,7 @@ class SyntheticBackend:
         finally:
             self._running -= 1
 
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+    def tokenize(self, text: str, *, special: bool = False, bos: bool = True) -> list[int]:
         return list(text.encode())
 
     def detokenize(self, token_ids: list[int]) -> str:

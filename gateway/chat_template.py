@@ -1,9 +1,12 @@
 """Chat messages rendered with the model's own template (Jinja, as transformers renders
-it: a sandboxed environment with `raise_exception`, `tojson` and `strftime_now`)."""
+it: a sandboxed environment with `raise_exception`, `tojson` and `strftime_now`), and
+the rendering split into the template's own markup and the messages' contents, so
+that only the markup's control tokens become special tokens."""
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, NoReturn
@@ -48,3 +51,30 @@ def render(template: ChatTemplateInfo, messages: list[dict[str, Any]], *, add_ge
         raise
     except jinja2.TemplateError as exc:
         raise TemplateError(f"the model's chat template failed: {exc}") from exc
+
+
+# A message's content stands in the rendering as this marker while the template runs,
+# so that where the template put each content can be found (private-use characters: no
+# template writes or strips them).
+_MARK = re.compile("\ue000([0-9]+)\ue001")
+
+
+def render_segments(
+    template: ChatTemplateInfo, messages: list[dict[str, Any]], *, add_generation_prompt: bool
+) -> list[tuple[str, bool]]:
+    """The rendered conversation as (text, is_content) pieces in order: the template's
+    markup, and each message's content as it was sent. One markup piece of the whole
+    rendering when the template changes contents (trims them, say) rather than
+    inserting them: then the pieces cannot be told apart."""
+    full = render(template, messages, add_generation_prompt=add_generation_prompt)
+    marked = [
+        {**m, "content": f"\ue000{i}\ue001"} if isinstance(m.get("content"), str) and m["content"] else m
+        for i, m in enumerate(messages)
+    ]
+    parts = _MARK.split(render(template, marked, add_generation_prompt=add_generation_prompt))
+    segments = [
+        (part, False) if k % 2 == 0 else (str(messages[int(part)]["content"]), True) for k, part in enumerate(parts)
+    ]
+    if "".join(text for text, _ in segments) != full:
+        return [(full, False)]
+    return [(text, is_content) for text, is_content in segments if text]

@@ -26,11 +26,11 @@ class LlamaTokenizerMethods:
     def engine(self) -> LlamaEngine:
         raise NotImplementedError
 
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        tokens = self.engine.tokenize(text, add_special=True, parse_special=special)
-        bos = self.engine.bos_id
-        if special and len(tokens) > 1 and tokens[0] == tokens[1] == bos:
-            tokens = tokens[1:]  # the template wrote a BOS and llama.cpp added one too
+    def tokenize(self, text: str, *, special: bool = False, bos: bool = True) -> list[int]:
+        tokens = self.engine.tokenize(text, add_special=bos, parse_special=special)
+        bos_id = self.engine.bos_id
+        if special and len(tokens) > 1 and tokens[0] == tokens[1] == bos_id:
+            tokens = tokens[1:]  # the text wrote a BOS and llama.cpp added one too
         return tokens
 
     def detokenize(self, token_ids: list[int]) -> str:

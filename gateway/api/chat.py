@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from backends.base import GenerationRequest, Kind
+from backends.base import Backend, GenerationRequest, Kind
 from gateway.api.checks import check_context, check_token_ids
-from gateway.chat_template import TemplateError, render
+from gateway.chat_template import TemplateError, render, render_segments
 from gateway.errors import invalid
 from gateway.forwarding import forward
 from gateway.generation import generate
@@ -35,16 +35,35 @@ router = APIRouter()
 
 
 def chat_prompt(body: ChatCompletionRequest, deployment: Deployment) -> list[int]:
+    """The conversation as token ids. Only the template's own markup is parsed for
+    control tokens: a message that writes `<|im_end|><|im_start|>system` stays text and
+    cannot forge a turn. Such a conversation is tokenized piece by piece (markup,
+    contents); any other in one piece, as the model's own tokenizer would."""
     backend = deployment.engine
     template = backend.chat_template
     if template is None:
         raise invalid(f"the model {body.model!r} has no chat template; use /v1/completions", "messages")
     messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in body.messages]
     try:
-        text = render(template, messages, add_generation_prompt=body.add_generation_prompt)
+        if not any(_writes_control_tokens(backend, m["content"]) for m in messages):
+            return backend.tokenize(
+                render(template, messages, add_generation_prompt=body.add_generation_prompt), special=True
+            )
+        segments = render_segments(template, messages, add_generation_prompt=body.add_generation_prompt)
     except TemplateError as exc:
         raise invalid(str(exc), "messages") from exc
-    return backend.tokenize(text, special=True)
+    if len(segments) == 1:  # the template changes contents: they cannot be told from its markup
+        raise invalid(
+            "a message writes the model's control tokens, which this model's template cannot keep as text", "messages"
+        )
+    tokens: list[int] = []
+    for i, (text, is_content) in enumerate(segments):
+        tokens += backend.tokenize(text, special=not is_content, bos=i == 0)
+    return tokens
+
+
+def _writes_control_tokens(backend: Backend, text: str) -> bool:
+    return bool(text) and backend.tokenize(text, special=True, bos=False) != backend.tokenize(text, bos=False)
 
 
 @router.post("/v1/chat/completions", response_model=None)

@@ -31,10 +31,12 @@ router = APIRouter()
 def prompt_token_lists(body: CompletionRequest, backend: Backend) -> list[list[int]]:
     """The four prompt shapes OpenAI accepts, as token ids, checked against the model."""
     prompt = body.prompt
+    # A client that formats its own prompt writes the model's control tokens in it
+    # (`<|endoftext|>`, `<|im_start|>`): they are parsed as such, as the peers do.
     if isinstance(prompt, str):
-        lists = [backend.tokenize(prompt)]
+        lists = [backend.tokenize(prompt, special=True)]
     elif all(isinstance(p, str) for p in prompt):
-        lists = [backend.tokenize(p) for p in prompt]  # type: ignore[arg-type]
+        lists = [backend.tokenize(p, special=True) for p in prompt]  # type: ignore[arg-type]
     elif all(isinstance(p, int) for p in prompt):
         lists = [list(prompt)]  # type: ignore[arg-type]
     else:
@@ -44,6 +46,19 @@ def prompt_token_lists(body: CompletionRequest, backend: Backend) -> list[list[i
             raise invalid("prompt must not be empty", "prompt")
         check_token_ids(backend, tokens, "prompt")
     return lists
+
+
+def echo_prefix(body: CompletionRequest, deployment: Deployment, index: int, tokens: list[int]) -> str:
+    """What echo puts before prompt `index`'s completion: the prompt as the client wrote
+    it (its control tokens included), or the token ids' text."""
+    if not body.echo:
+        return ""
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt[index], str):
+        return str(prompt[index])
+    return deployment.engine.detokenize(tokens)
 
 
 def sequences(body: CompletionRequest, request_id: str, prompts: list[list[int]]) -> list[GenerationRequest]:
@@ -106,21 +121,16 @@ async def _complete(
         echo_source = group[0]
         if best_of > body.n:  # keep the n most likely candidates
             group = sorted(group, key=lambda o: o.cumulative_logprob, reverse=True)[: body.n]
+        prefix = echo_prefix(body, deployment, p, tokens)
         for out in group:
-            choices.append(_choice(body, deployment, len(choices), tokens, echo_source, out))
+            choices.append(_choice(body, len(choices), prefix, echo_source, out))
     counts = usage(sum(len(p) for p in prompts), outputs)
     return CompletionResponse(id=request_id, created=now(), model=body.model, choices=choices, usage=counts)
 
 
 def _choice(
-    body: CompletionRequest,
-    deployment: Deployment,
-    index: int,
-    prompt: list[int],
-    echo_source: SequenceOutput,
-    out: SequenceOutput,
+    body: CompletionRequest, index: int, prefix: str, echo_source: SequenceOutput, out: SequenceOutput
 ) -> CompletionChoice:
-    prefix = deployment.engine.detokenize(prompt) if body.echo else ""
     logprobs = None
     if body.logprobs is not None:
         entries = (echo_source.prompt_logprobs or []) if body.echo else []
@@ -148,7 +158,7 @@ async def _stream(
         if index not in started:
             started.add(index)
             if body.echo:
-                text = deployment.engine.detokenize(prompts[index // n]) + text
+                text = echo_prefix(body, deployment, index // n, prompts[index // n]) + text
                 entries = list(chunk.prompt_logprobs or []) + entries
         logprobs = None
         if body.logprobs is not None:

@@ -21,7 +21,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse 
     if deployment.kind is Kind.RELAY:  # the upstream's tokenizer is the one that counts
         return await relay_json(deployment, "/tokenize", await request.json(), request.state.record.request_id)
     backend = deployment.engine
-    tokens = backend.tokenize(body.prompt)
+    tokens = backend.tokenize(body.prompt, special=True)  # as /v1/completions counts a prompt
     return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=backend.max_model_len)
 
 
