@@ -41,6 +41,15 @@ class UnsupportedFeature(ValueError):
         self.param = param
 
 
+def refuse_constraint(params: SamplingParams, backend: str) -> None:
+    """For engines that enforce no grammar."""
+    if params.constraint is not None:
+        raise UnsupportedFeature(
+            f"the {backend} backend does not support structured outputs ({params.constraint.param})",
+            params.constraint.param,
+        )
+
+
 def refuse_logits_processors(params: SamplingParams, backend: str) -> None:
     """For engines that sample inside their own code, where no per-sequence hook reaches."""
     if params.logits_processors:
@@ -58,6 +67,26 @@ class LogitsProcessor(Protocol):
     several and keeps some)."""
 
     def __call__(self, generated: Sequence[int], logits: npt.NDArray[np.float32]) -> None: ...
+
+
+@runtime_checkable
+class Preparable(Protocol):
+    """A logits processor that can do its work ahead: `prepare(generated)` may run on
+    another thread while the engine decodes; the call with the same history then
+    only applies the result (a grammar's mask)."""
+
+    def prepare(self, generated: Sequence[int]) -> None: ...
+
+
+@dataclass(slots=True, frozen=True)
+class Constraint:
+    """What a sequence's output must match (structured outputs). Engines that sample
+    themselves enforce it with a grammar (backends/structured.py); vLLM with its own
+    structured outputs; the others refuse it, naming `param`."""
+
+    kind: Literal["json_schema", "json_object", "regex", "choice", "grammar"]
+    spec: str = ""  # the schema as JSON, the regex, the choices as a JSON list, the grammar
+    param: str = "response_format"  # the request field it came from, for errors
 
 
 @dataclass(slots=True)
@@ -83,6 +112,7 @@ class SamplingParams:
     # Applied first, on the raw logits (before bias and penalties), by the engines that
     # sample themselves; the others refuse a request that has any (UnsupportedFeature).
     logits_processors: tuple[LogitsProcessor, ...] = ()
+    constraint: Constraint | None = None  # structured output: the engine turns it into a processor, or refuses it
 
     @property
     def greedy(self) -> bool:

@@ -20,6 +20,7 @@ from backends.base import (
     Kind,
     UnsupportedFeature,
     engine_config,
+    refuse_constraint,
     refuse_logits_processors,
 )
 from backends.textstream import TextStream
@@ -70,6 +71,7 @@ class SyntheticBackend:
         if params.logprobs is not None or params.prompt_logprobs is not None:
             raise UnsupportedFeature("the synthetic backend has no model and computes no logprobs", "logprobs")
         refuse_logits_processors(params, self.name)
+        refuse_constraint(params, self.name)
         c = self.config
         if self._dead:
             raise EngineDead(f"injected death after {c.die_after_tokens} tokens (die_after_tokens)")

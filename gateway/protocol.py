@@ -6,6 +6,7 @@ Requests are validated here and nowhere else. A check that spans fields raises
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
@@ -20,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from backends.base import SamplingParams
+from backends.base import Constraint, SamplingParams
 
 
 class ParamError(ValueError):
@@ -50,6 +51,69 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Request):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None  # the schema is enforced either way
+
+
+class ResponseFormat(_Request):
+    """OpenAI's `response_format`: free text, any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ParamError("response_format of type json_schema needs a json_schema", "response_format")
+        return self
+
+
+class StructuredOutputs(_Request):
+    """vLLM's `structured_outputs` extension: exactly one of a JSON Schema, any JSON
+    object, a regex, a choice of strings, or a grammar (Lark, or llama.cpp's GBNF)."""
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> StructuredOutputs:
+        given = [
+            k for k in ("json_", "json_object", "regex", "choice", "grammar") if getattr(self, k) not in (None, False)
+        ]
+        if len(given) != 1:
+            raise ParamError(
+                "structured_outputs takes exactly one of json, json_object, regex, choice, grammar",
+                "structured_outputs",
+            )
+        if self.choice is not None and not self.choice:
+            raise ParamError("structured_outputs.choice must not be empty", "structured_outputs")
+        if isinstance(self.json_, str):
+            try:
+                json.loads(self.json_)
+            except ValueError as exc:
+                raise ParamError(f"structured_outputs.json is not JSON: {exc}", "structured_outputs") from exc
+        return self
+
+    def constraint(self) -> Constraint:
+        param = "structured_outputs"
+        if self.json_ is not None:
+            schema = self.json_ if isinstance(self.json_, str) else json.dumps(self.json_)
+            return Constraint("json_schema", schema, param)
+        if self.regex is not None:
+            return Constraint("regex", self.regex, param)
+        if self.choice is not None:
+            return Constraint("choice", json.dumps(self.choice), param)
+        if self.grammar is not None:
+            return Constraint("grammar", self.grammar, param)
+        return Constraint("json_object", "", param)
+
+
 class _SamplingFields(_Request):
     """Fields shared by completions and chat."""
 
@@ -71,6 +135,9 @@ class _SamplingFields(_Request):
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
+    # Structured outputs: OpenAI's field, or vLLM's extension (one of the two).
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     @field_validator("stop")
     @classmethod
@@ -98,6 +165,37 @@ class _SamplingFields(_Request):
             raise ParamError("stream_options is only allowed when stream is true", "stream_options")
         return self
 
+    @model_validator(mode="after")
+    def _structured(self) -> _SamplingFields:
+        constraint = self.constraint
+        if constraint is None:
+            return self
+        if (
+            self.structured_outputs is not None
+            and self.response_format is not None
+            and self.response_format.type != "text"
+        ):
+            raise ParamError("give response_format or structured_outputs, not both", "structured_outputs")
+        # A finished grammar allows only end-of-sequence: banning it would leave nothing to draw.
+        if self.ignore_eos:
+            raise ParamError(f"ignore_eos cannot be combined with {constraint.param}", "ignore_eos")
+        if self.min_tokens:
+            raise ParamError(f"min_tokens cannot be combined with {constraint.param}", "min_tokens")
+        return self
+
+    @property
+    def constraint(self) -> Constraint | None:
+        """What the output must match, from whichever field asked."""
+        if self.structured_outputs is not None:
+            return self.structured_outputs.constraint()
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_object":
+            return Constraint("json_object")
+        assert fmt.json_schema is not None
+        return Constraint("json_schema", json.dumps(fmt.json_schema.schema_))
+
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
@@ -124,6 +222,7 @@ class _SamplingFields(_Request):
             prompt_logprobs=prompt_logprobs,
             ignore_eos=self.ignore_eos,
             min_tokens=self.min_tokens,
+            constraint=self.constraint,
         )
 
 

@@ -29,6 +29,7 @@ from backends.base import (
     Kind,
     UnsupportedFeature,
     engine_config,
+    refuse_constraint,
     refuse_logits_processors,
 )
 from backends.hf_tokenizer import HfTokenizer, HfTokenizerMethods
@@ -108,6 +109,7 @@ class ExLlamaV2Backend(HfTokenizerMethods):
         if p.prompt_logprobs is not None:
             raise UnsupportedFeature("exllamav2's generator does not return the prompt's logits (echo with logprobs)")
         refuse_logits_processors(p, self.name)
+        refuse_constraint(p, self.name)
         import torch
         from exllamav2.generator import ExLlamaV2DynamicJobAsync
 

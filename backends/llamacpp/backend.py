@@ -18,8 +18,9 @@ from backends.base import BackendError, BackendStats, Chunk, GenerationRequest, 
 from backends.engine_thread import job_stream
 from backends.llamacpp.engine import EngineConfig, LlamaEngine
 from backends.llamacpp.scheduler import Scheduler
-from backends.llamacpp.tokenizer import LlamaTokenizerMethods, chat_template_of
+from backends.llamacpp.tokenizer import LlamaTokenizerMethods, chat_template_of, grammar_index
 from backends.memory import peak_rss_bytes
+from backends.structured import Grammars, constrained
 
 
 def _usable_cores() -> int:
@@ -61,6 +62,7 @@ class LlamaCppBackend(LlamaTokenizerMethods):
         self.config = engine_config(LlamaCppConfig, "llamacpp", options, path=path)
         self._engine: LlamaEngine | None = None
         self._scheduler: Scheduler | None = None
+        self._grammars: Grammars | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -78,8 +80,10 @@ class LlamaCppBackend(LlamaTokenizerMethods):
             flash_attn=c.flash_attn,
             verbose=c.verbose,
         )
-        self._engine = await asyncio.to_thread(LlamaEngine, settings)
-        self._chat_template = chat_template_of(self._engine)
+        self._engine = engine = await asyncio.to_thread(LlamaEngine, settings)
+        self._chat_template = chat_template_of(engine)
+        self._grammars = Grammars(lambda: grammar_index(engine), engine.n_vocab)
+        await asyncio.to_thread(self._grammars.warm)
         self._scheduler = Scheduler(self._engine, c.n_parallel, c.prefix_cache)
         self._scheduler.start()
 
@@ -100,9 +104,12 @@ class LlamaCppBackend(LlamaTokenizerMethods):
     # -- the interface the gateway uses ---------------------------------------------
 
     def generate(self, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-        if self._scheduler is None:
+        scheduler, grammars = self._scheduler, self._grammars
+        if scheduler is None or grammars is None:
             raise BackendError("the llamacpp backend is not started")
-        return job_stream(req, self._scheduler.submit)
+        if req.params.constraint is not None:
+            return constrained(req, grammars, lambda r: job_stream(r, scheduler.submit))
+        return job_stream(req, scheduler.submit)
 
     def stats(self) -> BackendStats:
         c, sched = self.config, self._scheduler

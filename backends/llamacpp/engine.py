@@ -122,13 +122,17 @@ class LlamaEngine:
         """The bytes a token stands for (empty for control tokens such as EOS)."""
         cached = self._pieces.get(token_id)
         if cached is None:
-            buf = ctypes.create_string_buffer(64)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token_id, buf, 64, 0, False)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = llama_cpp.llama_token_to_piece(self.vocab, token_id, buf, -n, 0, False)
-            cached = self._pieces[token_id] = buf.raw[:n]
+            cached = self._pieces[token_id] = self.raw_piece(token_id, special=False)
         return cached
+
+    def raw_piece(self, token_id: int, *, special: bool) -> bytes:
+        """A token's bytes; `special`: control tokens as their text (`<|im_end|>`)."""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token_id, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token_id, buf, -n, 0, special)
+        return buf.raw[:n]
 
     def detokenize(self, token_ids: list[int]) -> str:
         return b"".join(self.piece(t) for t in token_ids).decode("utf-8", errors="replace")
@@ -156,9 +160,7 @@ class LlamaEngine:
         """A token's text as written in the vocabulary, special tokens included."""
         if token_id < 0:
             return ""
-        buf = ctypes.create_string_buffer(256)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token_id, buf, 256, 0, True)
-        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+        return self.raw_piece(token_id, special=True).decode("utf-8", errors="replace")
 
     # -- decoding -----------------------------------------------------------------
 

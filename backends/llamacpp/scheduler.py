@@ -20,8 +20,9 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 
-from backends.base import BackendError, Chunk
+from backends.base import BackendError, Chunk, Preparable
 from backends.engine_thread import Job, Outbox
 from backends.llamacpp.engine import LlamaEngine
 from backends.llamacpp.sampler import SamplerChain, sampler_steps
@@ -44,6 +45,7 @@ class Scheduler:
         self.slot_tokens: list[list[int]] = [[] for _ in range(n_parallel)]  # KV held by each slot
         self.generated_tokens = 0
         self._stopping = False
+        self._mask_thread: ThreadPoolExecutor | None = None  # started by the first constrained sequence
         self.outbox = Outbox()
         self._thread = threading.Thread(target=self._loop, name="llamacpp-scheduler", daemon=True)
 
@@ -81,6 +83,8 @@ class Scheduler:
             self.outbox.flush()
         self._shut_down()
         self.outbox.flush()
+        if self._mask_thread is not None:
+            self._mask_thread.shutdown()
 
     def _shut_down(self) -> None:
         for seq in list(self.running):
@@ -138,9 +142,11 @@ class Scheduler:
         # What each sequence contributes: decoding ones their next token first, then
         # prefilling ones (first come, first served) prompt chunks within the budget.
         work: dict[int, tuple[Sequence, list[int], list[bool]]] = {}
+        sampling: list[Sequence] = []  # the sequences that draw a token after this decode
         for seq in self.running:
             if seq.phase is Phase.DECODE:
                 work[seq.slot] = (seq, [seq.generated[-1]], [True])
+                sampling.append(seq)
         budget = e.config.n_batch - len(work)
         for seq in self.running:
             if seq.phase is Phase.PREFILL and budget > 0:
@@ -150,6 +156,8 @@ class Scheduler:
                 flags[-1] = flags[-1] or last
                 work[seq.slot] = (seq, chunk, flags)
                 budget -= len(chunk)
+                if last and seq.job.req.params.max_tokens > 0:
+                    sampling.append(seq)
 
         tokens: list[int] = []
         positions: list[int] = []
@@ -163,9 +171,32 @@ class Scheduler:
             positions.extend(range(seq.n_cached, seq.n_cached + len(batch_tokens)))
             slots.extend([slot] * len(batch_tokens))
             wants.extend(flags)
+        masks = self._prepare_masks(sampling)
         e.decode(tokens, positions, slots, wants)
+        if masks is not None:
+            masks.result()
         for seq, first, count in rows:
             self._advance(seq, first, count)
+
+    def _prepare_masks(self, sampling: list[Sequence]) -> Future[None] | None:
+        """Grammar masks for this step's draws, computed on a helper thread while
+        llama_decode runs (it holds no GIL), so a constraint adds little to the step."""
+        work = [
+            (processor, seq.generated)
+            for seq in sampling
+            for processor in seq.job.req.params.logits_processors
+            if isinstance(processor, Preparable)
+        ]
+        if not work:
+            return None
+        if self._mask_thread is None:
+            self._mask_thread = ThreadPoolExecutor(1, thread_name_prefix="llamacpp-masks")
+
+        def prepare() -> None:
+            for processor, generated in work:
+                processor.prepare(generated)
+
+        return self._mask_thread.submit(prepare)
 
     def _advance(self, seq: Sequence, first: int, count: int) -> None:
         """Account for the rows just evaluated, then sample where the sequence needs a token."""

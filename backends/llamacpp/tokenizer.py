@@ -4,8 +4,34 @@ token's bytes, and the chat template the GGUF carries."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from backends.base import ChatTemplateInfo
 from backends.llamacpp.engine import LlamaEngine
+
+
+def grammar_index(engine: LlamaEngine) -> Any:
+    """llguidance's index of the model's vocabulary, for constrained decoding: as
+    llguidance's own `lltokenizer_from_vocab` builds it (control tokens marked with a
+    leading 0xff byte, so no grammar can write them), through llama.cpp's current
+    vocabulary calls rather than the deprecated one it makes per token."""
+    import ctypes
+
+    import llama_cpp
+    from llguidance import LLTokenizer
+
+    tokens = []
+    for token in range(engine.n_vocab):
+        text = engine.raw_piece(token, special=True)
+        attr = llama_cpp.llama_vocab_get_attr(engine.vocab, token)
+        user_control = attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED and text.startswith(b"<") and text.endswith(b">")
+        if attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL or user_control:
+            text = b"\xff" + text
+        tokens.append(text)
+    tokenize = ctypes.cast(llama_cpp.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+    return LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
+        tokens=tokens, vocab_ptr=engine.vocab, tokenize_fptr=tokenize, eos_token=engine.eog_ids
+    )
 
 
 def chat_template_of(engine: LlamaEngine) -> ChatTemplateInfo | None:

@@ -31,10 +31,11 @@ from backends.base import (
 )
 from backends.engine_thread import Worker, job_stream
 from backends.llamacpp.engine import EngineConfig, LlamaEngine
-from backends.llamacpp.tokenizer import LlamaTokenizerMethods, chat_template_of
+from backends.llamacpp.tokenizer import LlamaTokenizerMethods, chat_template_of, grammar_index
 from backends.memory import peak_rss_bytes
 from backends.speculative.adaptive import Policy
 from backends.speculative.loop import Run
+from backends.structured import Grammars, constrained
 
 NGRAM = "ngram"  # `draft: ngram`: prompt lookup, no draft model
 
@@ -89,6 +90,7 @@ class SpeculativeBackend(LlamaTokenizerMethods):
         self._target: LlamaEngine | None = None
         self.draft_engine: LlamaEngine | None = None  # None with prompt lookup
         self._worker: Worker | None = None
+        self._grammars: Grammars | None = None
         self.generated_tokens = 0
         self.counters = Counters()
         self.policy = Policy(self.config.gamma_max, self.config.probe_every)  # adaptive γ, across requests
@@ -104,6 +106,8 @@ class SpeculativeBackend(LlamaTokenizerMethods):
             self.draft_engine = draft = await asyncio.to_thread(self._load, self.config.draft)
             same_tokenizer(target, draft)
         self._chat_template = chat_template_of(target)
+        self._grammars = Grammars(lambda: grammar_index(target), target.n_vocab)
+        await asyncio.to_thread(self._grammars.warm)
         self._worker = Worker("speculative-worker", lambda job, outbox: Run(self, job, outbox).run(), self._clean)
         self._worker.start()
 
@@ -132,11 +136,14 @@ class SpeculativeBackend(LlamaTokenizerMethods):
     # -- the interface the gateway uses ---------------------------------------------
 
     def generate(self, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-        if self._worker is None:
+        worker, grammars = self._worker, self._grammars
+        if worker is None or grammars is None:
             raise BackendError("the speculative backend is not started")
         if req.params.prompt_logprobs is not None:
             raise UnsupportedFeature("the speculative backend does not score prompts (echo with logprobs)", "echo")
-        return job_stream(req, self._worker.jobs.put)
+        if req.params.constraint is not None:  # the draft proposes under it, the target verifies under it
+            return constrained(req, grammars, lambda r: job_stream(r, worker.jobs.put))
+        return job_stream(req, worker.jobs.put)
 
     @property
     def engine(self) -> LlamaEngine:

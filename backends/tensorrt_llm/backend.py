@@ -30,6 +30,7 @@ from backends.base import (
     Kind,
     TokenLogprob,
     UnsupportedFeature,
+    refuse_constraint,
     refuse_logits_processors,
 )
 from backends.hf_tokenizer import HfTokenizer, HfTokenizerMethods
@@ -75,6 +76,7 @@ class TensorRTLLMBackend(HfTokenizerMethods):
         if p.logit_bias:
             raise UnsupportedFeature("TensorRT-LLM's SamplingParams has no logit bias", "logit_bias")
         refuse_logits_processors(p, self.name)
+        refuse_constraint(p, self.name)
         from tensorrt_llm import SamplingParams
 
         f = filters(p)

@@ -29,6 +29,7 @@ from backends.hf_tokenizer import HfTokenizer, HfTokenizerMethods
 from backends.logprobs import entry, first_prompt_entry
 from backends.memory import peak_rss_bytes
 from backends.sampling import distribution, draw
+from backends.structured import Grammars, constrained
 from backends.textstream import TextStream
 from backends.transformers.model import load_causal_lm
 
@@ -64,6 +65,7 @@ class TransformersBackend(HfTokenizerMethods):
         self._max_len = self.config.max_model_len
         self._cache_arg = "cache"
         self._worker: Worker | None = None
+        self._grammars: Grammars | None = None
         self._generated = 0
         self._weight_bytes: int | None = None
 
@@ -71,6 +73,8 @@ class TransformersBackend(HfTokenizerMethods):
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
+        self._grammars = Grammars(self._grammar_index, int(self._model.config.vocab_size))
+        await asyncio.to_thread(self._grammars.warm)
         self._worker = Worker("transformers-worker", self._run)
         self._worker.start()
 
@@ -100,9 +104,18 @@ class TransformersBackend(HfTokenizerMethods):
     # -- the interface the gateway uses ---------------------------------------------
 
     def generate(self, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-        if self._worker is None:
+        worker, grammars = self._worker, self._grammars
+        if worker is None or grammars is None:
             raise BackendError("the transformers backend is not started")
-        return job_stream(req, self._worker.jobs.put)
+        if req.params.constraint is not None:
+            return constrained(req, grammars, lambda r: job_stream(r, worker.jobs.put))
+        return job_stream(req, worker.jobs.put)
+
+    def _grammar_index(self) -> Any:
+        """llguidance's index of the vocabulary, as wide as the model's logits."""
+        from llguidance.hf import from_tokenizer
+
+        return from_tokenizer(self.tokenizer.hf, n_vocab=int(self._model.config.vocab_size), eos_token=self._eos)
 
     def stats(self) -> BackendStats:
         running_memory = peak_rss_bytes()

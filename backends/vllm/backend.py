@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import os
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -29,10 +30,12 @@ from backends.base import (
     BackendError,
     BackendStats,
     Chunk,
+    Constraint,
     EngineDead,
     FinishReason,
     GenerationRequest,
     Kind,
+    UnsupportedFeature,
     refuse_logits_processors,
 )
 from backends.hf_tokenizer import HfTokenizer, HfTokenizerMethods
@@ -159,12 +162,16 @@ class VllmBackend(HfTokenizerMethods):
             raise EngineDead("vLLM's engine-core process has died") from exc
         except EngineGenerateError as exc:  # this request failed inside vLLM; the engine lives on
             raise BackendError(f"vLLM failed the request: {exc.__cause__!r}") from exc
+        except ValueError as exc:  # vLLM refused the request as it came in: a grammar it cannot build
+            if p.constraint is None:
+                raise
+            raise UnsupportedFeature(f"{p.constraint.param} cannot be enforced: {exc}", p.constraint.param) from exc
         finally:
             await stream.aclose()  # vLLM aborts the request when its generator closes early
 
     def _sampling(self, req: GenerationRequest) -> Any:
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         p = req.params
         f = filters(p)
@@ -188,6 +195,7 @@ class VllmBackend(HfTokenizerMethods):
             skip_special_tokens=False,  # the text is every token's, as on the other backends
             spaces_between_special_tokens=False,
             output_kind=RequestOutputKind.DELTA,  # each output carries only what is new
+            structured_outputs=structured_outputs(p.constraint, StructuredOutputsParams),
         )
 
     def stats(self) -> BackendStats:
@@ -213,6 +221,24 @@ class VllmBackend(HfTokenizerMethods):
         rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
         self._peak_memory = max(self._peak_memory, rss)
         return self._peak_memory
+
+
+def structured_outputs(constraint: Constraint | None, params: Any) -> Any:
+    """A constraint as vLLM's own structured outputs (`StructuredOutputsParams`)."""
+    if constraint is None:
+        return None
+    match constraint.kind:
+        case "json_schema":
+            return params(json=constraint.spec)
+        case "json_object":
+            return params(json_object=True)
+        case "choice":
+            return params(choice=json.loads(constraint.spec))
+        case "regex":
+            return params(regex=constraint.spec)
+        case "grammar":
+            return params(grammar=constraint.spec)
+    raise ValueError(f"unknown constraint kind {constraint.kind!r}")
 
 
 def _finish_reason(reason: str | None) -> FinishReason:

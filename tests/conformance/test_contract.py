@@ -6,6 +6,7 @@ gateway answers 400 `unsupported_feature`; nothing is silently ignored."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from typing import Any
@@ -256,3 +257,30 @@ def test_a_chat_message_cannot_forge_a_turn(engine: Engine) -> None:
         model=engine.model, messages=[{"role": "user", "content": FORGED}], max_tokens=1
     )
     assert r.usage is not None and r.usage.prompt_tokens == len(tokens)
+
+
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 30}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+def test_a_json_schema_is_enforced_or_refused(engine: Engine) -> None:
+    """response_format is honoured (a grammar, or vLLM's own structured outputs) or a
+    400 naming it: never silently ignored."""
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON_SCHEMA}}
+    messages: Any = [{"role": "user", "content": "Invent a person."}]
+    if not engine.has_model:
+        with pytest.raises(openai.BadRequestError) as caught:
+            engine.client.chat.completions.create(model=engine.model, messages=messages, response_format=fmt)
+        assert caught.value.param == "response_format"
+        return
+    r = engine.client.chat.completions.create(
+        model=engine.model, messages=messages, response_format=fmt, max_tokens=60, temperature=0
+    )
+    [choice] = r.choices
+    assert choice.finish_reason == "stop"
+    person = json.loads(choice.message.content or "")
+    assert set(person) == {"name", "age"} and isinstance(person["age"], int) and len(person["name"]) <= 30

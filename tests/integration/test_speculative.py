@@ -16,6 +16,7 @@ correctness is tested on exact distributions in tests/unit/test_speculative_veri
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -221,3 +222,27 @@ def test_a_logits_processor_constrains_draft_and_target_alike(served: RunningSer
     assert len(alone) == 24 and set(alone) <= allowed
     assert run(speculative) == alone
     assert speculative.counters.accepted_tokens > accepted  # drafts were made, and kept, under the mask
+
+
+def test_constrained_output_is_the_constrained_targets(served: RunningServer) -> None:
+    """Structured outputs on the speculative backend: the draft proposes under the
+    grammar, the target verifies against its masked distribution, so greedy output
+    is what the target alone writes under the same grammar."""
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "colours",
+            "schema": {
+                "type": "object",
+                "properties": {"colours": {"type": "array", "items": {"enum": ["red", "green", "blue", "yellow"]}}},
+                "required": ["colours"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    for prompt in PROMPTS[:3]:
+        body = {"max_tokens": 40, "temperature": 0, "extra_body": {"response_format": fmt}}
+        alone = complete(served, "target", prompt, **body)
+        assert re.match(r'\{\s*"colours":', alone), alone  # the grammar held
+        for model in ("fixed", "lookup"):
+            assert complete(served, model, prompt, **body) == alone, (model, prompt)
