@@ -108,7 +108,13 @@ def test_greedy_output_is_the_targets_token_for_token(served: RunningServer, mod
     for prompt in PROMPTS:
         assert complete(served, model, prompt) == alone(served, prompt), prompt
     counters = backend(served, model).counters
-    assert counters.drafts > 0 and 0 < counters.accepted_tokens <= counters.draft_tokens
+    assert counters.accepted_tokens <= counters.draft_tokens
+    if model != "adaptive":
+        assert counters.drafts > 0 and counters.accepted_tokens > 0
+    # Adaptive γ drafts when the measured seconds say it pays, so whether it drafted
+    # here depends on this machine's timings (a probe rejected early can keep it on
+    # the target alone). Its choices are tested on given costs in
+    # tests/unit/test_speculative_adaptive.py; here, that whatever it chose is exact.
 
 
 def test_seeded_sampling_repeats_and_max_tokens_mid_draft_leaves_caches_clean(served: RunningServer) -> None:
