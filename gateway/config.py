@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -23,6 +23,8 @@ class ModelConfig(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)  # passed to the backend as is
     max_running: int | None = Field(default=None, ge=1)  # default: what the backend says
     max_queue: int = Field(default=64, ge=0)
+    # The format the model writes tool calls in; default: the one its chat template shows.
+    tool_parser: Literal["hermes"] | None = None
 
 
 class Settings(BaseSettings):

@@ -7,9 +7,10 @@ Requests are validated here and nowhere else. A check that spans fields raises
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,9 +34,14 @@ class ParamError(ValueError):
         self.param = param
 
 
+log = logging.getLogger("lightgate")
+_logged: set[str] = set()  # the unknown fields already logged, by name
+
+
 class _Request(BaseModel):
-    # Unknown fields are ignored, as OpenAI-compatible servers do: clients such as
-    # LangChain send extras that a server does not know.
+    # Fields outside OpenAI's spec and ours are ignored, as vLLM does (clients such as
+    # LangChain send extras a server does not know), and logged once per name. Fields of
+    # the spec that cannot be honoured are declared, and refused when set (`_Refused`).
     model_config = ConfigDict(extra="ignore")
 
     @model_validator(mode="before")
@@ -43,6 +49,10 @@ class _Request(BaseModel):
     def _null_means_default(cls, data: Any) -> Any:
         # Clients send explicit nulls for "not set"; let the field's default apply.
         if isinstance(data, dict):
+            known = {f.alias or name for name, f in cls.model_fields.items()} | set(cls.model_fields)
+            for name in data.keys() - known - _logged:
+                _logged.add(name)
+                log.warning("ignoring the request field %r, which neither OpenAI's API nor Lightgate defines", name)
             return {k: v for k, v in data.items() if v is not None}
         return data
 
@@ -201,8 +211,15 @@ class _SamplingFields(_Request):
         return self.stream_options is not None and self.stream_options.include_usage
 
     def sampling_params(
-        self, *, max_tokens: int, seed: int | None, logprobs: int | None, prompt_logprobs: int | None
+        self,
+        *,
+        max_tokens: int,
+        seed: int | None,
+        logprobs: int | None,
+        prompt_logprobs: int | None,
+        constraint: Constraint | None = None,
     ) -> SamplingParams:
+        """The sampling of one sequence; `constraint` is one the route made (tool calls)."""
         if self.min_tokens > max_tokens:
             raise ParamError(f"min_tokens ({self.min_tokens}) exceeds max_tokens ({max_tokens})", "min_tokens")
         stop = self.stop if isinstance(self.stop, list) else [self.stop]
@@ -222,7 +239,7 @@ class _SamplingFields(_Request):
             prompt_logprobs=prompt_logprobs,
             ignore_eos=self.ignore_eos,
             min_tokens=self.min_tokens,
-            constraint=self.constraint,
+            constraint=constraint or self.constraint,
         )
 
 
@@ -263,10 +280,65 @@ class ContentPart(BaseModel):
     text: str
 
 
+class _OnlySet(BaseModel):
+    @model_serializer(mode="wrap")
+    def _only_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # OpenAI's deltas carry only what changed: {"content": "x"}, not {"role": null, ...}.
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None}
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None  # the arguments are enforced either way, when a call is constrained
+
+
+class Tool(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class FunctionCall(_Request):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Request):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # the call a tool message answers
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ParamError("a message with role 'tool' needs the tool_call_id it answers", "messages")
+        if self.tool_calls and self.role != "assistant":
+            raise ParamError("only assistant messages carry tool_calls", "messages")
+        for call in self.tool_calls or []:
+            try:
+                json.loads(call.function.arguments)
+            except ValueError as exc:
+                raise ParamError(f"tool call {call.id!r}: arguments are not JSON: {exc}", "messages") from exc
+        return self
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
@@ -275,21 +347,83 @@ class ChatMessage(_Request):
 
 
 class ChatCompletionRequest(_SamplingFields):
+    # OpenAI's fields that no backend here honours: refused when set, never ignored.
+    # (`metadata`, `prompt_cache_key` and `safety_identifier` are accepted: they ask
+    # nothing of the output. `store` may be false, `modalities` text, `service_tier`
+    # auto or default: what is done anyway.)
+    REFUSED: ClassVar[dict[str, str]] = {
+        "functions": "the deprecated `functions` is not supported; send `tools`",
+        "function_call": "the deprecated `function_call` is not supported; send `tool_choice`",
+        "audio": "audio output is not supported",
+        "prediction": "predicted outputs are not supported",
+        "web_search_options": "web search is not supported",
+        "reasoning_effort": "these models do not reason: reasoning_effort cannot be honoured",
+        "verbosity": "verbosity cannot be honoured",
+    }
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
     add_generation_prompt: bool = True
+    # Accepted without effect on the output (see REFUSED above).
+    metadata: dict[str, str] | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    store: Literal[False] = False
+    modalities: list[Literal["text"]] | None = None
+    service_tier: Literal["auto", "default"] | None = None
+    # Declared so that they are refused by name rather than ignored as unknown.
+    functions: Any = None
+    function_call: Any = None
+    audio: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+
+    @model_validator(mode="after")
+    def _refused(self) -> ChatCompletionRequest:
+        for name, why in self.REFUSED.items():
+            if getattr(self, name) is not None:
+                raise ParamError(why, name)
+        return self
 
     @model_validator(mode="after")
     def _checks(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ParamError("top_logprobs requires logprobs to be true", "top_logprobs")
-        if self.tools:
-            raise ParamError("tool calling is not supported by this gateway yet", "tools")
         return self
+
+    @model_validator(mode="after")
+    def _tools(self) -> ChatCompletionRequest:
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ParamError("tools must have distinct function names", "tools")
+        choice = self.tool_choice
+        if choice not in (None, "none") and not names:
+            raise ParamError("tool_choice needs tools", "tool_choice")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ParamError(f"tool_choice names {choice.function.name!r}, which is not in tools", "tool_choice")
+        if self.calls_tools and (self.ignore_eos or self.min_tokens):
+            # A finished call allows only end-of-sequence: banning it would leave nothing to draw.
+            raise ParamError("ignore_eos and min_tokens cannot be combined with tool calls", "tool_choice")
+        constraint = self.constraint
+        if self.calls_tools and constraint is not None and constraint.kind not in ("json_schema", "json_object"):
+            # The answer that is not a call is held to the format; beside calls, only JSON is.
+            raise ParamError(
+                f"with tools, {constraint.param} takes a JSON schema or any JSON object; or set tool_choice to 'none'",
+                constraint.param,
+            )
+        return self
+
+    @property
+    def calls_tools(self) -> bool:
+        """The model may (auto) or must (required, named) answer with tool calls."""
+        return bool(self.tools) and self.tool_choice != "none"
 
     @property
     def output_limit(self) -> int | None:
@@ -352,14 +486,18 @@ class ChatLogprobs(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+
+
+ChatFinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: ChatFinishReason | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -371,22 +509,32 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
-class Delta(BaseModel):
+class DeltaFunction(_OnlySet):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(_OnlySet):
+    """A piece of a streamed call: the first carries its id, type and name, the rest
+    pieces of the arguments' JSON text, all under the call's index."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction
+
+
+class Delta(_OnlySet):
     role: Literal["assistant"] | None = None
     content: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _only_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # OpenAI's deltas carry only what changed: {"content": "x"}, not {"role": null, ...}.
-        data: dict[str, Any] = handler(self)
-        return {k: v for k, v in data.items() if v is not None}
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: Delta
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: ChatFinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -62,6 +62,10 @@ def engine_args(path: str, options: dict[str, object]) -> Any:
     unknown = sorted(set(engine) - known)
     if unknown:
         raise ValueError(f"unknown vllm options {unknown}; vLLM's engine arguments are: {', '.join(sorted(known))}")
+    # Structured outputs through llguidance, as on the engines that sample themselves
+    # (backends/structured.py): the same JSON Schema coverage, and the Lark grammars
+    # tool calls are written in, which vLLM's default (xgrammar first) misreads.
+    engine.setdefault("structured_outputs_config", {"backend": "guidance"})
     return AsyncEngineArgs(model=path, disable_log_stats=False, **engine)
 
 

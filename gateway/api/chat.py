@@ -3,7 +3,10 @@ then generated like any prompt; streamed as chat.completion.chunk deltas."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import AsyncGenerator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -23,13 +26,21 @@ from gateway.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatFinishReason,
+    ChatMessage,
     Delta,
+    DeltaFunction,
+    DeltaToolCall,
+    FunctionCall,
+    ToolCall,
     new_id,
     now,
 )
 from gateway.request_log import RequestRecord, bind_request
 from gateway.router import Deployment
 from gateway.streaming import event_stream, until_disconnect
+from gateway.tools import ToolFormat, format_for, tool_constraint
+from gateway.tools.events import Arguments, CallStart, Content, Event, parse_all
 
 router = APIRouter()
 
@@ -43,13 +54,19 @@ def chat_prompt(body: ChatCompletionRequest, deployment: Deployment) -> list[int
     template = backend.chat_template
     if template is None:
         raise invalid(f"the model {body.model!r} has no chat template; use /v1/completions", "messages")
-    messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in body.messages]
+    messages = [_template_message(m) for m in body.messages]
+    # tool_choice "none": the tools are left out of the prompt, so the model answers in text.
+    tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.calls_tools and body.tools else None
+    # Tool definitions and earlier calls are rendered inside the template's markup, so
+    # they cannot be kept as text piece by piece: control tokens there are refused.
+    for what, param in ((tools, "tools"), ([m.get("tool_calls") for m in messages], "messages")):
+        if _writes_control_tokens(backend, json.dumps(what, ensure_ascii=False)):
+            raise invalid(f"{param} must not write the model's control tokens", param)
     try:
         if not any(_writes_control_tokens(backend, m["content"]) for m in messages):
-            return backend.tokenize(
-                render(template, messages, add_generation_prompt=body.add_generation_prompt), special=True
-            )
-        segments = render_segments(template, messages, add_generation_prompt=body.add_generation_prompt)
+            text = render(template, messages, add_generation_prompt=body.add_generation_prompt, tools=tools)
+            return backend.tokenize(text, special=True)
+        segments = render_segments(template, messages, add_generation_prompt=body.add_generation_prompt, tools=tools)
     except TemplateError as exc:
         raise invalid(str(exc), "messages") from exc
     if len(segments) == 1:  # the template changes contents: they cannot be told from its markup
@@ -62,8 +79,42 @@ def chat_prompt(body: ChatCompletionRequest, deployment: Deployment) -> list[int
     return tokens
 
 
+def _template_message(m: ChatMessage) -> dict[str, Any]:
+    """A message as chat templates read it (transformers' convention): a call's
+    arguments as an object, not OpenAI's JSON text."""
+    out: dict[str, Any] = {"role": m.role, "content": m.text()}
+    if m.name:
+        out["name"] = m.name
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.function.name, "arguments": json.loads(c.function.arguments)},
+            }
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
 def _writes_control_tokens(backend: Backend, text: str) -> bool:
     return bool(text) and backend.tokenize(text, special=True, bos=False) != backend.tokenize(text, bos=False)
+
+
+def _tool_format(body: ChatCompletionRequest, deployment: Deployment) -> ToolFormat | None:
+    """The format to parse the answer in, when the model may call tools."""
+    if not body.calls_tools:
+        return None
+    fmt = format_for(deployment.engine.chat_template, deployment.config.tool_parser)
+    if fmt is None:
+        raise invalid(
+            f"the model {body.model!r} has no known tool-call format (its chat template shows none); "
+            "set tool_parser in its configuration",
+            "tools",
+        )
+    return fmt
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -79,6 +130,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     check_context(backend, [prompt], max_tokens, "messages")
     check_token_ids(backend, [int(k) for k in body.logit_bias], "logit_bias")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    fmt = _tool_format(body, deployment)
+    constraint = tool_constraint(body, fmt, backend) if fmt is not None else None
     request_id = new_id("chatcmpl")
     reqs = [
         GenerationRequest(
@@ -89,14 +142,15 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
                 seed=None if body.seed is None else body.seed + i,
                 logprobs=logprobs,
                 prompt_logprobs=None,
+                constraint=constraint,
             ),
         )
         for i in range(body.n)
     ]
     record.expect(len(prompt), len(reqs), [m.model_dump(exclude_none=True) for m in body.messages])
     if body.stream:
-        return await event_stream(request, record, _stream(body, deployment, request_id, prompt, reqs, record))
-    response = await until_disconnect(request, _complete(body, deployment, request_id, prompt, reqs, record))
+        return await event_stream(request, record, _stream(body, deployment, request_id, prompt, reqs, record, fmt))
+    response = await until_disconnect(request, _complete(body, deployment, request_id, prompt, reqs, record, fmt))
     return JSONResponse(response.model_dump())
 
 
@@ -107,22 +161,51 @@ async def _complete(
     prompt: list[int],
     reqs: list[GenerationRequest],
     record: RequestRecord,
+    fmt: ToolFormat | None,
 ) -> ChatCompletionResponse:
     outputs = [SequenceOutput() for _ in reqs]
     async for index, chunk in generate(deployment, reqs, record):
         outputs[index].add(chunk)
-    choices = [
-        ChatChoice(
-            index=i,
-            message=AssistantMessage(content=out.text),
-            logprobs=chat_logprobs(out.logprobs) if body.logprobs else None,
-            finish_reason=out.finish_reason,
-        )
-        for i, out in enumerate(outputs)
-    ]
+    choices = []
+    for i, out in enumerate(outputs):
+        message = AssistantMessage(content=out.text)
+        finish: ChatFinishReason | None = out.finish_reason
+        if fmt is not None:
+            parsed = parse_all(fmt.parser(), out.text)
+            calls = [
+                ToolCall(id=_call_id(), function=FunctionCall(name=c.name, arguments=c.arguments)) for c in parsed.calls
+            ]
+            message = AssistantMessage(
+                content=parsed.content if parsed.content or not calls else None, tool_calls=calls
+            )
+            finish = "tool_calls" if calls and finish == "stop" else finish
+        logprobs = chat_logprobs(out.logprobs) if body.logprobs else None
+        choices.append(ChatChoice(index=i, message=message, logprobs=logprobs, finish_reason=finish))
     return ChatCompletionResponse(
         id=request_id, created=now(), model=body.model, choices=choices, usage=usage(len(prompt), outputs)
     )
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _deltas(events: list[Event]) -> list[Delta]:
+    """Parser events as OpenAI's deltas: a call's id, type and name once, then its
+    arguments in pieces, each under the call's index."""
+    deltas = []
+    for e in events:
+        match e:
+            case Content(text):
+                deltas.append(Delta(content=text))
+            case CallStart(index, name):
+                function = DeltaFunction(name=name, arguments="")
+                deltas.append(
+                    Delta(tool_calls=[DeltaToolCall(index=index, id=_call_id(), type="function", function=function)])
+                )
+            case Arguments(index, text):
+                deltas.append(Delta(tool_calls=[DeltaToolCall(index=index, function=DeltaFunction(arguments=text))]))
+    return deltas
 
 
 async def _stream(
@@ -132,9 +215,12 @@ async def _stream(
     prompt: list[int],
     reqs: list[GenerationRequest],
     record: RequestRecord,
+    fmt: ToolFormat | None,
 ) -> AsyncGenerator[BaseModel, None]:
     created = now()
     outputs = [SequenceOutput() for _ in reqs]
+    parsers = [fmt.parser() for _ in reqs] if fmt is not None else None
+    called: set[int] = set()  # the choices that made a call
 
     def event(choice: ChatChunkChoice) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=request_id, created=created, model=body.model, choices=[choice])
@@ -146,9 +232,27 @@ async def _stream(
             started.add(index)
             yield event(ChatChunkChoice(index=index, delta=Delta(role="assistant", content="")))
         logprobs = chat_logprobs(chunk.logprobs or []) if body.logprobs else None
-        if chunk.text or logprobs is not None or chunk.finish_reason is not None:
-            delta = Delta(content=chunk.text) if chunk.text else Delta()
-            yield event(ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=chunk.finish_reason))
+        finish: ChatFinishReason | None = chunk.finish_reason
+        if parsers is None:
+            deltas = [Delta(content=chunk.text)] if chunk.text else []
+        else:
+            events = parsers[index].feed(chunk.text) + (parsers[index].finish() if finish is not None else [])
+            deltas = _deltas(events)
+            if any(isinstance(e, CallStart) for e in events):
+                called.add(index)
+            finish = "tool_calls" if finish == "stop" and index in called else finish
+        if not deltas and (logprobs is not None or finish is not None):
+            deltas = [Delta()]
+        for j, delta in enumerate(deltas):
+            last = j == len(deltas) - 1
+            yield event(
+                ChatChunkChoice(
+                    index=index,
+                    delta=delta,
+                    logprobs=logprobs if j == 0 else None,
+                    finish_reason=finish if last else None,
+                )
+            )
     if body.include_usage:
         yield ChatCompletionChunk(
             id=request_id, created=created, model=body.model, choices=[], usage=usage(len(prompt), outputs)

@@ -284,3 +284,25 @@ def test_a_json_schema_is_enforced_or_refused(engine: Engine) -> None:
     assert choice.finish_reason == "stop"
     person = json.loads(choice.message.content or "")
     assert set(person) == {"name", "age"} and isinstance(person["age"], int) and len(person["name"]) <= 30
+
+
+def test_a_required_tool_call_is_held_to_its_schema_or_refused(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tool_choice "required" in the Hermes format (configured: SmolLM2's template
+    shows no tool format of its own, and renders no tools): every engine that samples
+    answers a call whose arguments match the tool's schema; the others a 400 naming
+    `tools`. tests/integration/test_tools.py has tool calling on a model trained for it."""
+    monkeypatch.setattr(engine.server.router.get(engine.model).config, "tool_parser", "hermes")
+    tool: Any = {"type": "function", "function": {"name": "make_person", "parameters": PERSON_SCHEMA}}
+    messages: Any = [{"role": "user", "content": "Invent a person."}]
+    body: Any = {"model": engine.model, "messages": messages, "tools": [tool], "tool_choice": "required"}
+    if not engine.has_model:
+        with pytest.raises(openai.BadRequestError) as caught:
+            engine.client.chat.completions.create(**body)
+        assert caught.value.param == "tools"
+        return
+    [choice] = engine.client.chat.completions.create(**body, max_tokens=80, temperature=0).choices
+    assert choice.finish_reason == "tool_calls", choice
+    [call] = choice.message.tool_calls or []
+    assert call.function.name == "make_person"
+    person = json.loads(call.function.arguments)
+    assert set(person) == {"name", "age"} and isinstance(person["age"], int)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,69 @@ def test_eval_ppl_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert set(kept) == {f"llamacpp@{CTX}x1", f"llamacpp@{CTX}x2", f"gptq@{CTX}x1"}
     assert results.perplexity("smollm2-135m-instruct-q4_1", "gptq") == gptq["ppl"]
     assert results.perplexity("smollm2-135m-instruct-q4_1") == longer["ppl"]  # the most tokens scored
+
+
+def test_lm_evals_rolling_perplexity_through_the_gateway_matches_a_direct_one(
+    gateway: RunningServer, smollm2_hf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lm-evaluation-harness's rolling log-likelihood (its WikiText task's metrics) on
+    `local-completions`, with text prompts: it writes the end-of-text token in front of
+    each document as text and counts the context with the model's Hugging Face
+    tokenizer, so the gateway must read that token as the special token it is. Against
+    the same word perplexity from llama-cpp-python's logits. The documents are
+    WikiText-2 test paragraphs, each short enough for one window."""
+    import lm_eval
+    from llama_cpp import Llama
+    from lm_eval.tasks import TaskManager
+
+    from compressed_models.datasets import WIKITEXT
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    paragraphs = [p for p in WIKITEXT.read_text().split("\n") if 200 < len(p) < 900][:6]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"page": p}) + "\n" for p in paragraphs))
+    (tmp_path / "wikitext_local.yaml").write_text(
+        f"""task: wikitext_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {tmp_path / "docs.jsonl"}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{page}}}}"
+process_results: !function words.process_results
+metric_list:
+  - metric: word_perplexity
+"""
+    )
+    (tmp_path / "words.py").write_text(
+        "import re\n\n\ndef process_results(doc, results):\n"
+        "    return {'word_perplexity': (results[0], len(re.split(r'\\s+', doc['page'])))}\n"
+    )
+    args = (
+        f"model={SMOL},base_url={gateway.v1}/completions,tokenizer_backend=huggingface,"
+        f"tokenizer={smollm2_hf},tokenized_requests=False,max_length=512,num_concurrent=1"
+    )
+    out = lm_eval.simple_evaluate(
+        model="local-completions",
+        model_args=args,
+        tasks=["wikitext_local"],
+        task_manager=TaskManager(include_path=str(tmp_path)),
+    )
+    assert out is not None
+    served = out["results"]["wikitext_local"]["word_perplexity,none"]
+
+    llm = Llama(str(resolve("smollm2-135m-instruct-q4_1")), n_ctx=512, logits_all=True, flash_attn=True, verbose=False)
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(smollm2_hf))
+    nll, words = 0.0, 0
+    for page in paragraphs:
+        prefix = hf.bos_token_id if hf.bos_token_id is not None else hf.eos_token_id  # as lm-eval picks it
+        tokens = [prefix, *hf(page, add_special_tokens=False)["input_ids"]]
+        llm.reset()  # type: ignore[no-untyped-call]
+        llm.eval(tokens)
+        scores = np.asarray(llm.scores[: len(tokens)])
+        nll -= sum(float(log_softmax(scores[j])[tokens[j + 1]]) for j in range(len(tokens) - 1))
+        words += len(re.split(r"\s+", page))
+    assert served == pytest.approx(math.exp(nll / words), rel=0.02)

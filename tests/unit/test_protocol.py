@@ -91,7 +91,40 @@ def test_chat_content_parts_join_and_limits_prefer_max_completion_tokens() -> No
     assert r.output_limit == 7
 
 
-def test_chat_rejects_tools_and_orphan_top_logprobs() -> None:
+def test_chat_rejects_malformed_tools_and_orphan_top_logprobs() -> None:
     base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    assert param_of(ChatCompletionRequest, {**base, "tools": [{"type": "function"}]}) == "tools"
+    assert param_of(ChatCompletionRequest, {**base, "tools": [{"type": "function"}]}) == "tools.0.function"
     assert param_of(ChatCompletionRequest, {**base, "top_logprobs": 1}) == "top_logprobs"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"function_call": "auto"}, "function_call"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
+        ({"web_search_options": {}}, "web_search_options"),
+        ({"reasoning_effort": "low"}, "reasoning_effort"),
+        ({"verbosity": "low"}, "verbosity"),
+        ({"store": True}, "store"),
+        ({"modalities": ["text", "audio"]}, "modalities.1"),
+        ({"service_tier": "priority"}, "service_tier"),
+    ],
+)
+def test_openai_fields_that_cannot_be_honoured_are_refused_by_name(extra: dict[str, Any], param: str) -> None:
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    assert param_of(ChatCompletionRequest, {**base, **extra}) == param
+
+
+def test_fields_that_ask_nothing_are_accepted_and_unknown_ones_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    harmless = {"store": False, "metadata": {"k": "v"}, "modalities": ["text"], "service_tier": "auto"}
+    ChatCompletionRequest.model_validate({**base, **harmless, "prompt_cache_key": "a", "safety_identifier": "b"})
+    with caplog.at_level("WARNING", logger="lightgate"):
+        for _ in range(3):
+            ChatCompletionRequest.model_validate({**base, "x_unheard_of": 1})
+            CompletionRequest.model_validate({"model": "m", "prompt": "hi", "x_unheard_of": 1})
+    assert [r.getMessage() for r in caplog.records].count(
+        "ignoring the request field 'x_unheard_of', which neither OpenAI's API nor Lightgate defines"
+    ) == 1
