@@ -220,6 +220,7 @@ def compile_times(path: str) -> dict[str, float]:
     from benchmarks.structured import SCHEMA
     from gateway.protocol import ChatCompletionRequest
     from gateway.tools import FORMATS
+    from gateway.tools.events import AnswerShape
     from gateway.tools.hermes import CLOSE, OPEN
 
     engine = LlamaEngine(EngineConfig(path, 256, 64, 1, 2, 2, 0, True, None, False))
@@ -228,12 +229,11 @@ def compile_times(path: str) -> dict[str, float]:
         {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": TOOLS}
     )
     tools = [(t.function.name, t.function.parameters) for t in body.tools or []]
-    lark = FORMATS["hermes"].grammar(
-        tools,
-        required=False,
-        parallel=True,
-        literal=lambda m: f"<[{ids[m][0]}]>" if len(ids[m]) == 1 else json.dumps(m),
-    )
+
+    def literal(marker: str) -> str:  # as gateway/tools writes a marker: the model's own token
+        return f"<[{ids[marker][0]}]>" if len(ids[marker]) == 1 else json.dumps(marker)
+
+    lark = FORMATS["hermes"].grammar(AnswerShape(tools, required=False, parallel=True, literal=literal))
     constraints = {
         "response schema": Constraint("json_schema", json.dumps(SCHEMA)),
         "five tools": Constraint("grammar", lark),

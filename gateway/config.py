@@ -24,7 +24,7 @@ class ModelConfig(BaseModel):
     max_running: int | None = Field(default=None, ge=1)  # default: what the backend says
     max_queue: int = Field(default=64, ge=0)
     # The format the model writes tool calls in; default: the one its chat template shows.
-    tool_parser: Literal["hermes"] | None = None
+    tool_parser: Literal["hermes", "llama3_json", "mistral"] | None = None
 
 
 class Settings(BaseSettings):

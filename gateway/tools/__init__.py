@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from backends.base import Backend, ChatTemplateInfo, Constraint
 from gateway.protocol import ChatCompletionRequest, NamedToolChoice
-from gateway.tools import hermes
-from gateway.tools.events import Parser
+from gateway.tools import hermes, llama3, mistral
+from gateway.tools.events import AnswerShape, Parser
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,10 +20,15 @@ class ToolFormat:
     name: str
     marker: str  # written by a chat template that renders calls in this format
     parser: Callable[[], Parser]
-    grammar: Callable[..., str]
+    grammar: Callable[[AnswerShape], str]
 
 
-FORMATS = {"hermes": ToolFormat("hermes", hermes.OPEN, hermes.HermesParser, hermes.grammar)}
+# In the order a template is matched against them; the names are vLLM's parsers'.
+FORMATS = {
+    "hermes": ToolFormat("hermes", hermes.OPEN, hermes.HermesParser, hermes.grammar),
+    "llama3_json": ToolFormat("llama3_json", llama3.MARKER, llama3.parser, llama3.grammar),
+    "mistral": ToolFormat("mistral", mistral.MARKER, mistral.MistralParser, mistral.grammar),
+}
 
 
 def format_for(template: ChatTemplateInfo | None, configured: str | None) -> ToolFormat | None:
@@ -52,11 +57,12 @@ def tool_constraint(body: ChatCompletionRequest, fmt: ToolFormat, backend: Backe
     response = json.loads(text.spec) if text is not None and text.kind == "json_schema" else None
     if text is not None and text.kind == "json_object":
         response = {"type": "object"}
-    spec = fmt.grammar(
+    shape = AnswerShape(
         tools,
         required=named is not None or choice == "required",
         parallel=body.parallel_tool_calls and named is None,
         literal=literal,
         response=response,
     )
+    spec = fmt.grammar(shape)
     return Constraint("grammar", spec, "tools")

@@ -12,26 +12,11 @@ a constrained answer may be (llguidance's Lark, JSON Schema inside `%json`)."""
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable, Sequence
-from typing import Any
 
-from gateway.tools.events import Arguments, CallStart, Content, Event, JsonValueEnd, dumps
+from gateway.tools.events import JSON_OPTIONS, AnswerShape, CallText, Content, Event, call_schemas, held, started
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 FENCE = "```json"  # a bare call may come as a Markdown JSON block
-# The head of a call, up to where its arguments begin.
-HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
-# Between JSON tokens: one space, or a newline and some indentation (as for response_format).
-JSON_WHITESPACE = r"(?: |\n[ \t]{0,20})?"
-
-
-def _held(text: str, marker: str) -> int:
-    """How many characters at the end of `text` could begin `marker`."""
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if marker.startswith(text[-n:]):
-            return n
-    return 0
 
 
 class HermesParser:
@@ -42,21 +27,18 @@ class HermesParser:
     An answer that is one bare JSON object, no markers (or one Markdown JSON block of
     it), is a call too: small Qwen models often write calls so (llama.cpp's server
     reads these as calls as well), and the `auto` grammar holds such an answer to the
-    tools' schemas."""
+    tools' schemas. With `marked` off and `key` "parameters", that bare call alone is
+    Llama 3's JSON format (llama3.py), after its optional `prefix` token."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, key: str = "arguments", prefix: str = "", marked: bool = True) -> None:
+        self.key, self.prefix, self.marked = key, prefix, marked
         self.buffer = ""  # received, not yet handled
         self.fresh = True  # nothing but whitespace came yet
         self.bare = False  # the answer is a bare JSON call
         self.fenced = False  # in a Markdown block
         self.in_call = False
         self.calls = 0  # calls started
-        self.call = ""  # the current call's text after OPEN
-        self.named = False  # the current call's name was sent
-        self.args_at = 0  # where its arguments begin in `call`
-        self.args_sent = 0  # how much of them was sent
-        self.args_done = False
-        self.scan = JsonValueEnd()
+        self.call = CallText(0, key)
 
     def feed(self, text: str) -> list[Event]:
         self.buffer += text
@@ -64,18 +46,20 @@ class HermesParser:
         while True:
             head = self.buffer.lstrip()
             if self.fresh and head:
-                if FENCE.startswith(head) and head != FENCE:
-                    return events  # maybe the start of a block: wait
+                if any(m.startswith(head) for m in (FENCE, self.prefix) if m):
+                    return events  # maybe the start of a block or of the prefix: wait
                 self.fresh, self.fenced = False, head.startswith(FENCE)
+                if self.prefix and head.startswith(self.prefix):
+                    head = head.removeprefix(self.prefix).lstrip()
                 if self.fenced or head.startswith("{"):
                     self.bare, self.buffer = True, head.removeprefix(FENCE)
                     self._begin_call()
             if self.bare:
-                self.call, self.buffer = self.call + self.buffer, ""
-                return events + self._progress()
+                text, self.buffer = self.buffer, ""
+                return events + self._add(text)
             if not self.in_call:
-                at = self.buffer.find(OPEN)
-                end = at if at >= 0 else len(self.buffer) - _held(self.buffer, OPEN)
+                at = self.buffer.find(OPEN) if self.marked else -1
+                end = at if at >= 0 else len(self.buffer) - (held(self.buffer, OPEN) if self.marked else 0)
                 text_part = self.buffer[:end]
                 shown = text_part.rstrip()
                 if shown:
@@ -87,10 +71,9 @@ class HermesParser:
                 self._begin_call()
             else:
                 at = self.buffer.find(CLOSE)
-                end = at if at >= 0 else len(self.buffer) - _held(self.buffer, CLOSE)
-                self.call += self.buffer[:end]
-                self.buffer = self.buffer[end:]
-                events += self._progress()
+                end = at if at >= 0 else len(self.buffer) - held(self.buffer, CLOSE)
+                text, self.buffer = self.buffer[:end], self.buffer[end:]
+                events += self._add(text)
                 if at < 0:
                     return events
                 self.buffer = self.buffer[len(CLOSE) :]
@@ -99,8 +82,8 @@ class HermesParser:
     def finish(self) -> list[Event]:
         events = self.feed("")
         if self.in_call:  # cut off inside a call (max_tokens): what it had, as it was
-            self.call, self.buffer = self.call + self.buffer, ""
-            events += self._progress()
+            text, self.buffer = self.buffer, ""
+            events += self._add(text)
             events += self._end_call(closed=self.bare)  # a bare call ends with the answer
         rest, self.buffer = self.buffer, ""
         if rest and (rest.strip() or not self.calls):
@@ -108,96 +91,46 @@ class HermesParser:
         return events
 
     def _begin_call(self) -> None:
-        self.in_call, self.call, self.named = True, "", False
-        self.args_at = self.args_sent = 0
-        self.args_done = False
-        self.scan = JsonValueEnd()
+        self.in_call, self.call = True, CallText(self.calls, self.key)
 
-    def _progress(self) -> list[Event]:
-        events: list[Event] = []
-        if not self.named:
-            head = HEAD.match(self.call)
-            if head is None:
-                return events
-            self.named, self.args_at = True, head.end()
-            events.append(CallStart(self.calls, json.loads(f'"{head.group(1)}"')))
-            self.calls += 1
-        if not self.args_done:
-            new = self.call[self.args_at + self.args_sent :]
-            if not self.args_sent:  # whitespace before the value is not part of it
-                skipped = len(new) - len(new.lstrip())
-                self.args_at, new = self.args_at + skipped, new.lstrip()
-                if new and new[0] not in "{[":  # not an object: sent whole when the call ends
-                    return events
-            end = self.scan.feed(new)
-            piece = new if end is None else new[:end]
-            self.args_done = end is not None
-            if piece:
-                self.args_sent += len(piece)
-                events.append(Arguments(self.calls - 1, piece))
+    def _add(self, text: str) -> list[Event]:
+        events = self.call.add(text)
+        self.calls += started(events)
         return events
 
     def _end_call(self, *, closed: bool = True) -> list[Event]:
         self.in_call = False
-        if self.named:
-            if self.args_sent or not closed:
-                return []
-            try:  # arguments that were not an object: whatever the JSON says
-                value = json.loads(self.call.rstrip().removesuffix("```") if self.fenced else self.call)
-                return [Arguments(self.calls - 1, dumps(value["arguments"]))]
-            except (ValueError, KeyError, TypeError):
-                return []
-        text = self.call.rstrip().removesuffix("```") if self.fenced else self.call
-        try:
-            value = json.loads(text)
-            name, arguments = value["name"], value["arguments"]
-            if not isinstance(name, str) or set(value) != {"name", "arguments"}:
-                raise TypeError(name)  # JSON, but not a call (an answer under response_format)
-        except (ValueError, KeyError, TypeError, AttributeError):
+        raw = self.call.text
+        events = self.call.end(raw.rstrip().removesuffix("```") if self.fenced else None)
+        if events is None:  # not a call: given back as it came
             if self.bare:
-                return [Content((FENCE if self.fenced else "") + self.call)]
-            return [Content(OPEN + self.call + (CLOSE if closed else ""))]
-        self.calls += 1
-        return [CallStart(self.calls - 1, name), Arguments(self.calls - 1, dumps(arguments))]
+                return [Content((FENCE if self.fenced else "") + raw)]
+            return [Content(OPEN + raw + (CLOSE if closed else ""))]
+        self.calls += started(events)
+        return events
 
 
-def grammar(
-    tools: Sequence[tuple[str, dict[str, Any]]],
-    *,
-    required: bool,
-    parallel: bool,
-    literal: Callable[[str], str],
-    response: dict[str, Any] | None = None,
-) -> str:
+def grammar(shape: AnswerShape) -> str:
     """What an answer may be: calls of `tools` (name, parameters' schema) with arguments
     valid against their schema, after free text unless a call is `required`; several
     calls if `parallel`. With a `response` schema (response_format), the answer that
     is not a call is JSON matching it instead of free text. `literal` writes a marker
     as the grammar should match it (the model's own token for it, where it has one)."""
-    bodies: list[dict[str, Any]] = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": name}, "arguments": parameters},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for name, parameters in tools
-    ]
-    options = {"x-guidance": {"whitespace_pattern": JSON_WHITESPACE}}
+    bodies = call_schemas(shape.tools)
     # The newline after a call may lead to another call or to the end: a model that
     # writes it without wanting a second call can still stop there.
-    calls = 'call ("\\n" call)* "\\n"?' if parallel else 'call "\\n"?'
+    calls = 'call ("\\n" call)* "\\n"?' if shape.parallel else 'call "\\n"?'
     rules = [
-        f'call: {literal(OPEN)} "\\n" body "\\n" {literal(CLOSE)}',
-        f"body: %json {json.dumps({'anyOf': bodies, **options})}",
+        f'call: {shape.literal(OPEN)} "\\n" body "\\n" {shape.literal(CLOSE)}',
+        f"body: %json {json.dumps({'anyOf': bodies, **JSON_OPTIONS})}",
         f'fenced: "{FENCE}\\n" body "\\n```"',
     ]
-    if required:
+    if shape.required:
         return "\n".join([f"start: {calls}", *rules])
-    if response is not None:
+    if shape.response is not None:
         # A bare call and the answer are both JSON objects: one schema for both, the
         # parser tells them apart (a call has exactly `name` and `arguments`).
-        answer = {"anyOf": [*bodies, response], **options}
+        answer = {"anyOf": [*bodies, shape.response], **JSON_OPTIONS}
         return "\n".join([f"start: {calls} | fenced | answer", *rules, f"answer: %json {json.dumps(answer)}"])
     return "\n".join(
         [

@@ -13,7 +13,7 @@ import pytest
 from backends.base import ChatTemplateInfo
 from gateway.protocol import ChatCompletionRequest
 from gateway.tools import FORMATS, format_for
-from gateway.tools.events import Parsed, ParsedCall, parse_all
+from gateway.tools.events import AnswerShape, Parsed, ParsedCall, parse_all
 from gateway.tools.hermes import HermesParser, grammar
 from tests.unit.test_protocol import param_of
 
@@ -130,13 +130,15 @@ def test_the_grammar_holds_calls_to_the_tools_schemas(required: bool, parallel: 
     """On bytes, the markers are text, and `auto`'s free text could hold anything; with
     a model whose marker is a token of its own (Qwen), tests/integration/test_tools.py
     shows `auto` holding a call to its schema."""
-    lark = grammar([("get_weather", WEATHER)], required=required, parallel=parallel, literal=json.dumps)
+    lark = grammar(AnswerShape([("get_weather", WEATHER)], required=required, parallel=parallel, literal=json.dumps))
     assert accepts(lark, text) is ok
 
 
 def test_beside_calls_a_response_format_holds_the_answer() -> None:
     report = {"type": "object", "properties": {"celsius": {"type": "integer"}}, "required": ["celsius"]}
-    lark = grammar([("get_weather", WEATHER)], required=False, parallel=True, literal=json.dumps, response=report)
+    lark = grammar(
+        AnswerShape([("get_weather", WEATHER)], required=False, parallel=True, literal=json.dumps, response=report)
+    )
     assert accepts(lark, '{"celsius": 21}')
     assert accepts(lark, '{"name": "get_weather", "arguments": {"city": "Rome"}}')
     assert accepts(lark, CALL2)
@@ -168,3 +170,91 @@ def test_tool_fields_are_checked_and_named() -> None:
     assert param_of(ChatCompletionRequest, {**base, "messages": [bad_call]}) == "messages"
     r = ChatCompletionRequest.model_validate({**base, "tools": [tool]})
     assert r.calls_tools and r.tool_choice is None and r.parallel_tool_calls
+
+
+LLAMA_CASES: list[tuple[str, Parsed]] = [
+    (
+        '{"name": "get_weather", "parameters": {"city": "Rome"}}',
+        Parsed("", [ParsedCall("get_weather", '{"city": "Rome"}')]),
+    ),
+    ('<|python_tag|>{"name": "f", "parameters": {}}', Parsed("", [ParsedCall("f", "{}")])),
+    ("The weather is fine.", Parsed("The weather is fine.")),
+    # Hermes markers mean nothing in this format.
+    (
+        '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>',
+        Parsed('<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'),
+    ),
+    ('{"name": "f", "arguments": {}}', Parsed('{"name": "f", "arguments": {}}')),
+]
+MISTRAL_CASES: list[tuple[str, Parsed]] = [
+    (
+        '[TOOL_CALLS] [{"name": "a", "arguments": {"x": "]"}}, {"name": "b", "arguments": {}}]',
+        Parsed("", [ParsedCall("a", '{"x": "]"}'), ParsedCall("b", "{}")]),
+    ),
+    ('Sure.[TOOL_CALLS][{"arguments": {"q": 1}, "name": "late"}]', Parsed("Sure.", [ParsedCall("late", '{"q": 1}')])),
+    ("No tools needed [here].", Parsed("No tools needed [here].")),
+    ("[TOOL_CALLS] not a list", Parsed("[TOOL_CALLS] not a list")),
+    ('[TOOL_CALLS] [{"name": "cut", "arguments": {"city": "Par', Parsed("", [ParsedCall("cut", '{"city": "Par')])),
+]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text", "expected"),
+    [("llama3_json", t, e) for t, e in LLAMA_CASES] + [("mistral", t, e) for t, e in MISTRAL_CASES],
+)
+def test_llama3_and_mistral_parsers_find_the_same_in_any_split(fmt: str, text: str, expected: Parsed) -> None:
+    make = FORMATS[fmt].parser
+    assert parse_all(make(), text) == expected
+    for size in (1, 2, 3, 7):
+        parser, streamed = make(), Parsed()
+        for i in range(0, len(text), size):
+            streamed.add(parser.feed(text[i : i + size]))
+        streamed.add(parser.finish())
+        assert streamed == expected, size
+
+
+@pytest.mark.parametrize(
+    ("fmt", "required", "parallel", "text", "ok"),
+    [
+        ("llama3_json", True, True, '{"name": "get_weather", "parameters": {"city": "Rome"}}', True),
+        ("llama3_json", True, True, '{"name": "get_weather", "parameters": {"town": "Rome"}}', False),
+        ("llama3_json", True, True, '{"name": "get_weather", "arguments": {"city": "Rome"}}', False),
+        ("llama3_json", False, True, "Sunny, they say.", True),
+        ("mistral", True, True, '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "A"}}]', True),
+        (
+            "mistral",
+            True,
+            True,
+            '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "A"}}, ' * 1
+            + '{"name": "get_weather", "arguments": {"city": "B"}}]',
+            True,
+        ),
+        (
+            "mistral",
+            True,
+            False,
+            '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "A"}}, '
+            + '{"name": "get_weather", "arguments": {"city": "B"}}]',
+            False,
+        ),
+        ("mistral", True, True, '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"days": 1}}]', False),
+        ("mistral", True, True, "[TOOL_CALLS] []", False),
+        ("mistral", False, True, "No call.", True),
+    ],
+)
+def test_llama3_and_mistral_grammars_hold_calls_to_the_schemas(
+    fmt: str, required: bool, parallel: bool, text: str, ok: bool
+) -> None:
+    lark = FORMATS[fmt].grammar(
+        AnswerShape([("get_weather", WEATHER)], required=required, parallel=parallel, literal=json.dumps)
+    )
+    assert accepts(lark, text) is ok
+
+
+def test_templates_show_their_format() -> None:
+    llama = ChatTemplateInfo(
+        '{% if tools %}{"name": function name, "parameters": dictionary of argument name}{% endif %}'
+    )
+    mistral = ChatTemplateInfo("{% if tools %}[AVAILABLE_TOOLS]...{% endif %}{{ '[TOOL_CALLS]' }}")
+    assert format_for(llama, None) is FORMATS["llama3_json"]
+    assert format_for(mistral, None) is FORMATS["mistral"]
