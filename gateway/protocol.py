@@ -41,7 +41,7 @@ _logged: set[str] = set()  # the unknown fields already logged, by name
 class _Request(BaseModel):
     # Fields outside OpenAI's spec and ours are ignored, as vLLM does (clients such as
     # LangChain send extras a server does not know), and logged once per name. Fields of
-    # the spec that cannot be honoured are declared, and refused when set (`_Refused`).
+    # the spec that cannot be honoured are declared, and refused when set (`REFUSED`).
     model_config = ConfigDict(extra="ignore")
 
     @model_validator(mode="before")
@@ -50,9 +50,9 @@ class _Request(BaseModel):
         # Clients send explicit nulls for "not set"; let the field's default apply.
         if isinstance(data, dict):
             known = {f.alias or name for name, f in cls.model_fields.items()} | set(cls.model_fields)
-            for name in data.keys() - known - _logged:
+            for name in {k for k, v in data.items() if v is not None} - known - _logged:
                 _logged.add(name)
-                log.warning("ignoring the request field %r, which neither OpenAI's API nor Lightgate defines", name)
+                log.warning("ignoring the request field %r (in %s): Lightgate does not use it", name, cls.__name__)
             return {k: v for k, v in data.items() if v is not None}
         return data
 

@@ -125,6 +125,5 @@ def test_fields_that_ask_nothing_are_accepted_and_unknown_ones_logged_once(caplo
         for _ in range(3):
             ChatCompletionRequest.model_validate({**base, "x_unheard_of": 1})
             CompletionRequest.model_validate({"model": "m", "prompt": "hi", "x_unheard_of": 1})
-    assert [r.getMessage() for r in caplog.records].count(
-        "ignoring the request field 'x_unheard_of', which neither OpenAI's API nor Lightgate defines"
-    ) == 1
+    logged = [r.getMessage() for r in caplog.records if "'x_unheard_of'" in r.getMessage()]
+    assert logged == ["ignoring the request field 'x_unheard_of' (in ChatCompletionRequest): Lightgate does not use it"]
