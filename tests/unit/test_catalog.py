@@ -104,6 +104,8 @@ def test_every_packaged_manifest_meets_the_schema() -> None:
         {"package": "p"},  # no resource
         {"package": "p", "resource": "r", "path": "/x"},  # two kinds
         {},  # none
+        {"path": "/x", "archive": "zip"},  # an archive is a package's resource
+        {"convert": {"variant": "v"}, "chunks": []},  # two kinds
     ],
 )
 def test_a_source_is_exactly_one_kind(source: dict[str, object]) -> None:
@@ -113,3 +115,32 @@ def test_a_source_is_exactly_one_kind(source: dict[str, object]) -> None:
 
     with pytest.raises(ValidationError):
         Source.model_validate(source)
+
+
+def test_a_zipped_folder_is_unpacked_once_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zipfile
+
+    weights = b"safetensors" + bytes(range(40))
+    packages = tmp_path / "site"
+    (packages / "lg_test_zip").mkdir(parents=True)
+    (packages / "lg_test_zip" / "__init__.py").write_text("")
+    with zipfile.ZipFile(packages / "lg_test_zip" / "model.zip", "w") as zf:
+        zf.writestr("model.safetensors", weights)
+        zf.writestr("config.json", "{}")
+    catalog_dir = tmp_path / "catalog"
+    catalog_dir.mkdir()
+    about = "base_model: test/tiny\nmethod: fp32\nformat: hf-safetensors\nengines: [transformers]\nlicence: MIT\n"
+    source = "source: {package: lg_test_zip, resource: model.zip, archive: zip}\n"
+    digest = hashlib.sha256(weights).hexdigest()
+    (catalog_dir / "zipped.yaml").write_text(f"name: zipped\n{about}task: embed\n{source}sha256: {digest}\n")
+    (catalog_dir / "wrong.yaml").write_text(f"name: wrong\n{about}{source}sha256: '{'0' * 64}'\n")
+    monkeypatch.setattr(catalog, "CATALOG_DIR", catalog_dir)
+    monkeypatch.setenv("LIGHTGATE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(packages))
+
+    folder = catalog.resolve("zipped")
+    assert (folder / "model.safetensors").read_bytes() == weights and (folder / "config.json").is_file()
+    assert catalog.task_of("zipped") == "embed" and catalog.resolve("zipped") == folder
+    with pytest.raises(catalog.VariantNotFound, match="sha256"):
+        catalog.resolve("wrong")
+    assert not (tmp_path / "cache" / "models" / "wrong").exists()
