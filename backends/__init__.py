@@ -5,6 +5,7 @@ says which."""
 
 from __future__ import annotations
 
+from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -34,6 +35,17 @@ def backend_class(name: str) -> Any:
         raise BackendUnavailable(
             f"backend {name!r} needs the package {exc.name!r}, which is not installed (pip install 'lightgate[{name}]')"
         ) from exc
+
+
+def embedder_class(name: str) -> Any:
+    """The class that serves embedding models (task `embed`) for backend `name`: its
+    `embedder` attribute, "module:Class", imported only when such a model is configured."""
+    backend = backend_class(name)
+    target = getattr(backend, "embedder", None)
+    if target is None:
+        raise BackendUnavailable(f"the {name} backend does not serve embedding models (task: embed)")
+    module, _, attr = str(target).partition(":")
+    return getattr(import_module(module), attr)
 
 
 def create_backend(name: str, path: str | None, options: dict[str, object]) -> Backend | Relay:

@@ -9,13 +9,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from gateway.api import chat, completions, metrics, models, tokenize
+from compressed_models.catalog import cache_root
+from gateway.api import chat, completions, embeddings, metrics, models, responses, tokenize
 from gateway.config import Settings
 from gateway.drain import Drain, DrainMiddleware
 from gateway.errors import install_handlers
 from gateway.guard import GuardMiddleware
 from gateway.metrics import Metrics
 from gateway.request_log import RequestLogMiddleware
+from gateway.responses_store import ResponseStore
 from gateway.router import Router, build_deployment
 from gateway.streaming import ClientDisconnected
 
@@ -35,12 +37,15 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await loading
             await router.stop()
+            app.state.responses.close()
 
     app = FastAPI(title="Lightgate", version="0.1.0", lifespan=lifespan)
     app.state.router = router
     app.state.settings = settings
     app.state.metrics = Metrics(router) if settings.metrics else None
     app.state.drain = Drain(on_begin=router.drain)
+    db = settings.responses_db or str(cache_root() / "responses.sqlite")
+    app.state.responses = ResponseStore(db, settings.responses_ttl_s, settings.responses_max)
     install_handlers(app)
 
     # The last added runs first: every request gets its id and its log line, even
@@ -58,7 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def _gone(_: Request, __: ClientDisconnected) -> Response:
         return Response(status_code=499)  # nobody is left to read it
 
-    for module in (completions, chat, models, tokenize):
+    for module in (completions, chat, responses, embeddings, models, tokenize):
         app.include_router(module.router)
     if settings.metrics:
         app.include_router(metrics.router)

@@ -25,6 +25,15 @@ class ModelConfig(BaseModel):
     max_queue: int = Field(default=64, ge=0)
     # The format the model writes tool calls in; default: the one its chat template shows.
     tool_parser: Literal["hermes", "llama3_json", "mistral"] | None = None
+    # generate (completions, chat, responses) or embed (/v1/embeddings); default: the
+    # catalog entry's task, else generate.
+    task: Literal["generate", "embed"] | None = None
+    # Widths `dimensions` may truncate an embedding to (a Matryoshka-trained model);
+    # default: the catalog entry's. Without them, `dimensions` is refused.
+    matryoshka_dimensions: list[int] | None = None
+    # Fill-in-the-middle control tokens (prefix, suffix, middle) for `suffix` on
+    # /v1/completions; default: the catalog entry's. Without them, `suffix` is refused.
+    fim: tuple[str, str, str] | None = None
 
 
 class Settings(BaseSettings):
@@ -40,6 +49,11 @@ class Settings(BaseSettings):
     access_log: bool = True  # one JSON line per request on the lightgate.access logger
     log_prompts: bool = False  # add prompts and outputs to the access log (they may be private)
     drain_timeout_s: float = Field(default=30.0, ge=0)  # on SIGTERM: how long streams in flight may finish
+    # Stored responses (/v1/responses with store): a SQLite file, so a restart keeps
+    # them; None: responses.sqlite in the cache folder (LIGHTGATE_CACHE, ~/.cache/lightgate).
+    responses_db: str | None = None
+    responses_ttl_s: float = Field(default=30 * 24 * 3600.0, gt=0)  # kept this long (OpenAI keeps 30 days)
+    responses_max: int = Field(default=10_000, ge=1)  # the oldest go first past this many
 
     @field_validator("models")
     @classmethod

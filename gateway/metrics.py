@@ -26,8 +26,10 @@ from gateway.router import Deployment, Router
 # `_created` timestamps double the exposition and no dashboard reads them.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
-LABELS = ("model", "backend", "variant")
-OUTCOMES = ("stop", "length", "aborted", "rejected", "client_error", "server_error")
+# task: generate or embed, so that a dashboard tells embedding requests and their
+# input tokens apart from generation in the same families.
+LABELS = ("model", "backend", "variant", "task")
+OUTCOMES = ("stop", "length", "embedded", "aborted", "rejected", "client_error", "server_error")
 
 # vLLM's buckets (vllm/v1/metrics/loggers.py), with steps below its first one added
 # where small models on fast hardware land: a 135M model decodes a token in ~1 ms on
@@ -47,10 +49,10 @@ REQUEST_BUCKETS = (
 TOKEN_BUCKETS = tuple(float(m * 10**e) for e in range(6) for m in (1, 2, 5))  # 1 ... 500,000, as vLLM's 1-2-5
 
 
-def labels_of(d: Deployment) -> tuple[str, str, str]:
+def labels_of(d: Deployment) -> tuple[str, str, str, str]:
     c = d.config
     variant = c.variant or (Path(c.path).stem if c.path else "")
-    return c.name, c.backend, variant
+    return c.name, c.backend, variant, d.task
 
 
 @dataclass(slots=True, frozen=True)
@@ -111,7 +113,8 @@ class Metrics:
         )
         self._requests = Counter(
             "lightgate_requests",
-            "Requests that reached a model, by outcome: the finish reason (stop, length), aborted by a "
+            "Requests that reached a model, by outcome: the finish reason (stop, length), embedded (an embedding "
+            "request answered), aborted by a "
             "client disconnect, rejected (429, queue full), client_error (other 4xx) or server_error (5xx).",
             [*LABELS, "outcome"],
             registry=r,
@@ -122,7 +125,7 @@ class Metrics:
         gpu = GpuCollector.create()
         if gpu is not None:
             r.register(gpu)
-        self._series: dict[tuple[str, str, str], ModelSeries] = {}
+        self._series: dict[tuple[str, str, str, str], ModelSeries] = {}
         for d in router.deployments:  # every series exists from the start, at zero
             self.series(d)
 

@@ -37,13 +37,14 @@ class RequestRecord:
     arrival: float  # time.perf_counter() when the request came in
     keep_text: bool = False  # the operator asked for prompts and outputs in the log
     series: ModelSeries | None = None  # the model's metrics, once bound (and metrics are on)
-    labels: tuple[str, str, str] | None = None  # model, backend, variant, once bound
+    labels: tuple[str, str, str, str] | None = None  # model, backend, variant, task, once bound
     n_sequences: int = 0
     prompt_tokens: int = 0
     output_tokens: int = 0
     first_token: float | None = None
     last_token: float | None = None
     error_status: int | None = None  # an error sent inside a stream that had already begun
+    done_embedding: bool = False  # an embedding request whose vectors are computed
     prompt: object = None
     output: list[str] = field(default_factory=list)
     _finish: dict[int, str] = field(default_factory=dict)  # sequence index -> finish reason
@@ -67,6 +68,10 @@ class RequestRecord:
         if self.series is not None:
             self.series.queue.observe(waited_s)
             self.series.prompt_tokens_total.inc(self.prompt_tokens)
+
+    def embedded(self) -> None:
+        """An embedding request's vectors are ready (it has no tokens to stream)."""
+        self.done_embedding = True
 
     def on_chunk(self, index: int, chunk: Chunk) -> None:
         self.on_delta(index, len(chunk.token_ids), chunk.finish_reason, chunk.text)
@@ -115,6 +120,8 @@ class RequestRecord:
             return "server_error"
         if status >= 400:
             return "client_error"
+        if self.done_embedding:
+            return "embedded"
         if self.n_sequences and len(self._finish) == self.n_sequences:
             reasons = set(self._finish.values())
             return "length" if "length" in reasons else min(reasons)
@@ -135,7 +142,7 @@ class RequestRecord:
                 s.tpot.observe((self.last_token - self.first_token) / (self.output_tokens - 1))
         entry: dict[str, object] = {"request_id": self.request_id, "status": self.error_status or status}
         if self.labels is not None:
-            entry.update(zip(("model", "backend", "variant"), self.labels, strict=True))
+            entry.update(zip(("model", "backend", "variant", "task"), self.labels, strict=True))
             entry.update(
                 outcome=outcome,
                 prompt_tokens=self.prompt_tokens,

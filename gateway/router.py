@@ -12,10 +12,11 @@ from enum import Enum
 from pathlib import Path
 from typing import cast
 
-from backends import backend_class
+from backends import backend_class, embedder_class
 from backends.base import Backend, Kind
+from backends.embedding import Embedder
 from backends.relay import Relay
-from compressed_models.catalog import VariantNotFound, resolve
+from compressed_models.catalog import VariantNotFound, manifest, resolve
 from gateway.admission import AdmissionQueue
 from gateway.config import ModelConfig
 from gateway.errors import OpenAIError
@@ -41,11 +42,21 @@ _FROM = {
 }
 
 
+@dataclass(slots=True, frozen=True)
+class ModelTraits:
+    """What the model was trained for, from its config or else its catalog entry."""
+
+    task: str = "generate"  # generate, or embed: an embedding model
+    matryoshka_dimensions: tuple[int, ...] = ()  # widths an embedding may be cut to
+    fim: tuple[str, str, str] | None = None  # fill-in-the-middle tokens: prefix, suffix, middle
+
+
 @dataclass
 class Deployment:
     config: ModelConfig
-    backend: Backend | Relay
+    backend: Backend | Relay | Embedder
     admission: AdmissionQueue
+    traits: ModelTraits = field(default_factory=ModelTraits)
     created: int = field(default_factory=lambda: int(time.time()))
     state: State = State.LOADING
     reason: str | None = None  # why it is not ready, when it is failed or dead
@@ -59,11 +70,36 @@ class Deployment:
         return self.backend.kind
 
     @property
+    def task(self) -> str:
+        return self.traits.task
+
+    @property
     def engine(self) -> Backend:
-        """The backend as a token engine (routes ask only after checking `kind`)."""
+        """The backend as a token engine (routes ask only after checking `kind` and `task`)."""
         if self.kind is not Kind.ENGINE:
             raise TypeError(f"the model {self.name!r} is served by a relay, not a token engine")
+        if self.task != "generate":
+            raise TypeError(f"the model {self.name!r} is an embedding model, not a generating one")
         return cast(Backend, self.backend)
+
+    @property
+    def embedder(self) -> Embedder:
+        if self.kind is not Kind.ENGINE or self.task != "embed":
+            raise TypeError(f"the model {self.name!r} is not an embedding model")
+        return cast(Embedder, self.backend)
+
+    def require_task(self, task: str, route: str) -> None:
+        """A 400 for a request the model was not made for (completions from an
+        embedding model, embeddings from a generating one)."""
+        if self.kind is Kind.RELAY or self.task == task:
+            return  # a relay's upstream judges for itself
+        what = "an embedding model" if self.task == "embed" else "a text generation model"
+        raise OpenAIError(
+            400,
+            f"the model {self.name!r} is {what}: it does not serve {route}",
+            param="model",
+            code="model_task_mismatch",
+        )
 
     @property
     def relay(self) -> Relay:
@@ -96,6 +132,7 @@ class Deployment:
 
 def build_deployment(config: ModelConfig) -> Deployment:
     cls = backend_class(config.backend)
+    traits = traits_of(config)
     options = dict(config.options)
     path = config.path
     if cls.kind is Kind.ENGINE:
@@ -104,9 +141,23 @@ def build_deployment(config: ModelConfig) -> Deployment:
             path = str(resolve(config.variant))
         for name in getattr(cls, "weight_options", ()):
             options[name] = _weights(options.get(name))
+        if traits.task == "embed":
+            cls = embedder_class(config.backend)
     backend = cls(path, **options)
     # max_running is fixed once the backend has started and says what it can run.
-    return Deployment(config, backend, AdmissionQueue(max_running=1, max_queue=config.max_queue))
+    return Deployment(config, backend, AdmissionQueue(max_running=1, max_queue=config.max_queue), traits)
+
+
+def traits_of(config: ModelConfig) -> ModelTraits:
+    try:
+        entry = manifest(config.variant) if config.variant is not None else {}
+    except VariantNotFound:  # a relay's variant is a label; an engine's fails in resolve()
+        entry = {}
+    fim = config.fim
+    if fim is None and entry.get("fim"):
+        fim = (entry["fim"]["prefix"], entry["fim"]["suffix"], entry["fim"]["middle"])
+    dims = config.matryoshka_dimensions or entry.get("matryoshka_dimensions") or ()
+    return ModelTraits(config.task or entry.get("task", "generate"), tuple(dims), fim)
 
 
 def _weights(value: object) -> object:

@@ -4,8 +4,9 @@ is cancelled, down to the engine, whether it streams or not."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import anyio
@@ -14,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from gateway.errors import OpenAIError
+from gateway.protocol import ErrorBody
 from gateway.request_log import RequestRecord
 
 log = logging.getLogger("lightgate")
@@ -53,8 +55,25 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
+def named_sse(payload: BaseModel | bytes) -> bytes:
+    """One event of the Responses API's stream: `event: <type>` before its data; an
+    error body becomes its `error` event."""
+    if isinstance(payload, ErrorBody):
+        detail = payload.error
+        data = {"type": "error", "code": detail.code, "message": detail.message, "param": detail.param}
+        return b"event: error\ndata: " + json.dumps(data).encode() + b"\n\n"
+    body = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
+    kind = payload.type if isinstance(payload, BaseModel) else json.loads(body)["type"]  # type: ignore[attr-defined]
+    return f"event: {kind}\n".encode() + b"data: " + body + b"\n\n"
+
+
 async def event_stream(
-    request: Request, record: RequestRecord, events: AsyncGenerator[BaseModel | bytes, None]
+    request: Request,
+    record: RequestRecord,
+    events: AsyncGenerator[BaseModel | bytes, None],
+    *,
+    frame: Callable[[BaseModel | bytes], bytes] = sse,
+    done: bytes = DONE,
 ) -> StreamingResponse:
     """Start streaming once the first event exists, so that errors found before any
     output (a full queue, an unsupported parameter) still get their HTTP status.
@@ -64,22 +83,23 @@ async def event_stream(
     async def body() -> AsyncIterator[bytes]:
         try:
             if first is not None:  # None: an empty stream, [DONE] alone
-                yield sse(first)
+                yield frame(first)
             async for event in events:
-                yield sse(event)
+                yield frame(event)
         except OpenAIError as exc:
             record.error_status = exc.status
-            yield sse(exc.body())
+            yield frame(exc.body())
         except Exception:
             log.exception("error inside a stream")
             record.error_status = 500
-            yield sse(OpenAIError(500, "internal server error", code="internal_error").body())
+            yield frame(OpenAIError(500, "internal server error", code="internal_error").body())
         finally:
             # This also runs when the server cancels the stream on a disconnect; the
             # shield lets the close reach the engine inside that cancelled scope.
             with anyio.CancelScope(shield=True):
                 await events.aclose()
-        yield DONE
+        if done:
+            yield done
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)

@@ -13,6 +13,7 @@ from gateway.config import ModelConfig, Settings, default_model
 from tests.server import RunningServer, serve
 
 SMOL = "smollm2-135m"
+QWEN = "qwen"  # Qwen2.5-Coder-0.5B-Instruct: tools, the Responses API, fill-in-the-middle
 FAST = "synthetic-fast"  # no delays: the gateway alone
 SLOW = "synthetic-slow"  # one slot, one queue place, 20 ms per token: queueing and disconnects
 FAILING = "synthetic-failing"  # the engine fails after 3 tokens
@@ -41,6 +42,21 @@ def gateway_settings() -> Settings:
 @pytest.fixture(scope="session")
 def gateway() -> Iterator[RunningServer]:
     with serve(gateway_settings()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def qwen_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Qwen2.5-Coder-0.5B-Instruct, a model trained on tool calls and fill-in-the-middle,
+    loaded once for every module that needs it; its stored responses in a fresh file."""
+    model = ModelConfig(
+        name=QWEN,
+        backend="llamacpp",
+        variant="qwen2.5-coder-0.5b-instruct-q4_k_m",
+        options={"n_ctx": 2048, "n_parallel": 2},
+    )
+    db = tmp_path_factory.mktemp("responses") / "responses.sqlite"
+    with serve(Settings(models=[model], responses_db=str(db)), startup_s=180) as server:
         yield server
 
 

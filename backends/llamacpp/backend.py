@@ -55,6 +55,7 @@ class LlamaCppConfig:
 class LlamaCppBackend(LlamaTokenizerMethods):
     name = "llamacpp"
     kind = Kind.ENGINE
+    embedder = "backends.llamacpp.embedder:LlamaCppEmbedder"  # for models whose task is embed
 
     def __init__(self, path: str | None = None, **options: object) -> None:
         if not path:

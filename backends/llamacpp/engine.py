@@ -45,6 +45,9 @@ class EngineConfig:
     use_mmap: bool
     flash_attn: bool | None  # None: llama.cpp decides (on for CPU)
     verbose: bool
+    # An embedding context: pooled vectors out instead of logits, and one KV stream of
+    # n_batch cells that every batch's sequences share and clear (an encoder keeps none).
+    embeddings: bool = False
 
 
 class LlamaEngine:
@@ -71,11 +74,15 @@ class LlamaEngine:
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = config.n_ctx_seq * config.n_seq_max
         cparams.n_batch = config.n_batch
-        cparams.n_ubatch = config.n_batch
+        cparams.n_ubatch = config.n_batch  # a non-causal model needs each sequence in one ubatch
         cparams.n_seq_max = config.n_seq_max
         # One KV stream per sequence: each gets its full context, and attention does
         # not scan the other sequences' cells (llama.h advises this for unrelated prompts).
         cparams.kv_unified = False
+        if config.embeddings:
+            cparams.n_ctx = config.n_batch
+            cparams.kv_unified = True
+            cparams.embeddings = True  # pooling: the GGUF's own (pooling_type left unspecified)
         cparams.n_threads = config.n_threads
         cparams.n_threads_batch = config.n_threads_batch
         cparams.no_perf = True
@@ -187,6 +194,27 @@ class LlamaEngine:
         batch (which must have been flagged). It is valid until the next decode."""
         ptr = llama_cpp.llama_get_logits_ith(self.ctx, index)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    @property
+    def n_embd(self) -> int:
+        return int(llama_cpp.llama_model_n_embd(self.model))
+
+    @property
+    def pooling(self) -> int:
+        """The context's pooling type (llama_cpp.LLAMA_POOLING_TYPE_*)."""
+        return int(llama_cpp.llama_pooling_type(self.ctx))
+
+    def pooled(self, seq_id: int) -> npt.NDArray[np.float32]:
+        """A copy of sequence `seq_id`'s pooled embedding from the last batch."""
+        ptr = llama_cpp.llama_get_embeddings_seq(self.ctx, seq_id)
+        if not ptr:
+            raise RuntimeError(f"llama.cpp has no pooled embedding for sequence {seq_id}")
+        return np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy()
+
+    def clear(self) -> None:
+        """Forget every sequence (an embedding batch leaves nothing for the next)."""
+        if self.memory:  # an encoder-only model has no KV memory at all
+            llama_cpp.llama_memory_clear(self.memory, True)
 
     def free_sequence(self, seq_id: int, start: int = 0) -> None:
         """Drop a sequence's KV cells from `start` on."""

@@ -31,7 +31,7 @@ from backends.memory import peak_rss_bytes
 from backends.sampling import distribution, draw
 from backends.structured import Grammars, constrained
 from backends.textstream import TextStream
-from backends.transformers.model import load_causal_lm
+from backends.transformers.model import load_causal_lm, placement
 
 
 @dataclass(slots=True)
@@ -52,6 +52,7 @@ class TransformersConfig:
 class TransformersBackend(HfTokenizerMethods):
     name = "transformers"
     kind = Kind.ENGINE
+    embedder = "backends.transformers.embedder:TransformersEmbedder"  # for models whose task is embed
 
     def __init__(self, path: str | None = None, **options: object) -> None:
         if not path:
@@ -79,13 +80,8 @@ class TransformersBackend(HfTokenizerMethods):
         self._worker.start()
 
     def _load(self) -> None:
-        import torch
-
         c = self.config
-        if c.n_threads:
-            torch.set_num_threads(c.n_threads)
-        self._device = ("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device
-        dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if self._device == "cuda" else "float32")
+        self._device, dtype = placement(c.device, c.dtype, c.n_threads)
         self._model, tok = load_causal_lm(Path(c.path), dtype, self._device)
         self._weight_bytes = int(self._model.get_memory_footprint())  # the weights as loaded: fixed
         self._tokenizer = HfTokenizer(c.path, tok)

@@ -59,8 +59,9 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "Requests/s by outcome",
                 [(rate("lightgate_requests_total", "model, outcome"), "{{model}} {{outcome}}")],
                 "reqps",
-                description="Finished requests by outcome: stop and length are finish reasons; aborted means the "
-                "client left; rejected is a 429 (queue full).",
+                description="Finished requests by outcome: stop and length are finish reasons; embedded is an "
+                "embedding request answered (its model's series carry task=embed); aborted means the client left; "
+                "rejected is a 429 (queue full).",
             ),
             Panel(
                 "Error ratio",

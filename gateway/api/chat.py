@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
 
 from backends.base import Backend, GenerationRequest, Kind
 from gateway.api.checks import check_context, check_token_ids
@@ -117,12 +117,20 @@ def _tool_format(body: ChatCompletionRequest, deployment: Deployment) -> ToolFor
     return fmt
 
 
-@router.post("/v1/chat/completions", response_model=None)
-async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-    deployment: Deployment = request.app.state.router.get(body.model)
-    record = bind_request(request, deployment)
-    if deployment.kind is Kind.RELAY:  # the upstream renders the template and samples
-        return await forward(request, deployment, record, "/v1/chat/completions", stream=body.stream, choices=body.n)
+@dataclass(slots=True, frozen=True)
+class ChatRun:
+    """A chat request made ready for the engine: its sequences and how to read them."""
+
+    request_id: str
+    prompt: list[int]
+    reqs: list[GenerationRequest]
+    fmt: ToolFormat | None  # the tool-call format to parse the output in, when it may call
+
+
+def prepare(body: ChatCompletionRequest, deployment: Deployment, record: RequestRecord) -> ChatRun:
+    """The prompt, the checks, the tool constraint and one GenerationRequest per choice
+    (the Responses API prepares its requests here too)."""
+    deployment.require_task("generate", "/v1/chat/completions")
     backend = deployment.engine
     prompt = chat_prompt(body, deployment)
     # No limit given: generate until the context is full, as OpenAI does.
@@ -148,21 +156,26 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         for i in range(body.n)
     ]
     record.expect(len(prompt), len(reqs), [m.model_dump(exclude_none=True) for m in body.messages])
+    return ChatRun(request_id, prompt, reqs, fmt)
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    deployment: Deployment = request.app.state.router.get(body.model)
+    record = bind_request(request, deployment)
+    if deployment.kind is Kind.RELAY:  # the upstream renders the template and samples
+        return await forward(request, deployment, record, "/v1/chat/completions", stream=body.stream, choices=body.n)
+    run = prepare(body, deployment, record)
     if body.stream:
-        return await event_stream(request, record, _stream(body, deployment, request_id, prompt, reqs, record, fmt))
-    response = await until_disconnect(request, _complete(body, deployment, request_id, prompt, reqs, record, fmt))
+        return await event_stream(request, record, stream_chunks(body, deployment, run, record))
+    response = await until_disconnect(request, _complete(body, deployment, run, record))
     return JSONResponse(response.model_dump())
 
 
 async def _complete(
-    body: ChatCompletionRequest,
-    deployment: Deployment,
-    request_id: str,
-    prompt: list[int],
-    reqs: list[GenerationRequest],
-    record: RequestRecord,
-    fmt: ToolFormat | None,
+    body: ChatCompletionRequest, deployment: Deployment, run: ChatRun, record: RequestRecord
 ) -> ChatCompletionResponse:
+    request_id, prompt, reqs, fmt = run.request_id, run.prompt, run.reqs, run.fmt
     outputs = [SequenceOutput() for _ in reqs]
     async for index, chunk in generate(deployment, reqs, record):
         outputs[index].add(chunk)
@@ -208,15 +221,12 @@ def _deltas(events: list[Event]) -> list[Delta]:
     return deltas
 
 
-async def _stream(
-    body: ChatCompletionRequest,
-    deployment: Deployment,
-    request_id: str,
-    prompt: list[int],
-    reqs: list[GenerationRequest],
-    record: RequestRecord,
-    fmt: ToolFormat | None,
-) -> AsyncGenerator[BaseModel, None]:
+async def stream_chunks(
+    body: ChatCompletionRequest, deployment: Deployment, run: ChatRun, record: RequestRecord
+) -> AsyncGenerator[ChatCompletionChunk, None]:
+    """The run's output as chat.completion.chunk objects: the role first, then content or
+    tool-call deltas, the finish reason, and usage last when asked."""
+    request_id, prompt, reqs, fmt = run.request_id, run.prompt, run.reqs, run.fmt
     created = now()
     outputs = [SequenceOutput() for _ in reqs]
     parsers = [fmt.parser() for _ in reqs] if fmt is not None else None

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from backends.base import Backend
+from typing import Protocol
+
 from gateway.errors import invalid
 
 
-def check_context(backend: Backend, prompts: list[list[int]], max_tokens: int, param: str) -> None:
+class _Model(Protocol):
+    """What the checks read of an engine (generating or embedding)."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+
+def check_context(backend: _Model, prompts: list[list[int]], max_tokens: int, param: str) -> None:
     limit = backend.max_model_len
     for tokens in prompts:
         if len(tokens) + max_tokens > limit:
@@ -18,7 +29,7 @@ def check_context(backend: Backend, prompts: list[list[int]], max_tokens: int, p
             )
 
 
-def check_token_ids(backend: Backend, token_ids: list[int], param: str) -> None:
+def check_token_ids(backend: _Model, token_ids: list[int], param: str) -> None:
     vocab = backend.vocab_size
     bad = next((t for t in token_ids if not 0 <= t < vocab), None)
     if bad is not None:

@@ -48,6 +48,35 @@ def prompt_token_lists(body: CompletionRequest, backend: Backend) -> list[list[i
     return lists
 
 
+def fill_in_the_middle(body: CompletionRequest, deployment: Deployment) -> list[list[int]]:
+    """Each text prompt as the code before a hole and `suffix` as the code after it, in
+    the model's own FIM layout (prefix token, prefix, suffix token, suffix, middle
+    token): the model then writes the middle."""
+    fim = deployment.traits.fim
+    if fim is None:
+        raise invalid(
+            f"the model {body.model!r} was not trained for fill-in-the-middle: suffix cannot be honoured", "suffix"
+        )
+    prompt = body.prompt
+    texts = [prompt] if isinstance(prompt, str) else prompt
+    if not all(isinstance(t, str) for t in texts):
+        raise invalid("suffix needs the prompt as text, not token ids", "suffix")
+    if body.echo:
+        raise invalid("echo cannot be combined with suffix", "echo")
+    backend = deployment.engine
+    markers = [backend.tokenize(m, special=True, bos=False) for m in fim]
+    if any(len(m) != 1 for m in markers):
+        raise invalid(f"the model's vocabulary lacks its fill-in-the-middle tokens {list(fim)}", "suffix")
+    pre, suf, mid = (m[0] for m in markers)
+    suffix = backend.tokenize(body.suffix or "", special=True, bos=False)
+    out = []
+    for text in texts:
+        head = backend.tokenize(str(text), special=True, bos=False)
+        start = backend.tokenize("", bos=True)  # the model's BOS, if it wants one
+        out.append([*start, pre, *head, suf, *suffix, mid])
+    return out
+
+
 def echo_prefix(body: CompletionRequest, deployment: Deployment, index: int, tokens: list[int]) -> str:
     """What echo puts before prompt `index`'s completion: the prompt as the client wrote
     it (its control tokens included), or the token ids' text."""
@@ -88,10 +117,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         prompt = body.prompt
         count = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
         return await forward(request, deployment, record, "/v1/completions", stream=body.stream, choices=count * body.n)
+    deployment.require_task("generate", "/v1/completions")
     backend = deployment.engine
-    if body.suffix:
-        raise invalid(f"suffix (fill-in-the-middle) is not supported by the {backend.name} backend", "suffix")
-    prompts = prompt_token_lists(body, backend)
+    prompts = fill_in_the_middle(body, deployment) if body.suffix is not None else prompt_token_lists(body, backend)
     check_context(backend, prompts, body.max_tokens, "prompt")
     check_token_ids(backend, [int(k) for k in body.logit_bias], "logit_bias")
     request_id = new_id("cmpl")

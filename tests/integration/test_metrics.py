@@ -33,7 +33,7 @@ HISTOGRAMS = [
 ]
 
 
-def test_every_series_is_there_with_model_backend_and_variant_labels(
+def test_every_series_is_there_with_model_backend_variant_and_task_labels(
     gateway: RunningServer, client: openai.OpenAI
 ) -> None:
     client.completions.create(model=FAST, prompt="hello", max_tokens=3)
@@ -54,11 +54,11 @@ def test_every_series_is_there_with_model_backend_and_variant_labels(
         "process_resident_memory_bytes",
     ]:
         assert name in names, name
-    allowed = {"model", "backend", "variant", "outcome", "le", "gpu", "name"}
+    allowed = {"model", "backend", "variant", "task", "outcome", "le", "gpu", "name"}
     for name, labels in samples:
         if name.startswith("lightgate_") and not name.startswith("lightgate_gpu_"):
             keys = {k for k, _ in labels}
-            assert {"model", "backend", "variant"} <= keys <= allowed, (name, keys)
+            assert {"model", "backend", "variant", "task"} <= keys <= allowed, (name, keys)
     assert value(samples, "lightgate_model_ready", model=SMOL, backend="llamacpp") == 1
     assert value(samples, "lightgate_model_ready", variant="smollm2-135m-instruct-q4_1") == 1
 

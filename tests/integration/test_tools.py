@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import httpx
@@ -21,11 +20,8 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 from pydantic import BaseModel, Field
 
-from gateway.config import ModelConfig, Settings
-from tests.conftest import SMOL
-from tests.server import RunningServer, serve
-
-QWEN = "qwen"
+from tests.conftest import QWEN, SMOL
+from tests.server import RunningServer
 
 
 class GetWeather(BaseModel):
@@ -64,15 +60,8 @@ GREEDY: dict[str, Any] = {"temperature": 0, "max_tokens": 120}
 
 
 @pytest.fixture(scope="module")
-def qwen() -> Iterator[RunningServer]:
-    model = ModelConfig(
-        name=QWEN,
-        backend="llamacpp",
-        variant="qwen2.5-coder-0.5b-instruct-q4_k_m",
-        options={"n_ctx": 2048, "n_parallel": 2},
-    )
-    with serve(Settings(models=[model]), startup_s=180) as server:
-        yield server
+def qwen(qwen_server: RunningServer) -> RunningServer:
+    return qwen_server
 
 
 @pytest.fixture(scope="module")
