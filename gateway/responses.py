@@ -19,6 +19,7 @@ from gateway.protocol import ChatCompletionChunk, ChatCompletionRequest
 from gateway.protocol_responses import (
     FunctionCallItem,
     FunctionCallOutputItem,
+    FunctionChoice,
     IncompleteDetails,
     InputItem,
     MessageItem,
@@ -119,6 +120,7 @@ def chat_request(body: ResponsesRequest, messages: list[dict[str, Any]]) -> Chat
 def initial_response(body: ResponsesRequest, response_id: str) -> ResponseObject:
     """The response as `response.created` shows it: in progress, no output yet."""
     fmt = body.text.format if body.text is not None else None
+    choice = body.tool_choice
     return ResponseObject(
         id=response_id,
         created_at=int(time.time()),
@@ -129,9 +131,7 @@ def initial_response(body: ResponsesRequest, response_id: str) -> ResponseObject
         temperature=body.temperature,
         top_p=body.top_p,
         tools=[t.model_dump(exclude_none=True) for t in body.function_tools()],
-        tool_choice=body.tool_choice.model_dump()
-        if body.tool_choice is not None and not isinstance(body.tool_choice, str)
-        else body.tool_choice or "auto",
+        tool_choice=choice.model_dump() if isinstance(choice, FunctionChoice) else choice or "auto",
         parallel_tool_calls=body.parallel_tool_calls,
         text={"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt is not None else {"type": "text"}},
         previous_response_id=body.previous_response_id,
