@@ -173,6 +173,25 @@ def test_concurrent_requests_each_get_their_own_rows(server: RunningServer, mode
         assert np.allclose(got, alone[[i % 6, (i + 1) % 6]], atol=1e-4)
 
 
+def test_dimensions_cut_and_renormalize_where_the_model_allows_it(client: openai.OpenAI, server: RunningServer) -> None:
+    """MiniLM was not trained for truncation, so its catalog entry lists no widths (the
+    400 below); a Matryoshka-trained model's entry would. The deployment is given
+    widths here to check what the route does with them."""
+    deployment = server.router.get(GGUF)
+    declared = deployment.traits
+    deployment.traits = dataclasses.replace(declared, matryoshka_dimensions=(128, 256))
+    try:
+        whole = vectors(client.embeddings.create(model=GGUF, input=TEXTS[:2]))
+        cut = vectors(client.embeddings.create(model=GGUF, input=TEXTS[:2], dimensions=128))
+        assert cut.shape == (2, 128)
+        assert np.allclose(cut, whole[:, :128] / np.linalg.norm(whole[:, :128], axis=1, keepdims=True), atol=1e-5)
+        with pytest.raises(openai.BadRequestError) as err:
+            client.embeddings.create(model=GGUF, input="x", dimensions=100)
+        assert err.value.param == "dimensions" and "[128, 256]" in err.value.message
+    finally:
+        deployment.traits = declared
+
+
 def test_truncate_prompt_tokens(client: openai.OpenAI) -> None:
     long = "word " * 700
     with pytest.raises(openai.BadRequestError) as err:
