@@ -38,6 +38,23 @@ log = logging.getLogger("lightgate")
 _logged: set[str] = set()  # the unknown fields already logged, by name
 
 
+def _valid_text(value: Any) -> bool:
+    """No string inside `value` holds a lone surrogate (it would not encode to UTF-8)."""
+    if isinstance(value, str):
+        if value.isascii():
+            return True
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_valid_text(k) and _valid_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_valid_text(v) for v in value)
+    return True
+
+
 class _Request(BaseModel):
     # Fields outside OpenAI's spec and ours are ignored, as vLLM does (clients such as
     # LangChain send extras a server does not know), and logged once per name. Fields of
@@ -49,6 +66,11 @@ class _Request(BaseModel):
     def _null_means_default(cls, data: Any) -> Any:
         # Clients send explicit nulls for "not set"; let the field's default apply.
         if isinstance(data, dict):
+            for name, value in data.items():
+                if not _valid_text(value):
+                    # JSON may escape a lone UTF-16 surrogate ("\ud800"), which no
+                    # tokenizer can encode: a client's error, named, not a 500.
+                    raise ParamError(f"{name} holds a lone UTF-16 surrogate: text must be valid Unicode", name)
             known = {f.alias or name for name, f in cls.model_fields.items()} | set(cls.model_fields)
             for name in {k for k, v in data.items() if v is not None} - known - _logged:
                 _logged.add(name)

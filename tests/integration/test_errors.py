@@ -95,6 +95,34 @@ def test_bad_json_is_400_not_422_or_500(gateway: RunningServer, raw: bytes) -> N
     assert error["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/completions", {"prompt": "\\ud800", "max_tokens": 2}, "prompt"),
+        ("/v1/completions", {"prompt": "ok", "stop": ["x\\udfff"], "max_tokens": 2}, "stop"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "\\udc00x"}]}, "messages"),
+        (
+            "/v1/responses",
+            {"input": [{"role": "user", "content": [{"type": "input_text", "text": "\\ud83d"}]}]},
+            "input",
+        ),
+        ("/tokenize", {"prompt": "a\\ud800b"}, "prompt"),
+    ],
+)
+def test_a_lone_surrogate_is_a_400_and_the_connection_serves_the_next_request(
+    gateway: RunningServer, path: str, body: dict[str, Any], param: str
+) -> None:
+    """JSON can escape half of a UTF-16 pair, which no tokenizer can encode: it once made
+    a 500 that closed the connection. The escape is written on the wire as a client sends it."""
+    raw = json.dumps({"model": SMOL, **body}).replace("\\\\u", "\\u")
+    assert "\\ud" in raw and "\\\\u" not in raw
+    with httpx.Client(base_url=gateway.base_url) as c:  # one kept-alive connection
+        error = error_of(c.post(path, content=raw, headers={"content-type": "application/json"}), 400)
+        assert error["param"] == param and "surrogate" in error["message"]
+        after = c.post("/v1/completions", json={"model": SMOL, "prompt": "caf\u00e9 \U0001f600", "max_tokens": 2})
+        assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 2
+
+
 def test_unknown_model_is_404_model_not_found(gateway: RunningServer, client: openai.OpenAI) -> None:
     error = error_of(post(gateway, "/completions", {"model": "gpt-9", "prompt": "hi"}), 404)
     assert error["code"] == "model_not_found" and error["param"] == "model"
