@@ -137,20 +137,21 @@ class EmbedBatcher:
 
     def _step(self) -> None:
         batch: list[tuple[_Job, int]] = []
+        tokens: list[list[int]] = []
         while self._pending and len(batch) < self.max_inputs:
             job, i = self._pending[0]
             if job.future.done():  # cancelled: its client has gone
                 self._pending.popleft()
                 continue
-            tokens = [j.inputs[k] for j, k in batch] + [job.inputs[i]]
-            if batch and self._cost(tokens) > self.max_tokens:
+            if batch and self._cost([*tokens, job.inputs[i]]) > self.max_tokens:
                 break
             batch.append(self._pending.popleft())
+            tokens.append(job.inputs[i])
         if not batch:
             return
         self.running = len(batch)
         try:
-            rows = self._forward([job.inputs[i] for job, i in batch])
+            rows = self._forward(tokens)
         except Exception as exc:  # the engine failed: these requests get a 500, the thread lives on
             failed = {id(job): job for job, _ in batch}
             self._pending = deque((j, i) for j, i in self._pending if id(j) not in failed)

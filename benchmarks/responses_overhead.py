@@ -119,7 +119,25 @@ def main() -> None:
             for k, r in results.items()
         ],
     )
-    console.print(f"wrote {args.out}")
+    figure = Path(args.out).with_suffix(".png")
+    plot(samples, figure)
+    console.print(f"wrote {args.out} and {figure}")
+
+
+def plot(samples: dict[str, list[tuple[float, float]]], path: Path) -> None:
+    """Each route's TTFT distribution (ms), side by side."""
+    from loadtest.plots import png, pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    names = list(samples)
+    ax.boxplot([[t * 1000 for t, _ in samples[k]] for k in names], showfliers=False)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.set_ylabel("TTFT, ms")
+    ax.set_title("time to first text delta: chat completions and responses")
+    ax.grid(axis="y", alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png(fig))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 
 from backends.base import BackendError, Chunk, EngineDead, GenerationRequest, UnsupportedFeature
 from gateway.admission import QueueFull
@@ -42,7 +42,7 @@ async def generate(
 ) -> AsyncIterator[tuple[int, Chunk]]:
     """Yields (sequence index, chunk) until every sequence has finished, and tells
     the request's record when it got a slot and what each chunk carried."""
-    try:
+    with engine_errors(deployment):
         async with admission_slot(deployment, record):
             if len(requests) == 1:
                 async with aclosing(deployment.engine.generate(requests[0])) as stream:
@@ -53,6 +53,14 @@ async def generate(
                 async for index, chunk in _merged(deployment, requests):
                     record.on_chunk(index, chunk)
                     yield index, chunk
+
+
+@contextmanager
+def engine_errors(deployment: Deployment) -> Iterator[None]:
+    """An engine's exceptions as the client's errors: what it cannot do is a 400, a dead
+    engine a 503 (and the model leaves service), any other failure a 500."""
+    try:
+        yield
     except UnsupportedFeature as exc:
         raise invalid(str(exc), exc.param, code="unsupported_feature") from exc
     except EngineDead as exc:

@@ -66,16 +66,26 @@ class _Request(BaseModel):
     def _null_means_default(cls, data: Any) -> Any:
         # Clients send explicit nulls for "not set"; let the field's default apply.
         if isinstance(data, dict):
-            for name, value in data.items():
-                if not _valid_text(value):
-                    # JSON may escape a lone UTF-16 surrogate ("\ud800"), which no
-                    # tokenizer can encode: a client's error, named, not a 500.
-                    raise ParamError(f"{name} holds a lone UTF-16 surrogate: text must be valid Unicode", name)
             known = {f.alias or name for name, f in cls.model_fields.items()} | set(cls.model_fields)
             for name in {k for k, v in data.items() if v is not None} - known - _logged:
                 _logged.add(name)
                 log.warning("ignoring the request field %r (in %s): Lightgate does not use it", name, cls.__name__)
             return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+class _Body(_Request):
+    """A whole request body (its parts are `_Request`s): its text is checked once."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        # JSON may escape a lone UTF-16 surrogate ("\ud800"), which no tokenizer can
+        # encode: a client's error, named, not a 500.
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if not _valid_text(value):
+                    raise ParamError(f"{name} holds a lone UTF-16 surrogate: text must be valid Unicode", name)
         return data
 
 
@@ -146,7 +156,7 @@ class StructuredOutputs(_Request):
         return Constraint("json_object", "", param)
 
 
-class _SamplingFields(_Request):
+class _SamplingFields(_Body):
     """Fields shared by completions and chat."""
 
     model: str
@@ -595,7 +605,7 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-class TokenizeRequest(_Request):
+class TokenizeRequest(_Body):
     """POST /tokenize (vLLM's extension): the model's token ids for a text, counted as
     a completion's `usage.prompt_tokens` counts them (a BOS included, if the model has one)."""
 
@@ -609,7 +619,7 @@ class TokenizeResponse(BaseModel):
     max_model_len: int
 
 
-class DetokenizeRequest(_Request):
+class DetokenizeRequest(_Body):
     model: str
     tokens: list[int]
 

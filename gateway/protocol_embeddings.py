@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from gateway.protocol import ParamError, Usage, _Request
+from gateway.protocol import ParamError, _Body
 
 
-class EmbeddingRequest(_Request):
+class EmbeddingRequest(_Body):
     model: str
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
@@ -55,6 +55,3 @@ class EmbeddingResponse(BaseModel):
     data: list[Embedding]
     model: str
     usage: EmbeddingUsage
-
-
-__all__ = ["Embedding", "EmbeddingRequest", "EmbeddingResponse", "EmbeddingUsage", "Usage"]

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from gateway.protocol import ParamError, _Request
+from gateway.protocol import ParamError, _Body, _Request
 
 # -- the request -------------------------------------------------------------------
 
@@ -94,7 +94,7 @@ class TextConfig(_Request):
     format: TextFormat | None = None
 
 
-class ResponsesRequest(_Request):
+class ResponsesRequest(_Body):
     # Fields of OpenAI's Responses API that nothing here can honour: refused when set.
     REFUSED: ClassVar[dict[str, str]] = {
         "background": "background responses are not supported",

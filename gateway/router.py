@@ -88,6 +88,11 @@ class Deployment:
             raise TypeError(f"the model {self.name!r} is not an embedding model")
         return cast(Embedder, self.backend)
 
+    @property
+    def tokenizer(self) -> Backend | Embedder:
+        """The engine that tokenizes for this model, generating or embedding."""
+        return self.embedder if self.task == "embed" else self.engine
+
     def require_task(self, task: str, route: str) -> None:
         """A 400 for a request the model was not made for (completions from an
         embedding model, embeddings from a generating one)."""

@@ -69,12 +69,8 @@ def fill_in_the_middle(body: CompletionRequest, deployment: Deployment) -> list[
         raise invalid(f"the model's vocabulary lacks its fill-in-the-middle tokens {list(fim)}", "suffix")
     pre, suf, mid = (m[0] for m in markers)
     suffix = backend.tokenize(body.suffix or "", special=True, bos=False)
-    out = []
-    for text in texts:
-        head = backend.tokenize(str(text), special=True, bos=False)
-        start = backend.tokenize("", bos=True)  # the model's BOS, if it wants one
-        out.append([*start, pre, *head, suf, *suffix, mid])
-    return out
+    start = backend.tokenize("", bos=True)  # the model's BOS, if it wants one
+    return [[*start, pre, *backend.tokenize(str(t), special=True, bos=False), suf, *suffix, mid] for t in texts]
 
 
 def echo_prefix(body: CompletionRequest, deployment: Deployment, index: int, tokens: list[int]) -> str:

@@ -9,12 +9,12 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from backends.base import BackendError, EngineDead, Kind
+from backends.base import Kind
 from backends.embedding import Embedder, Vectors, normalized
 from gateway.api.checks import check_token_ids
-from gateway.errors import OpenAIError, invalid
+from gateway.errors import invalid
 from gateway.forwarding import relay_json
-from gateway.generation import admission_slot
+from gateway.generation import admission_slot, engine_errors
 from gateway.protocol_embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from gateway.request_log import RequestRecord, bind_request
 from gateway.router import Deployment
@@ -59,21 +59,19 @@ def input_token_lists(body: EmbeddingRequest, model: Embedder) -> list[list[int]
     return lists
 
 
-def matryoshka(deployment: Deployment, vectors: Vectors, dimensions: int | None) -> Vectors:
-    """Cut each vector to `dimensions` and renormalize, for a model trained to allow it."""
-    if dimensions is None or dimensions == vectors.shape[1]:
-        return vectors
+def check_dimensions(deployment: Deployment, width: int, dimensions: int | None) -> None:
+    """`dimensions` may only cut a model's vectors to a width it was trained for (Matryoshka)."""
+    if dimensions is None or dimensions == width or dimensions in deployment.traits.matryoshka_dimensions:
+        return
     allowed = deployment.traits.matryoshka_dimensions
-    if dimensions not in allowed:
-        why = f"it may be cut to {list(allowed)}" if allowed else "it was not trained for truncation (Matryoshka)"
-        raise invalid(f"the model {deployment.name!r} gives {vectors.shape[1]} dimensions and {why}", "dimensions")
-    return normalized(vectors[:, :dimensions])
+    why = f"it may be cut to {list(allowed)}" if allowed else "it was not trained for truncation (Matryoshka)"
+    raise invalid(f"the model {deployment.name!r} gives {width} dimensions and {why}", "dimensions")
 
 
 def encode(vector: Vectors, encoding_format: str) -> list[float] | str:
     if encoding_format == "base64":
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
-    return [float(x) for x in vector]
+    return [float(x) for x in vector.tolist()]
 
 
 @router.post("/v1/embeddings", response_model=None)
@@ -85,12 +83,12 @@ async def create_embedding(body: EmbeddingRequest, request: Request) -> Response
     deployment.require_task("embed", "/v1/embeddings")
     model = deployment.embedder
     inputs = input_token_lists(body, model)
-    if body.dimensions is not None:
-        matryoshka(deployment, np.zeros((1, model.embedding_dim), dtype=np.float32), body.dimensions)  # refuse early
+    check_dimensions(deployment, model.embedding_dim, body.dimensions)
     tokens = sum(len(t) for t in inputs)
     record.expect(tokens, 0, body.input)
     vectors = await until_disconnect(request, _embed(deployment, model, inputs, record))
-    vectors = matryoshka(deployment, vectors, body.dimensions)
+    if body.dimensions is not None and body.dimensions != vectors.shape[1]:
+        vectors = normalized(vectors[:, : body.dimensions])
     record.embedded()
     data = [Embedding(index=i, embedding=encode(v, body.encoding_format)) for i, v in enumerate(vectors)]
     response = EmbeddingResponse(
@@ -100,11 +98,6 @@ async def create_embedding(body: EmbeddingRequest, request: Request) -> Response
 
 
 async def _embed(deployment: Deployment, model: Embedder, inputs: list[list[int]], record: RequestRecord) -> Vectors:
-    async with admission_slot(deployment, record):
-        try:
+    with engine_errors(deployment):
+        async with admission_slot(deployment, record):
             return await model.embed(inputs)
-        except EngineDead as exc:
-            deployment.died(str(exc))
-            raise OpenAIError(503, f"the model {deployment.name!r} is unavailable: {exc}", code="engine_dead") from exc
-        except BackendError as exc:
-            raise OpenAIError(500, f"the {model.name} engine failed: {exc}", code="engine_error") from exc

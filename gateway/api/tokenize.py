@@ -20,7 +20,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse 
     deployment: Deployment = request.app.state.router.get(body.model)
     if deployment.kind is Kind.RELAY:  # the upstream's tokenizer is the one that counts
         return await relay_json(deployment, "/tokenize", await request.json(), request.state.record.request_id)
-    backend = deployment.embedder if deployment.task == "embed" else deployment.engine
+    backend = deployment.tokenizer
     tokens = backend.tokenize(body.prompt, special=True)  # as /v1/completions counts a prompt
     return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=backend.max_model_len)
 
@@ -30,6 +30,6 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeRes
     deployment: Deployment = request.app.state.router.get(body.model)
     if deployment.kind is Kind.RELAY:
         return await relay_json(deployment, "/detokenize", await request.json(), request.state.record.request_id)
-    backend = deployment.embedder if deployment.task == "embed" else deployment.engine
+    backend = deployment.tokenizer
     check_token_ids(backend, body.tokens, "tokens")
     return DetokenizeResponse(prompt=backend.detokenize(body.tokens))

@@ -228,6 +228,7 @@ def test_generation_routes_refuse_an_embedding_model(server: RunningServer) -> N
     for path, body in [
         ("/completions", {"model": GGUF, "prompt": "x"}),
         ("/chat/completions", {"model": HF, "messages": [{"role": "user", "content": "x"}]}),
+        ("/responses", {"model": GGUF, "input": "x"}),
     ]:
         r = httpx.post(server.v1 + path, json=body)
         assert r.status_code == 400 and r.json()["error"]["code"] == "model_task_mismatch", r.text

@@ -16,10 +16,9 @@ import pytest
 from openai.types.responses import FunctionToolParam
 from pydantic import BaseModel, Field
 
-from gateway.config import ModelConfig, Settings
 from gateway.responses_store import ResponseStore
-from tests.conftest import FAST, QWEN, SMOL
-from tests.server import RunningServer, serve
+from tests.conftest import QWEN
+from tests.server import RunningServer
 
 GREEDY: dict[str, Any] = {"temperature": 0}
 WEATHER: FunctionToolParam = {
@@ -205,15 +204,9 @@ def test_bad_requests_are_400s_naming_the_field(qwen_server: RunningServer, body
     assert r.json()["error"]["param"] == param, r.text
 
 
-def test_an_embedding_model_and_a_missing_model(tmp_path: Path) -> None:
-    settings = Settings(
-        models=[ModelConfig(name="emb", variant="all-minilm-l6-v2-f16"), ModelConfig(name=FAST, backend="synthetic")],
-        responses_db=str(tmp_path / "r.sqlite"),
-    )
-    with serve(settings) as server:
-        r = httpx.post(server.v1 + "/responses", json={"model": "emb", "input": "x"})
-        assert r.status_code == 400 and r.json()["error"]["code"] == "model_task_mismatch"
-        assert httpx.post(server.v1 + "/responses", json={"model": SMOL, "input": "x"}).status_code == 404
-        # Refused by the chat path, named as the Responses request names it.
-        r = httpx.post(server.v1 + "/responses", json={"model": FAST, "input": "x", "max_output_tokens": 10**6})
-        assert r.status_code == 400 and r.json()["error"]["param"] == "input", r.text
+def test_a_missing_model_and_a_chat_path_error_named_for_responses(qwen_server: RunningServer) -> None:
+    assert httpx.post(qwen_server.v1 + "/responses", json={"model": "nope", "input": "x"}).status_code == 404
+    # Refused by the chat path (prompt and output over the context), named as the
+    # Responses request names the field.
+    r = httpx.post(qwen_server.v1 + "/responses", json={"model": QWEN, "input": "x", "max_output_tokens": 10**6})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input", r.text
