@@ -1,51 +1,162 @@
-"""Admission per model: at most `max_running` requests inside the engine, up to
-`max_queue` more waiting in arrival order, and a 429 for anyone past that."""
+"""Admission per model: at most `max_running` requests inside the engine, the rest
+waiting for a slot, and a refusal at arrival for anyone who would wait too long.
+
+The queue is bounded by time, not only by count: the model's service rate is measured
+(how long a request holds its slot, averaged), so the wait of a newcomer is known when
+it arrives: (requests served before it + 1) x hold time / slots. A request whose wait
+would pass its deadline (`max_queue_wait_s`) is refused there and then, with the time
+after which it would fit, never after it has waited.
+
+Who goes next: priority classes first (interactive before standard before batch), then,
+within a class, start-time fair queuing across flows (one flow per API key): each
+request is tagged with the virtual time at which its flow's previous request would
+have been served, advanced by 1 / weight, and the smallest tag goes first. A key that
+floods the queue only pushes its own tags out; a key that sends one request at a time
+finds its tag at the front. With `fair` off it is one FIFO, as before."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import heapq
+import itertools
+import math
+from dataclasses import dataclass, field
 
 
 class QueueFull(Exception):
-    pass
+    """A refusal at arrival: the wait would pass the deadline, or the queue is full."""
+
+    def __init__(self, message: str, retry_after_s: float, code: str) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.code = code
+
+
+def retry_after(seconds: float) -> int:
+    """Retry-After is whole seconds; never 0, which would invite an instant retry."""
+    return max(1, math.ceil(seconds))
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """Whose request it is: the key's name, its priority rank (0 first) and its weight."""
+
+    who: str = ""
+    rank: int = 1
+    weight: float = 1.0
+
+
+ANONYMOUS = Flow()
+
+
+@dataclass(order=True, slots=True)
+class _Waiter:
+    rank: int
+    tag: float
+    seq: int
+    turn: asyncio.Future[None] = field(compare=False)
+    gone: bool = field(default=False, compare=False)
 
 
 class AdmissionQueue:
-    def __init__(self, max_running: int, max_queue: int) -> None:
+    SMOOTHING = 0.2  # weight of the newest hold time in the running average
+
+    def __init__(self, max_running: int, max_queue: int, max_wait_s: float | None = None, fair: bool = True) -> None:
         if max_running < 1 or max_queue < 0:
             raise ValueError("max_running must be >= 1 and max_queue >= 0")
         self.max_running = max_running
         self.max_queue = max_queue
+        self.max_wait_s = max_wait_s  # None: bounded by count alone
+        self.fair = fair
         self.running = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.hold_s: float | None = None  # how long a request holds its slot, on average
+        self._heap: list[_Waiter] = []
+        self._live = 0  # waiters still in the heap (a cancelled one stays there, marked gone)
+        self._seq = itertools.count()
+        self._virtual: dict[int, float] = {}  # per rank: the tag last served
+        self._finish: dict[tuple[int, str], float] = {}  # per (rank, flow): its next start tag
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return self._live
 
-    async def acquire(self) -> None:
-        if self.running < self.max_running and not self._waiters:
+    def _key(self, flow: Flow) -> tuple[int, float]:
+        """Where a newcomer of `flow` would stand under fair queuing: (rank, start tag)."""
+        start = max(self._virtual.get(flow.rank, 0.0), self._finish.get((flow.rank, flow.who), 0.0))
+        return flow.rank, start
+
+    def estimate(self, flow: Flow = ANONYMOUS) -> float:
+        """Seconds a request of `flow` arriving now would wait for a slot (0 if one is
+        free; 0 before the first request has been measured)."""
+        if self.running < self.max_running and not self._live:
+            return 0.0
+        if self.hold_s is None:
+            return 0.0
+        if self.fair:
+            rank, start = self._key(flow)
+            ahead = sum(1 for w in self._heap if not w.gone and (w.rank, w.tag) <= (rank, start))
+        else:
+            ahead = self._live
+        return (ahead + 1) * self.hold_s / self.max_running
+
+    def check(self, flow: Flow = ANONYMOUS, max_wait_s: float | None = None) -> None:
+        """Refuse (QueueFull) a request that would wait past its deadline or find the
+        queue full; say when it would fit."""
+        per_slot = (self.hold_s or 1.0) / self.max_running
+        if self._live >= self.max_queue and not (self.running < self.max_running and not self._live):
+            over = self._live - self.max_queue + 1
+            raise QueueFull(
+                f"{self.running} requests running and {self._live} waiting (the queue's bound)",
+                over * per_slot,
+                "queue_full",
+            )
+        deadline = self.max_wait_s if max_wait_s is None else min(max_wait_s, self.max_wait_s or max_wait_s)
+        if deadline is None:
+            return
+        wait = self.estimate(flow)
+        if wait > deadline:
+            raise QueueFull(
+                f"the wait for a slot would be about {wait:.1f}s, past the {deadline:g}s this request may wait",
+                wait - deadline,
+                "queue_wait",
+            )
+
+    async def acquire(self, flow: Flow = ANONYMOUS, max_wait_s: float | None = None) -> None:
+        self.check(flow, max_wait_s)
+        if self.running < self.max_running and not self._live:
             self.running += 1
             return
-        if len(self._waiters) >= self.max_queue:
-            raise QueueFull(f"{self.running} requests running and {len(self._waiters)} waiting")
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(turn)
+        rank, tag = self._key(flow) if self.fair else (0, 0.0)
+        if self.fair:
+            self._finish[(flow.rank, flow.who)] = tag + 1.0 / flow.weight
+        waiter = _Waiter(rank, tag, next(self._seq), asyncio.get_running_loop().create_future())
+        heapq.heappush(self._heap, waiter)
+        self._live += 1
         try:
-            await turn
+            await waiter.turn
         except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
+            if waiter.turn.done() and not waiter.turn.cancelled():
                 self.release()  # the slot reached us as we left: pass it on
-            else:
-                self._waiters.remove(turn)
+            elif not waiter.gone:
+                waiter.gone = True  # left in the heap, skipped when it comes up
+                self._live -= 1
             raise
 
-    def release(self) -> None:
-        # The slot goes straight to the oldest waiter, so nobody can overtake the queue.
-        while self._waiters:
-            turn = self._waiters.popleft()
-            if not turn.done():
-                turn.set_result(None)
-                return
+    def release(self, held_s: float | None = None) -> None:
+        if held_s is not None:
+            s = self.SMOOTHING
+            self.hold_s = held_s if self.hold_s is None else (1 - s) * self.hold_s + s * held_s
+        # The slot goes straight to the next waiter, so nobody can overtake the queue.
+        while self._heap:
+            waiter = heapq.heappop(self._heap)
+            if waiter.gone or waiter.turn.done():
+                continue
+            waiter.gone = True
+            self._live -= 1
+            self._virtual[waiter.rank] = max(self._virtual.get(waiter.rank, 0.0), waiter.tag)
+            waiter.turn.set_result(None)
+            return
         self.running -= 1
+        # Nobody waits: the virtual clocks start again, and no flow keeps old credit or debt.
+        self._virtual.clear()
+        self._finish.clear()

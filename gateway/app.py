@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,21 +22,28 @@ from gateway.request_log import RequestLogMiddleware
 from gateway.responses_store import ResponseStore
 from gateway.router import Router, build_deployment
 from gateway.streaming import ClientDisconnected
+from gateway.tenants import Keyring
 
 log = logging.getLogger("lightgate")
 
 
 def create_app(settings: Settings) -> FastAPI:
     router = Router([build_deployment(m) for m in settings.models])
+    keyring = Keyring(settings.tenants, settings.api_keys, settings.tenants_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Models load in the background so /health answers at once and /ready says 503
         # until they are in; a request for a loading model gets 503 too.
         loading = asyncio.create_task(router.start())
+        watching = asyncio.create_task(keyring.watch())
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            # SIGHUP re-reads the keys (only the main thread may take signals; tests run elsewhere).
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keyring.reload)
         try:
             yield
         finally:
+            watching.cancel()
             await loading
             await router.stop()
             app.state.responses.close()
@@ -42,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Lightgate", version="0.1.0", lifespan=lifespan)
     app.state.router = router
     app.state.settings = settings
+    app.state.keyring = keyring
     app.state.metrics = Metrics(router) if settings.metrics else None
     app.state.drain = Drain(on_begin=router.drain)
     db = settings.responses_db or str(cache_root() / "responses.sqlite")
@@ -51,7 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
     # The last added runs first: every request gets its id and its log line, even
     # one the guard or a drain turns away.
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
-    app.add_middleware(GuardMiddleware, settings=settings)
+    app.add_middleware(GuardMiddleware, settings=settings, keyring=keyring, router=router)
     app.add_middleware(
         RequestLogMiddleware,
         metrics=app.state.metrics,

@@ -13,9 +13,8 @@ from gateway.config import ModelConfig, load_settings
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gateway.app import create_app
+    from gateway.connections import uvicorn_config
     from gateway.drain import DrainingServer
 
     overrides: dict[str, object] = {"host": args.host, "port": args.port}
@@ -34,8 +33,9 @@ def _serve(args: argparse.Namespace) -> int:
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
     access.propagate = False
-    config = uvicorn.Config(
+    config = uvicorn_config(
         app,
+        settings,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

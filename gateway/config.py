@@ -9,6 +9,8 @@ import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.tenants import TenantConfig
+
 DEFAULT_MODEL_NAME = "smollm2-135m"
 
 
@@ -22,7 +24,13 @@ class ModelConfig(BaseModel):
     path: str | None = None  # weights on disk; resolved from `variant` when absent
     options: dict[str, Any] = Field(default_factory=dict)  # passed to the backend as is
     max_running: int | None = Field(default=None, ge=1)  # default: what the backend says
-    max_queue: int = Field(default=64, ge=0)
+    # The queue is bounded by the wait a client would accept: a request that would wait
+    # longer for a slot (by the model's measured service rate) is refused at arrival with
+    # 429 and Retry-After. A request's `x-max-queue-wait-s` header may ask for less.
+    max_queue_wait_s: float | None = Field(default=30.0, gt=0)
+    max_queue: int = Field(default=512, ge=0)  # and by count, a bound on memory
+    # fair: priority classes, then weighted fair queuing across API keys; fifo: arrival order.
+    scheduling: Literal["fair", "fifo"] = "fair"
     # The format the model writes tool calls in; default: the one its chat template shows.
     tool_parser: Literal["hermes", "llama3_json", "mistral"] | None = None
     # generate (completions, chat, responses) or embed (/v1/embeddings); default: the
@@ -42,7 +50,17 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     models: list[ModelConfig] = Field(default_factory=list)
-    api_keys: list[str] = Field(default_factory=list)  # empty: no authentication
+    # API keys. Empty (no tenants, no api_keys, no file): no authentication. See gateway/tenants.py.
+    api_keys: list[str] = Field(default_factory=list)  # keys without names or limits
+    tenants: list[TenantConfig] = Field(default_factory=list)  # named keys with rights and limits
+    tenants_file: str | None = None  # more tenants (a mounted Secret), re-read on change and SIGHUP
+    metrics_key: str | None = None  # when set, GET /metrics needs it (the key or sha256:<hex>)
+    # Connections (uvicorn): a client that is slow to send its headers or its body is cut
+    # off, an idle kept-alive connection closed, and connections past the cap refused.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=4096, ge=1)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     log_level: str = "info"
     metrics: bool = True  # GET /metrics and the per-request measurements behind it

@@ -5,36 +5,70 @@ into client errors. Leaving the iterator early cancels every sequence in the eng
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager, contextmanager
 
 from backends.base import BackendError, Chunk, EngineDead, GenerationRequest, UnsupportedFeature
-from gateway.admission import QueueFull
+from gateway.admission import QueueFull, retry_after
 from gateway.errors import OpenAIError, invalid
 from gateway.request_log import RequestRecord
 from gateway.router import Deployment
+from gateway.tenants import Tenant
 
 
 @asynccontextmanager
-async def admission_slot(deployment: Deployment, record: RequestRecord) -> AsyncIterator[None]:
-    """Hold one of the model's admission slots (waiting in line, or a 429 past the
-    queue), telling the record how long the wait was."""
+async def admission_slot(deployment: Deployment, record: RequestRecord, reserve: int = 0) -> AsyncIterator[None]:
+    """Hold one of the model's admission slots (waiting in line, or a 429 at arrival for a
+    wait past the deadline), telling the record how long the wait was. A key with a
+    tokens-per-minute limit reserves `reserve` tokens first (prompt + max_tokens) and is
+    charged what the request really used when it ends."""
+    tenant = record.tenant
+    charge = None
+    if tenant is not None and tenant.tokens is not None:
+        charge = tenant.tokens.take(reserve)
+        if charge is None:
+            raise tokens_refused(tenant, reserve, record)
     queued = time.perf_counter()
     try:
-        await deployment.admission.acquire()
+        await deployment.admission.acquire(record.flow, record.max_wait_s)
     except QueueFull as exc:
+        if charge is not None and tenant is not None and tenant.tokens is not None:
+            tenant.tokens.settle(charge, 0)
+        record.refusal = exc.code
         raise OpenAIError(
             429,
-            f"the model {deployment.name!r} is overloaded: {exc}; retry shortly",
-            code="queue_full",
-            headers={"Retry-After": "1"},
+            f"the model {deployment.name!r} is overloaded: {exc}; retry after the Retry-After header's seconds",
+            code=exc.code,
+            headers={"Retry-After": str(retry_after(exc.retry_after_s))},
         ) from exc
-    record.admitted(time.perf_counter() - queued)
+    started = time.perf_counter()
+    record.admitted(started - queued)
     try:
         yield
     finally:
-        deployment.admission.release()
+        deployment.admission.release(time.perf_counter() - started)
+        if charge is not None and tenant is not None and tenant.tokens is not None:
+            tenant.tokens.settle(charge, record.prompt_tokens + record.output_tokens)
+
+
+def tokens_refused(tenant: Tenant, reserve: int, record: RequestRecord) -> OpenAIError:
+    window = tenant.tokens
+    assert window is not None
+    record.refusal = "tokens_per_minute"
+    wait = window.wait_for(reserve)
+    if math.isinf(wait):
+        message = (
+            f"the request needs {reserve} tokens (prompt + max_tokens), more than the "
+            f"{window.limit} tokens per minute of the key {tenant.name!r}; lower max_tokens"
+        )
+        return OpenAIError(429, message, code="tokens_per_minute")
+    message = (
+        f"the key {tenant.name!r} has {window.remaining()} of its {window.limit} tokens per minute left and the "
+        f"request needs {reserve} (prompt + max_tokens); retry after the Retry-After header's seconds"
+    )
+    return OpenAIError(429, message, code="tokens_per_minute", headers={"Retry-After": str(retry_after(wait))})
 
 
 async def generate(
@@ -43,7 +77,8 @@ async def generate(
     """Yields (sequence index, chunk) until every sequence has finished, and tells
     the request's record when it got a slot and what each chunk carried."""
     with engine_errors(deployment):
-        async with admission_slot(deployment, record):
+        reserve = record.prompt_tokens + sum(r.params.max_tokens for r in requests)
+        async with admission_slot(deployment, record, reserve):
             if len(requests) == 1:
                 async with aclosing(deployment.engine.generate(requests[0])) as stream:
                     async for chunk in stream:

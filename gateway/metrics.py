@@ -119,6 +119,28 @@ class Metrics:
             [*LABELS, "outcome"],
             registry=r,
         )
+        # Usage per API key, under the key's name (never the key): what it asked for,
+        # what it was given, and why it was turned away.
+        self._tenant_requests = Counter(
+            "lightgate_tenant_requests",
+            "Requests that reached a model, per API key's tenant name ('anonymous' without keys) and outcome.",
+            ["tenant", "model", "outcome"],
+            registry=r,
+        )
+        self._tenant_prompt = Counter(
+            "lightgate_tenant_prompt_tokens", "Prompt tokens per tenant.", ["tenant", "model"], registry=r
+        )
+        self._tenant_generation = Counter(
+            "lightgate_tenant_generation_tokens", "Generated tokens per tenant.", ["tenant", "model"], registry=r
+        )
+        self._tenant_refusals = Counter(
+            "lightgate_tenant_refusals",
+            "Requests turned away before the engine, per tenant and reason (the error code: invalid_api_key, "
+            "model_not_allowed, requests_per_minute, tokens_per_minute, concurrent_requests, queue_wait, "
+            "queue_full).",
+            ["tenant", "reason"],
+            registry=r,
+        )
         r.register(EngineCollector(router))
         prometheus_client.ProcessCollector(registry=r)
         prometheus_client.PlatformCollector(registry=r)
@@ -146,6 +168,20 @@ class Metrics:
                 requests={o: self._requests.labels(*key, o) for o in OUTCOMES},
             )
         return found
+
+    def count_usage(
+        self, tenant: str, model: str | None, outcome: str | None, prompt: int, generated: int, refusal: str | None
+    ) -> None:
+        """One request's part in its tenant's usage (nothing for a request that named no model)."""
+        if refusal is not None:
+            self._tenant_refusals.labels(tenant, refusal).inc()
+        if model is None or outcome is None:
+            return
+        self._tenant_requests.labels(tenant, model, outcome).inc()
+        if prompt:
+            self._tenant_prompt.labels(tenant, model).inc(prompt)
+        if generated:
+            self._tenant_generation.labels(tenant, model).inc(generated)
 
     def exposition(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)

@@ -22,8 +22,10 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends.base import Chunk
+from gateway.admission import ANONYMOUS, Flow
 from gateway.metrics import Metrics, ModelSeries, labels_of
 from gateway.router import Deployment
+from gateway.tenants import Tenant
 
 access_log = logging.getLogger("lightgate.access")
 
@@ -47,10 +49,21 @@ class RequestRecord:
     done_embedding: bool = False  # an embedding request whose vectors are computed
     prompt: object = None
     output: list[str] = field(default_factory=list)
+    tenant: Tenant | None = None  # the API key's tenant, when keys are set (gateway/guard.py)
+    max_wait_s: float | None = None  # the client's x-max-queue-wait-s, if it sent one
+    refusal: str | None = None  # why the request was turned away (its error code), for usage
+    usage: Metrics | None = None  # where per-tenant usage is counted, when metrics are on
+    ran: bool = False  # it got an admission slot: its prompt reached the engine
     _finish: dict[int, str] = field(default_factory=dict)  # sequence index -> finish reason
     _last_at: dict[int, float] = field(default_factory=dict)  # sequence index -> its last chunk's time
 
     # -- fed by the route and the generation loop ---------------------------------------
+
+    @property
+    def flow(self) -> Flow:
+        """Whose request this is, for the admission queue's order."""
+        t = self.tenant
+        return ANONYMOUS if t is None else Flow(t.name, t.rank, t.config.weight)
 
     def bind(self, deployment: Deployment, metrics: Metrics | None) -> None:
         """The request is for this model: from here on it counts in the model's metrics."""
@@ -65,6 +78,7 @@ class RequestRecord:
             self.prompt = prompt
 
     def admitted(self, waited_s: float) -> None:
+        self.ran = True
         if self.series is not None:
             self.series.queue.observe(waited_s)
             self.series.prompt_tokens_total.inc(self.prompt_tokens)
@@ -110,6 +124,10 @@ class RequestRecord:
 
     # -- closed by the middleware ---------------------------------------------------------
 
+    @property
+    def tenant_name(self) -> str:
+        return "anonymous" if self.tenant is None else self.tenant.name
+
     def outcome(self, status: int) -> str:
         status = self.error_status or status
         if status == 499:
@@ -140,7 +158,20 @@ class RequestRecord:
                 s.generation_tokens.observe(self.output_tokens)
             if self.first_token is not None and self.last_token is not None and self.output_tokens > 1:
                 s.tpot.observe((self.last_token - self.first_token) / (self.output_tokens - 1))
+        if self.usage is not None:
+            self.usage.count_usage(
+                self.tenant_name,
+                None if self.labels is None else self.labels[0],
+                outcome,
+                self.prompt_tokens if self.ran else 0,
+                self.output_tokens,
+                self.refusal,
+            )
         entry: dict[str, object] = {"request_id": self.request_id, "status": self.error_status or status}
+        if self.tenant is not None:
+            entry["tenant"] = self.tenant.name
+        if self.refusal is not None:
+            entry["refusal"] = self.refusal
         if self.labels is not None:
             entry.update(zip(("model", "backend", "variant", "task"), self.labels, strict=True))
             entry.update(
@@ -175,7 +206,7 @@ class RequestLogMiddleware:
             return
         given = Headers(scope=scope).get("x-request-id", "")
         request_id = given if _CLIENT_ID.fullmatch(given) else uuid.uuid4().hex
-        record = RequestRecord(request_id, time.perf_counter(), keep_text=self.keep_text)
+        record = RequestRecord(request_id, time.perf_counter(), keep_text=self.keep_text, usage=self.metrics)
         scope.setdefault("state", {})["record"] = record
         status = 500  # what an exception before the response started becomes
 

@@ -150,7 +150,10 @@ def build_deployment(config: ModelConfig) -> Deployment:
             cls = embedder_class(config.backend)
     backend = cls(path, **options)
     # max_running is fixed once the backend has started and says what it can run.
-    return Deployment(config, backend, AdmissionQueue(max_running=1, max_queue=config.max_queue), traits)
+    admission = AdmissionQueue(
+        max_running=1, max_queue=config.max_queue, max_wait_s=config.max_queue_wait_s, fair=config.scheduling == "fair"
+    )
+    return Deployment(config, backend, admission, traits)
 
 
 def traits_of(config: ModelConfig) -> ModelTraits:
@@ -180,6 +183,10 @@ class Router:
     def __init__(self, deployments: list[Deployment]) -> None:
         self.deployments = deployments
         self._by_name = {name: d for d in deployments for name in [d.config.name, *d.config.aliases]}
+
+    def find(self, model: str) -> Deployment | None:
+        """The deployment a name or alias points to, whatever its state."""
+        return self._by_name.get(model)
 
     def get(self, model: str) -> Deployment:
         deployment = self._by_name.get(model)

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.connections import uvicorn_config
 from gateway.router import Router
 from leanhttp.local import free_port, server
 
@@ -41,7 +42,7 @@ class RunningServer:
 @contextmanager
 def serve(settings: Settings, *, wait_ready: bool = True, startup_s: float = 60) -> Iterator[RunningServer]:
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()

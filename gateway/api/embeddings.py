@@ -99,5 +99,5 @@ async def create_embedding(body: EmbeddingRequest, request: Request) -> Response
 
 async def _embed(deployment: Deployment, model: Embedder, inputs: list[list[int]], record: RequestRecord) -> Vectors:
     with engine_errors(deployment):
-        async with admission_slot(deployment, record):
+        async with admission_slot(deployment, record, record.prompt_tokens):
             return await model.embed(inputs)

@@ -28,16 +28,21 @@ def _cards(d: Deployment) -> list[ModelCard]:
     ]
 
 
+def _visible(request: Request) -> list[Deployment]:
+    """The models the request's key may use (every model without keys)."""
+    r: Router = request.app.state.router
+    tenant = request.state.record.tenant
+    return [d for d in r.deployments if tenant is None or tenant.may_use([d.config.name, *d.config.aliases])]
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
-    r: Router = request.app.state.router
-    return ModelList(data=[card for d in r.deployments for card in _cards(d)])
+    return ModelList(data=[card for d in _visible(request) for card in _cards(d)])
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> ModelCard:
-    r: Router = request.app.state.router
-    for d in r.deployments:
+    for d in _visible(request):
         for card in _cards(d):
             if card.id == model_id:
                 return card

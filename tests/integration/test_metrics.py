@@ -56,7 +56,9 @@ def test_every_series_is_there_with_model_backend_variant_and_task_labels(
         assert name in names, name
     allowed = {"model", "backend", "variant", "task", "outcome", "le", "gpu", "name"}
     for name, labels in samples:
-        if name.startswith("lightgate_") and not name.startswith("lightgate_gpu_"):
+        if name.startswith("lightgate_tenant_"):  # usage per API key: by tenant, not by engine
+            assert {k for k, _ in labels} <= {"tenant", "model", "outcome", "reason"}, name
+        elif name.startswith("lightgate_") and not name.startswith("lightgate_gpu_"):
             keys = {k for k, _ in labels}
             assert {"model", "backend", "variant", "task"} <= keys <= allowed, (name, keys)
     assert value(samples, "lightgate_model_ready", model=SMOL, backend="llamacpp") == 1
