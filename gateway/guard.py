@@ -42,7 +42,7 @@ def model_name(body: bytes) -> str | None:
     try:
         # None found, or "model" nested somewhere too (metadata, a schema): parse it all.
         name = json.loads(b'"' + found[0] + b'"') if len(found) == 1 else json.loads(body).get("model")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None  # not JSON, or not an object: the route's parser says so in full
     return name if isinstance(name, str) else None
 

@@ -169,10 +169,10 @@ class _SamplingFields(_Body):
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] = Field(default_factory=dict)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # what an engine's 64-bit seed holds
     user: str | None = None
     # Extensions that vLLM and llama.cpp's server also accept.
-    top_k: int = Field(0, ge=-1)
+    top_k: int = Field(0, ge=-1, lt=2**31)  # llama.cpp's sampler takes a C int
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     ignore_eos: bool = False
@@ -187,6 +187,9 @@ class _SamplingFields(_Body):
         stops = [v] if isinstance(v, str) else v
         if len(stops) > 4:
             raise ParamError("at most 4 stop sequences are allowed", "stop")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            # The text stream holds back up to a stop's length while it may still match.
+            raise ParamError(f"a stop sequence may be at most {MAX_STOP_CHARS} characters", "stop")
         if any(s == "" for s in stops):
             raise ParamError("stop sequences must not be empty", "stop")
         return stops
@@ -194,6 +197,9 @@ class _SamplingFields(_Body):
     @field_validator("logit_bias")
     @classmethod
     def _bias(cls, v: dict[str, float]) -> dict[str, float]:
+        if len(v) > MAX_LOGIT_BIAS:
+            # Each entry is applied at every step of the sequence, slowing the batch it shares.
+            raise ParamError(f"logit_bias may hold at most {MAX_LOGIT_BIAS} tokens", "logit_bias")
         for key, value in v.items():
             if not key.lstrip("-").isdigit() or int(key) < 0:
                 raise ParamError(f"logit_bias keys must be token ids, got {key!r}", "logit_bias")
@@ -277,6 +283,14 @@ class _SamplingFields(_Body):
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 
+# Bounds on what one request may ask of the engine, so that one body cannot hold the
+# batch: sequences (prompts x n, or best_of), a stop's length, logit_bias entries, and
+# chat messages (OpenAI's own limit is 2048).
+MAX_SEQUENCES = 256
+MAX_STOP_CHARS = 1024
+MAX_LOGIT_BIAS = 1024
+MAX_MESSAGES = 2048
+
 
 class CompletionRequest(_SamplingFields):
     prompt: Prompt
@@ -297,6 +311,9 @@ class CompletionRequest(_SamplingFields):
 
     @model_validator(mode="after")
     def _best_of(self) -> CompletionRequest:
+        prompts = len(self.prompt) if isinstance(self.prompt, list) and not isinstance(self.prompt[0], int) else 1
+        if prompts * max(self.n, self.best_of or 1) > MAX_SEQUENCES:
+            raise ParamError(f"prompts x n (or best_of) may be at most {MAX_SEQUENCES} sequences", "prompt")
         if self.best_of is not None:
             if self.best_of < self.n:
                 raise ParamError(f"best_of ({self.best_of}) must be >= n ({self.n})", "best_of")
@@ -392,7 +409,7 @@ class ChatCompletionRequest(_SamplingFields):
         "reasoning_effort": "these models do not reason: reasoning_effort cannot be honoured",
         "verbosity": "verbosity cannot be honoured",
     }
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False

@@ -8,8 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(base_url: str) -> Samples:
-    body = httpx.get(base_url + "/metrics").text
+def scrape(base_url: str, headers: dict[str, str] | None = None) -> Samples:
+    body = httpx.get(base_url + "/metrics", headers=headers).text
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(body)
