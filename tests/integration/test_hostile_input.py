@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from tests.conftest import SMOL
@@ -86,19 +87,16 @@ def test_malformed_bodies(conn: http.client.HTTPConnection, raw: bytes) -> None:
     assert_error(*exchange(conn, "/v1/completions", raw))
 
 
-CHAT_BASE = {"model": SMOL, "messages": [{"role": "user", "content": "hi"}]}
+CHAT_BASE: dict[str, Any] = {"model": SMOL, "messages": [{"role": "user", "content": "hi"}]}
 
 
 def wrong_type_cases() -> list[tuple[str, str, Any]]:
     cases = []
-    for path, model, base in [
+    forms: list[tuple[str, type[BaseModel], dict[str, Any]]] = [
         ("/v1/completions", CompletionRequest, {"model": SMOL, "prompt": "hi", "max_tokens": 1}),
-        (
-            "/v1/chat/completions",
-            ChatCompletionRequest,
-            {"model": SMOL, "messages": [{"role": "user", "content": "hi"}]},
-        ),
-    ]:
+        ("/v1/chat/completions", ChatCompletionRequest, CHAT_BASE),
+    ]
+    for path, model, base in forms:
         for field in model.model_fields:
             for value in WRONG:
                 try:  # a value the field takes is not a wrong type for it
