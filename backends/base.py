@@ -126,6 +126,9 @@ class GenerationRequest:
     request_id: str
     prompt_tokens: list[int]
     params: SamplingParams
+    # Scheduling class, 0 first (the gateway's interactive keys); engines that schedule
+    # prompts themselves may put lower numbers first. A hint: it changes no output.
+    priority: int = 1
 
 
 @dataclass(slots=True, frozen=True)

@@ -12,7 +12,12 @@ within a class, start-time fair queuing across flows (one flow per API key): eac
 request is tagged with the virtual time at which its flow's previous request would
 have been served, advanced by 1 / weight, and the smallest tag goes first. A key that
 floods the queue only pushes its own tags out; a key that sends one request at a time
-finds its tag at the front. With `fair` off it is one FIFO, as before."""
+finds its tag at the front. With `fair` off it is one FIFO, as before.
+
+Being first in line still means waiting for a slot to free, and requests of one size
+started together free their slots together, once per generation. `reserve` slots are
+kept for the interactive class: other classes fill at most `max_running - reserve`,
+so an interactive request finds a slot at once (at that share of throughput)."""
 
 from __future__ import annotations
 
@@ -61,10 +66,13 @@ class _Waiter:
 class AdmissionQueue:
     SMOOTHING = 0.2  # weight of the newest hold time in the running average
 
-    def __init__(self, max_running: int, max_queue: int, max_wait_s: float | None = None, fair: bool = True) -> None:
-        if max_running < 1 or max_queue < 0:
-            raise ValueError("max_running must be >= 1 and max_queue >= 0")
+    def __init__(
+        self, max_running: int, max_queue: int, max_wait_s: float | None = None, fair: bool = True, reserve: int = 0
+    ) -> None:
+        if max_running < 1 or max_queue < 0 or reserve < 0:
+            raise ValueError("max_running must be >= 1, max_queue and reserve >= 0")
         self.max_running = max_running
+        self.reserve = reserve
         self.max_queue = max_queue
         self.max_wait_s = max_wait_s  # None: bounded by count alone
         self.fair = fair
@@ -80,6 +88,18 @@ class AdmissionQueue:
     def waiting(self) -> int:
         return self._live
 
+    def _free_for(self, flow: Flow) -> bool:
+        """A slot this request may take now, with nobody waiting who goes before it."""
+        if self.running >= self._slots(flow.rank):
+            return False
+        if not self.fair:
+            return not self._live
+        return not any(not w.gone and w.rank <= flow.rank for w in self._heap) if self._live else True
+
+    def _slots(self, rank: int) -> int:
+        """The slots a request of this rank may fill (all of them for interactive, rank 0)."""
+        return self.max_running if rank == 0 or not self.fair else max(1, self.max_running - self.reserve)
+
     def _key(self, flow: Flow) -> tuple[int, float]:
         """Where a newcomer of `flow` would stand under fair queuing: (rank, start tag)."""
         start = max(self._virtual.get(flow.rank, 0.0), self._finish.get((flow.rank, flow.who), 0.0))
@@ -88,7 +108,8 @@ class AdmissionQueue:
     def estimate(self, flow: Flow = ANONYMOUS) -> float:
         """Seconds a request of `flow` arriving now would wait for a slot (0 if one is
         free; 0 before the first request has been measured)."""
-        if self.running < self.max_running and not self._live:
+        slots = self._slots(flow.rank)
+        if self._free_for(flow):
             return 0.0
         if self.hold_s is None:
             return 0.0
@@ -97,13 +118,13 @@ class AdmissionQueue:
             ahead = sum(1 for w in self._heap if not w.gone and (w.rank, w.tag) <= (rank, start))
         else:
             ahead = self._live
-        return (ahead + 1) * self.hold_s / self.max_running
+        return (ahead + 1) * self.hold_s / slots
 
     def check(self, flow: Flow = ANONYMOUS, max_wait_s: float | None = None) -> None:
         """Refuse (QueueFull) a request that would wait past its deadline or find the
         queue full; say when it would fit."""
         per_slot = (self.hold_s or 1.0) / self.max_running
-        if self._live >= self.max_queue and not (self.running < self.max_running and not self._live):
+        if self._live >= self.max_queue and not self._free_for(flow):
             over = self._live - self.max_queue + 1
             raise QueueFull(
                 f"{self.running} requests running and {self._live} waiting (the queue's bound)",
@@ -123,7 +144,7 @@ class AdmissionQueue:
 
     async def acquire(self, flow: Flow = ANONYMOUS, max_wait_s: float | None = None) -> None:
         self.check(flow, max_wait_s)
-        if self.running < self.max_running and not self._live:
+        if self._free_for(flow):
             self.running += 1
             return
         rank, tag = self._key(flow) if self.fair else (0, 0.0)
@@ -146,17 +167,24 @@ class AdmissionQueue:
         if held_s is not None:
             s = self.SMOOTHING
             self.hold_s = held_s if self.hold_s is None else (1 - s) * self.hold_s + s * held_s
-        # The slot goes straight to the next waiter, so nobody can overtake the queue.
+        # The slot goes straight to the next waiter, so nobody can overtake the queue;
+        # unless the next is not interactive and the rest of the slots are the reserve.
         while self._heap:
-            waiter = heapq.heappop(self._heap)
+            waiter = self._heap[0]
             if waiter.gone or waiter.turn.done():
+                heapq.heappop(self._heap)
                 continue
+            if self.running - 1 >= self._slots(waiter.rank):
+                break  # kept free for an interactive request
+            heapq.heappop(self._heap)
             waiter.gone = True
             self._live -= 1
             self._virtual[waiter.rank] = max(self._virtual.get(waiter.rank, 0.0), waiter.tag)
             waiter.turn.set_result(None)
             return
         self.running -= 1
-        # Nobody waits: the virtual clocks start again, and no flow keeps old credit or debt.
-        self._virtual.clear()
-        self._finish.clear()
+        if not self._live:
+            # Nobody waits: the virtual clocks start again, and no flow keeps old credit or debt.
+            self._heap.clear()
+            self._virtual.clear()
+            self._finish.clear()

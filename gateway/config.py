@@ -31,6 +31,9 @@ class ModelConfig(BaseModel):
     max_queue: int = Field(default=512, ge=0)  # and by count, a bound on memory
     # fair: priority classes, then weighted fair queuing across API keys; fifo: arrival order.
     scheduling: Literal["fair", "fifo"] = "fair"
+    # Slots only interactive-class keys may fill: their requests find one free at once,
+    # at the cost of that share of throughput for the other classes.
+    interactive_reserve: int = Field(default=0, ge=0)
     # The format the model writes tool calls in; default: the one its chat template shows.
     tool_parser: Literal["hermes", "llama3_json", "mistral"] | None = None
     # generate (completions, chat, responses) or embed (/v1/embeddings); default: the

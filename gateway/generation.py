@@ -78,6 +78,8 @@ async def generate(
     the request's record when it got a slot and what each chunk carried."""
     with engine_errors(deployment):
         reserve = record.prompt_tokens + sum(r.params.max_tokens for r in requests)
+        for r in requests:
+            r.priority = record.flow.rank
         async with admission_slot(deployment, record, reserve):
             if len(requests) == 1:
                 async with aclosing(deployment.engine.generate(requests[0])) as stream:

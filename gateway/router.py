@@ -151,7 +151,11 @@ def build_deployment(config: ModelConfig) -> Deployment:
     backend = cls(path, **options)
     # max_running is fixed once the backend has started and says what it can run.
     admission = AdmissionQueue(
-        max_running=1, max_queue=config.max_queue, max_wait_s=config.max_queue_wait_s, fair=config.scheduling == "fair"
+        max_running=1,
+        max_queue=config.max_queue,
+        max_wait_s=config.max_queue_wait_s,
+        fair=config.scheduling == "fair",
+        reserve=config.interactive_reserve,
     )
     return Deployment(config, backend, admission, traits)
 

@@ -140,7 +140,7 @@ class Scheduler:
     def _step(self) -> None:
         e = self.engine
         # What each sequence contributes: decoding ones their next token first, then
-        # prefilling ones (first come, first served) prompt chunks within the budget.
+        # prefilling ones prompt chunks within the budget.
         work: dict[int, tuple[Sequence, list[int], list[bool]]] = {}
         sampling: list[Sequence] = []  # the sequences that draw a token after this decode
         for seq in self.running:
@@ -148,8 +148,15 @@ class Scheduler:
                 work[seq.slot] = (seq, [seq.generated[-1]], [True])
                 sampling.append(seq)
         budget = e.config.n_batch - len(work)
-        for seq in self.running:
-            if seq.phase is Phase.PREFILL and budget > 0:
+        # Prompts by class (interactive first), in arrival order within one; while an
+        # interactive prompt is being read, it has the step's prompt budget to itself,
+        # so its first token does not wait for a batch of other prompts.
+        prefilling = sorted((s for s in self.running if s.phase is Phase.PREFILL), key=lambda s: s.job.req.priority)
+        first_class = prefilling[0].job.req.priority if prefilling else 0
+        for seq in prefilling:
+            if first_class == 0 and seq.job.req.priority > 0:
+                break
+            if budget > 0:
                 chunk = seq.prompt[seq.n_cached : seq.n_cached + budget]
                 last = seq.n_cached + len(chunk) == len(seq.prompt)
                 flags = [seq.prompt_logprobs is not None] * len(chunk)

@@ -149,3 +149,25 @@ def test_a_model_that_failed_to_load_is_503_and_not_ready(guarded: RunningServer
         client.completions.create(model="broken", prompt="hi")
     assert raised.value.status_code == 503
     assert client.completions.create(model="fast", prompt="hi", max_tokens=1).choices  # the other model serves
+
+
+def test_a_wait_past_the_deadline_is_refused_at_arrival(gateway: RunningServer) -> None:
+    admission = gateway.router.get(SLOW).admission
+    assert httpx.post(gateway.v1 + "/completions", json=slow_body(2)).status_code == 200  # a hold time measured
+    assert admission.hold_s is not None
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response, int]:
+        async with httpx.AsyncClient(base_url=gateway.v1, timeout=30) as c:
+            running = asyncio.create_task(c.post("/completions", json=slow_body(25)))
+            while admission.running < 1:
+                await asyncio.sleep(0.005)
+            impatient = await c.post("/completions", json=slow_body(2), headers={"x-max-queue-wait-s": "0"})
+            garbled = await c.post("/completions", json=slow_body(2), headers={"x-max-queue-wait-s": "soon"})
+            return impatient, garbled, (await running).status_code
+
+    impatient, garbled, first = asyncio.run(scenario())
+    assert first == 200
+    assert impatient.status_code == 429 and impatient.json()["error"]["code"] == "queue_wait"
+    assert int(impatient.headers["retry-after"]) >= 1
+    assert garbled.status_code == 400 and "x-max-queue-wait-s" in garbled.json()["error"]["message"]
+    assert wait_until(lambda: idle(gateway, SLOW))

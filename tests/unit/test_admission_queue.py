@@ -183,3 +183,24 @@ def test_a_light_flow_sees_a_short_wait_behind_a_heavy_queue() -> None:
         assert q.waiting == 0
 
     asyncio.run(run())
+
+
+def test_a_reserved_slot_waits_for_interactive_work() -> None:
+    async def run() -> None:
+        q = AdmissionQueue(max_running=3, max_queue=10, reserve=1)
+        batch, interactive = Flow("b", rank=2), Flow("i", rank=0)
+        await q.acquire(batch)
+        await q.acquire(batch)
+        queued = asyncio.create_task(q.acquire(batch))  # the third slot is the reserve
+        await asyncio.sleep(0)
+        assert q.running == 2 and q.waiting == 1
+        await q.acquire(interactive)  # at once, past the queued batch request
+        assert q.running == 3
+        q.release()  # the interactive one ends: its slot stays in reserve
+        await asyncio.sleep(0)
+        assert not queued.done() and q.running == 2
+        q.release()  # a batch one ends: the queued batch request takes its slot
+        await queued
+        assert q.running == 2 and q.waiting == 0
+
+    asyncio.run(run())

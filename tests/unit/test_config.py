@@ -73,3 +73,10 @@ def test_other_commands_fail_in_one_line(argv: list[str], says: str, capsys: pyt
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("lightgate: ") and says.lower() in err.lower() and "Traceback" not in err
+
+
+def test_tenants_from_the_environment_are_hashed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIGHTGATE_TENANTS", '[{"name": "acme", "key": "sk-acme-1", "requests_per_minute": 60}]')
+    tenant = load_settings().tenants[0]
+    assert tenant.name == "acme" and tenant.requests_per_minute == 60
+    assert tenant.key.startswith("sha256:") and "sk-acme-1" not in tenant.model_dump_json()
