@@ -20,6 +20,7 @@ from backends.openai.backend import OpenAIUpstreamBackend
 from compressed_models import catalog
 from gateway.config import load_settings
 from gateway.router import build_deployment
+from gateway.tenants import read_tenants_file
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "lightgate"
@@ -156,3 +157,26 @@ def test_the_dashboard_in_the_chart_is_the_dashboard() -> None:
     docs = render("--set", "metrics.grafanaDashboard.enabled=true")
     dashboard = named(docs, "ConfigMap")["lg-lightgate-dashboard"]
     assert json.loads(dashboard["data"]["lightgate.json"]) == json.loads(shipped)
+
+
+def test_tenants_are_a_mounted_secret_file_the_gateway_loads(tmp_path: Path) -> None:
+    key = "sha256:" + "ab" * 32
+    docs = render("--set-json", f'auth.tenants=[{{"name":"acme","key":"{key}","requests_per_minute":60}}]')
+    for doc in docs:
+        if doc["kind"] in ("Secret", "Deployment", "ConfigMap"):
+            kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    config = yaml.safe_load(named(docs, "ConfigMap")["lg-lightgate-gateway"]["data"]["lightgate.yaml"])
+    mounted = next(d for d in named(docs, "Deployment").values() if "tenants" in str(d))
+    volume = next(v for v in mounted["spec"]["template"]["spec"]["volumes"] if v["name"] == "tenants")
+    (container,) = mounted["spec"]["template"]["spec"]["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "tenants")
+    assert config["tenants_file"] == f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
+    # The Secret's file is what the gateway reads, key and limits as given.
+    secret = named(docs, "Secret")["lg-lightgate-keys"]
+    path = tmp_path / "tenants.yaml"
+    path.write_text(secret["stringData"]["gateway-tenants"])
+    (tenant,) = read_tenants_file(path)
+    assert tenant.name == "acme" and tenant.key == key and tenant.requests_per_minute == 60
+    # Without tenants, nothing is mounted and no file is named.
+    plain = yaml.safe_load(named(render(), "ConfigMap")["lg-lightgate-gateway"]["data"]["lightgate.yaml"])
+    assert "tenants_file" not in plain

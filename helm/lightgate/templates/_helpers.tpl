@@ -52,3 +52,10 @@ lightgate.dev/model: {{ $engine.name | lower | replace "." "-" | replace "_" "-"
 {{- define "lightgate.image" -}}
 {{- printf "%s:%s" .repository .tag -}}
 {{- end -}}
+
+{{/* Non-empty when the gateway has tenants to mount: from this chart's Secret, or an existing one. */}}
+{{- define "lightgate.tenants" -}}
+{{- if or (and (not .Values.auth.existingSecret) .Values.auth.tenants) (and .Values.auth.existingSecret .Values.auth.tenantsInExistingSecret) -}}
+true
+{{- end -}}
+{{- end }}
