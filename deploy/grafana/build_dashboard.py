@@ -152,6 +152,32 @@ ROWS: list[tuple[str, list[Panel]]] = [
         ],
     ),
     (
+        "Tenants",
+        [
+            Panel(
+                "Requests/s by tenant and outcome",
+                [(rate("lightgate_tenant_requests_total", "tenant, outcome"), "{{tenant}} {{outcome}}")],
+                description="Requests that reached a model, under the API key's tenant name (anonymous without "
+                "keys); never the key.",
+            ),
+            Panel(
+                "Tokens/s by tenant",
+                [
+                    (rate("lightgate_tenant_prompt_tokens_total", "tenant"), "{{tenant}} prompt"),
+                    (rate("lightgate_tenant_generation_tokens_total", "tenant"), "{{tenant}} generated"),
+                ],
+                description="What each tenant's requests cost the engines, for quotas and billing.",
+            ),
+            Panel(
+                "Refusals/s by tenant and reason",
+                [(rate("lightgate_tenant_refusals_total", "tenant, reason", ""), "{{tenant}} {{reason}}")],
+                description="Requests turned away before the engine: a bad key, a model the key may not use, its "
+                "requests or tokens per minute, its concurrency, or the model's queue (queue_wait: a wait past "
+                "the deadline; queue_full).",
+            ),
+        ],
+    ),
+    (
         "Speculative decoding",
         [
             Panel(
