@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 
-def lightgate_config(models: list[dict[str, Any]]) -> Path:
+def lightgate_config(models: list[dict[str, Any]], **settings: Any) -> Path:
     path = Path(tempfile.mkdtemp()) / "lightgate.yaml"
-    path.write_text(json.dumps({"models": models}))  # JSON is YAML
+    path.write_text(json.dumps({"models": models, **settings}))  # JSON is YAML
     return path
 
 

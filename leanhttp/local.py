@@ -22,6 +22,15 @@ def free_port() -> int:
 @contextmanager
 def server(args: list[str], port: int, ready_path: str = "/health", env: dict[str, str] | None = None) -> Iterator[str]:
     """A server in its own process on a loopback port, stopped on exit. Yields its base URL."""
+    with server_process(args, port, ready_path, env) as (base, _):
+        yield base
+
+
+@contextmanager
+def server_process(
+    args: list[str], port: int, ready_path: str = "/health", env: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
+    """`server`, yielding its process id too (to read the process's own CPU time)."""
     proc = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
     )
@@ -37,7 +46,7 @@ def server(args: list[str], port: int, ready_path: str = "/health", env: dict[st
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start: {' '.join(args)}")
             time.sleep(0.1)
-        yield base
+        yield base, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
