@@ -77,7 +77,7 @@ def test_no_server_error_under_schemathesis(gateway: RunningServer, tmp_path: Pa
         str(report),
     ]
     before = scrape(gateway.base_url)
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)  # its cache goes there
     after = scrape(gateway.base_url)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-6000:]
