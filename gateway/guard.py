@@ -8,7 +8,7 @@ key's concurrency, requests and tokens per minute (429), and the model's queue: 
 request that would wait past its deadline is refused now (429 with Retry-After), not
 after waiting. The model's name is all that is read from the body (a scan for its one
 `"model"` key; JSON only if that is ambiguous), and a refusal's body is built once per
-model and reason. Every answer to a key with limits carries OpenAI's x-ratelimit-*
+model and reason (and key). Every answer to a key with limits carries OpenAI's x-ratelimit-*
 headers."""
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class GuardMiddleware:
         self.keyring = keyring
         self.router = router
         self.metrics_digest = digest(settings.metrics_key) if settings.metrics_key else None
-        self._bodies: dict[tuple[str, str], bytes] = {}  # (model, reason) -> a refusal's body, built once
+        self._bodies: dict[tuple[str, str, str], bytes] = {}  # (model, reason, key's name) -> a refusal's body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,8 +86,7 @@ class GuardMiddleware:
                 if body is None:
                     return  # the client left while sending it
                 if scope["path"] in MODEL_ROUTES or scope["path"] in TOKENIZER_ROUTES:
-                    self._admit(scope["path"], body, headers, record, tenant)
-                    counted = tenant is not None
+                    counted = self._admit(scope["path"], body, headers, record, tenant)
                 receive = _replay(body, receive)
         except OpenAIError as exc:
             await _send_error(send, exc.status, _error_body(exc), _headers_of(exc), record, exc.code)
@@ -139,11 +138,13 @@ class GuardMiddleware:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def _admit(self, path: str, body: bytes, headers: Headers, record: RequestRecord, tenant: Tenant | None) -> None:
+    def _admit(self, path: str, body: bytes, headers: Headers, record: RequestRecord, tenant: Tenant | None) -> bool:
+        """Refuse (raise) or let through; True when the request now counts in its key's
+        requests in flight (to be taken off when it ends)."""
         name = model_name(body)
         deployment = self.router.find(name) if name is not None else None
         if deployment is None:
-            return  # no model, or an unknown one: the route answers with the details
+            return False  # no model, or an unknown one: the route answers with the details
         if tenant is not None:
             if not tenant.may_use([deployment.name, *deployment.config.aliases]):
                 raise self._refusal(403, name or "", "model_not_allowed", tenant)
@@ -168,17 +169,20 @@ class GuardMiddleware:
             except QueueFull as exc:
                 record.bind(deployment, record.usage)
                 raise self._refusal(429, deployment.name, exc.code, tenant, exc.retry_after_s) from exc
-        if tenant is not None:
-            if tenant.requests is not None:
-                tenant.requests.take(1)
-            tenant.in_flight += 1
+        if tenant is None:
+            return False
+        if tenant.requests is not None:
+            tenant.requests.take(1)
+        tenant.in_flight += 1
+        return True
 
     def _refusal(
         self, status: int, model: str, reason: str, tenant: Tenant | None, retry: float | None = None
     ) -> _Refused:
-        body = self._bodies.get((model, reason))
+        key = (model, reason, tenant.name if tenant is not None else "")  # the message names both
+        body = self._bodies.get(key)
         if body is None:
-            body = self._bodies[(model, reason)] = _error_body(_explain(status, model, reason, tenant))
+            body = self._bodies[key] = _error_body(_explain(status, model, reason, tenant))
         headers = [] if retry is None else [(b"retry-after", str(retry_after(retry)).encode())]
         return _Refused(status, body, headers, reason)
 
