@@ -6,7 +6,7 @@ Keys come from three places, merged: `tenants` in the config file (or the
 LIGHTGATE_TENANTS environment variable, a JSON list), the plain `api_keys` list (each
 an unlimited tenant named after its hash), and `tenants_file`, a YAML or JSON list
 that is read again on SIGHUP or when it changes. A reload keeps the running state
-(windows, requests in flight) of every tenant whose name stays."""
+(windows, requests in flight) of every tenant whose name stays: it is the same object."""
 
 from __future__ import annotations
 
@@ -105,13 +105,16 @@ class Tenant:
             ]
         return out
 
-    def carry_over(self, old: Tenant) -> None:
-        """Keep what `old` (the same name before a reload) has counted, where the limit stays."""
-        self.in_flight = old.in_flight
-        if old.requests is not None and self.requests is not None and old.requests.limit == self.requests.limit:
-            self.requests = old.requests
-        if old.tokens is not None and self.tokens is not None and old.tokens.limit == self.tokens.limit:
-            self.tokens = old.tokens
+    def update(self, config: TenantConfig) -> None:
+        """The same tenant after a reload, with its new rights. The object stays, so the
+        requests in flight that hold it still count here, and so do the windows whose
+        limit stays."""
+        c = self.config = config
+        self.rank = PRIORITIES[c.priority]
+        if self.requests is None or self.requests.limit != c.requests_per_minute:
+            self.requests = Window(c.requests_per_minute) if c.requests_per_minute else None
+        if self.tokens is None or self.tokens.limit != c.tokens_per_minute:
+            self.tokens = Window(c.tokens_per_minute) if c.tokens_per_minute else None
 
 
 def read_tenants_file(path: str | Path) -> list[TenantConfig]:
@@ -155,9 +158,11 @@ class Keyring:
         old = {t.name: t for t in self._by_digest.values()}
         fresh: dict[str, Tenant] = {}
         for c in configs:
-            tenant = Tenant(c)
-            if c.name in old:
-                tenant.carry_over(old[c.name])
+            tenant = old.get(c.name)
+            if tenant is None:
+                tenant = Tenant(c)
+            else:
+                tenant.update(c)
             fresh[digest(c.key)] = tenant
         self._by_digest = fresh
 
