@@ -135,7 +135,10 @@ def quantize_exl2(variant: str, bits: float = 4.0, step: Step | None = None) -> 
     out, work = cache_dir() / name, cache_dir() / f"{name}.work"
     if step:
         step(f"exllamav2 measuring and quantizing to {bits:g} bits per weight")
-    subprocess.run(exl2_command(resolve(variant), work, out, bits), check=True)
+    done = subprocess.run(exl2_command(resolve(variant), work, out, bits), capture_output=True, text=True)
+    if done.returncode:  # the converter's own last words say why (a failed kernel build, a bad tensor)
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
+        raise RuntimeError(f"exllamav2's converter exited with {done.returncode}:\n{tail}")
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(out))
