@@ -54,6 +54,11 @@ class SyntheticBackend:
     name = "synthetic"
     kind = Kind.ENGINE
 
+    @classmethod
+    def tokenizer_class(cls, path: str | None = None, **options: object) -> SyntheticBackend:
+        """Its own tokenizer: bytes, no model (a synthetic model in a worker process)."""
+        return cls(path, **options)
+
     def __init__(self, path: str | None = None, **options: object) -> None:
         self.config = engine_config(SyntheticConfig, "synthetic", options)
         self._running = 0

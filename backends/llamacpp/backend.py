@@ -18,7 +18,7 @@ from backends.base import BackendError, BackendStats, Chunk, GenerationRequest, 
 from backends.engine_thread import job_stream
 from backends.llamacpp.engine import EngineConfig, LlamaEngine
 from backends.llamacpp.scheduler import Scheduler
-from backends.llamacpp.tokenizer import LlamaTokenizerMethods, chat_template_of, grammar_index
+from backends.llamacpp.tokenizer import LlamaTokenizer, LlamaTokenizerMethods, chat_template_of, grammar_index
 from backends.memory import peak_rss_bytes
 from backends.structured import Grammars, constrained
 
@@ -56,6 +56,7 @@ class LlamaCppBackend(LlamaTokenizerMethods):
     name = "llamacpp"
     kind = Kind.ENGINE
     embedder = "backends.llamacpp.embedder:LlamaCppEmbedder"  # for models whose task is embed
+    tokenizer_class = LlamaTokenizer  # tokenizes without the engine (a model in a worker process)
 
     def __init__(self, path: str | None = None, **options: object) -> None:
         if not path:
@@ -103,6 +104,10 @@ class LlamaCppBackend(LlamaTokenizerMethods):
         return self._engine
 
     # -- the interface the gateway uses ---------------------------------------------
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.n_ctx_seq
 
     def generate(self, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         scheduler, grammars = self._scheduler, self._grammars

@@ -50,66 +50,34 @@ class EngineConfig:
     embeddings: bool = False
 
 
-class LlamaEngine:
-    """One model and one context. Not thread-safe for decoding: one thread drives it.
-    Tokenizing reads only the vocabulary and may happen from any thread."""
+class LlamaVocab:
+    """A GGUF's vocabulary and metadata: what tokenizing needs. Loaded alone
+    (`vocab_only`, no weights: a few MB) it is the gateway's tokenizer for a model
+    whose engine runs in a worker process. Tokenizing may happen from any thread."""
 
-    def __init__(self, config: EngineConfig) -> None:
-        if not Path(config.path).is_file():
-            raise FileNotFoundError(f"model file not found: {config.path}")
-        init_backend(config.verbose)
-        self.config = config
-
+    def __init__(
+        self, path: str, *, verbose: bool = False, vocab_only: bool = True, n_gpu_layers: int = 0, use_mmap: bool = True
+    ) -> None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        init_backend(verbose)
         mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = config.n_gpu_layers
-        mparams.use_mmap = config.use_mmap
-        model = llama_cpp.llama_model_load_from_file(config.path.encode(), mparams)
+        mparams.vocab_only = vocab_only
+        mparams.n_gpu_layers = n_gpu_layers
+        mparams.use_mmap = use_mmap
+        model = llama_cpp.llama_model_load_from_file(path.encode(), mparams)
         if not model:
-            raise RuntimeError(f"llama.cpp could not load {config.path}")
+            raise RuntimeError(f"llama.cpp could not load {path}")
         self.model = model
         vocab = llama_cpp.llama_model_get_vocab(model)
         assert vocab is not None
         self.vocab = vocab
-
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = config.n_ctx_seq * config.n_seq_max
-        cparams.n_batch = config.n_batch
-        cparams.n_ubatch = config.n_batch  # a non-causal model needs each sequence in one ubatch
-        cparams.n_seq_max = config.n_seq_max
-        # One KV stream per sequence: each gets its full context, and attention does
-        # not scan the other sequences' cells (llama.h advises this for unrelated prompts).
-        cparams.kv_unified = False
-        if config.embeddings:
-            cparams.n_ctx = config.n_batch
-            cparams.kv_unified = True
-            cparams.embeddings = True  # pooling: the GGUF's own (pooling_type left unspecified)
-        cparams.n_threads = config.n_threads
-        cparams.n_threads_batch = config.n_threads_batch
-        cparams.no_perf = True
-        if config.flash_attn is not None:
-            cparams.flash_attn_type = (
-                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-                if config.flash_attn
-                else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-            )
-        ctx = llama_cpp.llama_init_from_model(model, cparams)
-        if not ctx:
-            llama_cpp.llama_model_free(model)
-            raise RuntimeError(f"llama.cpp could not create a context for {config.path}")
-        self.ctx = ctx
-        self.memory = llama_cpp.llama_get_memory(ctx)
-        self.batch = llama_cpp.llama_batch_init(config.n_batch, 0, config.n_seq_max)
-
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
-        self.n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(ctx))
         self.eog_ids = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
         self.eog_set = frozenset(self.eog_ids)
-        self.weight_bytes = int(llama_cpp.llama_model_size(model))
         self._pieces: dict[int, bytes] = {}
 
     def close(self) -> None:
-        llama_cpp.llama_batch_free(self.batch)
-        llama_cpp.llama_free(self.ctx)
         llama_cpp.llama_model_free(self.model)
 
     # -- vocabulary ---------------------------------------------------------------
@@ -168,6 +136,59 @@ class LlamaEngine:
         if token_id < 0:
             return ""
         return self.raw_piece(token_id, special=True).decode("utf-8", errors="replace")
+
+
+class LlamaEngine(LlamaVocab):
+    """One model and one context. Not thread-safe for decoding: one thread drives it.
+    Tokenizing reads only the vocabulary and may happen from any thread."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        super().__init__(
+            config.path,
+            verbose=config.verbose,
+            vocab_only=False,
+            n_gpu_layers=config.n_gpu_layers,
+            use_mmap=config.use_mmap,
+        )
+
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = config.n_ctx_seq * config.n_seq_max
+        cparams.n_batch = config.n_batch
+        cparams.n_ubatch = config.n_batch  # a non-causal model needs each sequence in one ubatch
+        cparams.n_seq_max = config.n_seq_max
+        # One KV stream per sequence: each gets its full context, and attention does
+        # not scan the other sequences' cells (llama.h advises this for unrelated prompts).
+        cparams.kv_unified = False
+        if config.embeddings:
+            cparams.n_ctx = config.n_batch
+            cparams.kv_unified = True
+            cparams.embeddings = True  # pooling: the GGUF's own (pooling_type left unspecified)
+        cparams.n_threads = config.n_threads
+        cparams.n_threads_batch = config.n_threads_batch
+        cparams.no_perf = True
+        if config.flash_attn is not None:
+            cparams.flash_attn_type = (
+                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                if config.flash_attn
+                else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+        model = self.model
+        ctx = llama_cpp.llama_init_from_model(model, cparams)
+        if not ctx:
+            llama_cpp.llama_model_free(model)
+            raise RuntimeError(f"llama.cpp could not create a context for {config.path}")
+        self.ctx = ctx
+        self.memory = llama_cpp.llama_get_memory(ctx)
+        self.batch = llama_cpp.llama_batch_init(config.n_batch, 0, config.n_seq_max)
+
+        self.n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(ctx))
+        self.weight_bytes = int(llama_cpp.llama_model_size(model))
+
+    def close(self) -> None:
+        llama_cpp.llama_batch_free(self.batch)
+        llama_cpp.llama_free(self.ctx)
+        llama_cpp.llama_model_free(self.model)
 
     # -- decoding -----------------------------------------------------------------
 

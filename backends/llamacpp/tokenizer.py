@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from backends.base import ChatTemplateInfo
-from backends.llamacpp.engine import LlamaEngine
+from backends.llamacpp.engine import LlamaVocab
 
 
-def grammar_index(engine: LlamaEngine) -> Any:
+def grammar_index(engine: LlamaVocab) -> Any:
     """llguidance's index of the model's vocabulary, for constrained decoding: as
     llguidance's own `lltokenizer_from_vocab` builds it (control tokens marked with a
     leading 0xff byte, so no grammar can write them), through llama.cpp's current
@@ -34,7 +34,7 @@ def grammar_index(engine: LlamaEngine) -> Any:
     )
 
 
-def chat_template_of(engine: LlamaEngine) -> ChatTemplateInfo | None:
+def chat_template_of(engine: LlamaVocab) -> ChatTemplateInfo | None:
     source = engine.metadata("tokenizer.chat_template")
     if not source:
         return None
@@ -49,7 +49,7 @@ class LlamaTokenizerMethods:
     _chat_template: ChatTemplateInfo | None = None
 
     @property
-    def engine(self) -> LlamaEngine:
+    def engine(self) -> LlamaVocab:
         raise NotImplementedError
 
     def tokenize(self, text: str, *, special: bool = False, bos: bool = True) -> list[int]:
@@ -70,9 +70,19 @@ class LlamaTokenizerMethods:
         return int(self.engine.n_vocab)
 
     @property
-    def max_model_len(self) -> int:
-        return self.engine.n_ctx_seq
-
-    @property
     def chat_template(self) -> ChatTemplateInfo | None:
         return self._chat_template
+
+
+class LlamaTokenizer(LlamaTokenizerMethods):
+    """The tokenizer half alone, on a vocabulary-only load of the GGUF (no weights):
+    the gateway's side of a model whose engine runs in a worker process, so that
+    tokenizing costs no round trip and goes on while the worker restarts."""
+
+    def __init__(self, path: str, **options: object) -> None:
+        self._vocab = LlamaVocab(path, verbose=bool(options.get("verbose", False)))
+        self._chat_template = chat_template_of(self._vocab)
+
+    @property
+    def engine(self) -> LlamaVocab:
+        return self._vocab

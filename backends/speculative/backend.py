@@ -31,7 +31,7 @@ from backends.base import (
 )
 from backends.engine_thread import Worker, job_stream
 from backends.llamacpp.engine import EngineConfig, LlamaEngine
-from backends.llamacpp.tokenizer import LlamaTokenizerMethods, chat_template_of, grammar_index
+from backends.llamacpp.tokenizer import LlamaTokenizer, LlamaTokenizerMethods, chat_template_of, grammar_index
 from backends.memory import peak_rss_bytes
 from backends.speculative.adaptive import Policy
 from backends.speculative.loop import Run
@@ -84,6 +84,7 @@ class SpeculativeBackend(LlamaTokenizerMethods):
     name = "speculative"
     kind = Kind.ENGINE
     weight_options = ("draft",)  # a catalog variant there becomes a path before we start
+    tokenizer_class = LlamaTokenizer  # the target's vocabulary (a model in a worker process)
 
     def __init__(self, path: str | None = None, **options: object) -> None:
         self.config = engine_config(SpeculativeConfig, "speculative", options, path=path or "")
@@ -151,6 +152,10 @@ class SpeculativeBackend(LlamaTokenizerMethods):
         if self._target is None:
             raise BackendError("the speculative backend is not started")
         return self._target
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.n_ctx_seq
 
     def stats(self) -> BackendStats:
         weights = sum(e.weight_bytes for e in (self._target, self.draft_engine) if e is not None)
