@@ -40,6 +40,9 @@ class UnsupportedFeature(ValueError):
         super().__init__(message)
         self.param = param
 
+    def __reduce__(self) -> tuple[type[UnsupportedFeature], tuple[str, str | None]]:
+        return type(self), (str(self), self.param)  # keeps `param` across a worker's pipe
+
 
 def refuse_constraint(params: SamplingParams, backend: str) -> None:
     """For engines that enforce no grammar."""

@@ -45,6 +45,10 @@ class ModelConfig(BaseModel):
     # Fill-in-the-middle control tokens (prefix, suffix, middle) for `suffix` on
     # /v1/completions; default: the catalog entry's. Without them, `suffix` is refused.
     fim: tuple[str, str, str] | None = None
+    # Run the engine in a worker process the gateway supervises (backends/worker/): a
+    # crash in native engine code ends only this model's requests, and the worker is
+    # started again. For token engines that generate (not relays, not embedding models).
+    worker: bool = False
 
 
 class Settings(BaseSettings):

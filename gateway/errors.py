@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backends.worker.backend import EngineRestarting
 from gateway.protocol import ErrorBody, ErrorDetail, ParamError
 
 log = logging.getLogger("lightgate")
@@ -101,6 +102,11 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = "not_found" if exc.status_code == 404 else None
         return error_response(OpenAIError(exc.status_code, str(exc.detail), code=code))
+
+    @app.exception_handler(EngineRestarting)  # a worker died while the route tokenized
+    async def _restarting(_: Request, exc: EngineRestarting) -> JSONResponse:
+        message = f"the model is unavailable: {exc}"
+        return error_response(OpenAIError(503, message, code="engine_restarting", headers={"Retry-After": "1"}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager, contextmanager
 
 from backends.base import BackendError, Chunk, EngineDead, GenerationRequest, UnsupportedFeature
+from backends.worker.backend import EngineRestarting
 from gateway.admission import QueueFull, retry_after
 from gateway.errors import OpenAIError, invalid
 from gateway.request_log import RequestRecord
@@ -100,12 +101,19 @@ def engine_errors(deployment: Deployment) -> Iterator[None]:
         yield
     except UnsupportedFeature as exc:
         raise invalid(str(exc), exc.param, code="unsupported_feature") from exc
+    except EngineRestarting as exc:
+        raise restarting(deployment, exc) from exc
     except EngineDead as exc:
         deployment.died(str(exc))
         message = f"the model {deployment.name!r} is unavailable: {exc}; the gateway must be restarted"
         raise OpenAIError(503, message, code="engine_dead") from exc
     except BackendError as exc:
         raise OpenAIError(500, f"the {deployment.backend.name} engine failed: {exc}", code="engine_error") from exc
+
+
+def restarting(deployment: Deployment, exc: EngineRestarting) -> OpenAIError:
+    message = f"the model {deployment.name!r} is unavailable: {exc}"
+    return OpenAIError(503, message, code="engine_restarting", headers={"Retry-After": "1"})
 
 
 async def _merged(deployment: Deployment, requests: list[GenerationRequest]) -> AsyncIterator[tuple[int, Chunk]]:

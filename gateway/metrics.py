@@ -203,6 +203,11 @@ class EngineCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         ready = _gauge("lightgate_model_ready", "1 when the model is loaded and serving, else 0.")
+        restarts = CounterMetricFamily(
+            "lightgate_engine_restarts",
+            "Times the model's engine worker died and was started again (models with worker: true).",
+            labels=LABELS,
+        )
         running = _gauge("lightgate_requests_running", "Requests holding an admission slot (inside the engine).")
         waiting = _gauge("lightgate_requests_waiting", "Requests queued for an admission slot.")
         capacity = _gauge("lightgate_requests_max_running", "Admission slots: requests the engine runs at once.")
@@ -252,6 +257,8 @@ class EngineCollector(Collector):
         for d in self.router.deployments:
             labels = list(labels_of(d))
             ready.add_metric(labels, float(d.ready))
+            if d.config.worker:
+                restarts.add_metric(labels, d.restarts)
             running.add_metric(labels, d.admission.running)
             waiting.add_metric(labels, d.admission.waiting)
             if not d.started:
@@ -272,5 +279,6 @@ class EngineCollector(Collector):
             for replica in stats.upstreams or ():
                 for field, series in upstream.items():
                     series.add_metric([*labels, replica.url], float(getattr(replica, field)))
-        yield from (ready, running, waiting, capacity, seq_running, seq_waiting, kv, weights, peak, *spec.values())
+        yield from (ready, restarts, running, waiting, capacity, seq_running, seq_waiting, kv, weights, peak)
+        yield from spec.values()
         yield from upstream.values()

@@ -16,6 +16,7 @@ from backends import backend_class, embedder_class
 from backends.base import Backend, Kind
 from backends.embedding import Embedder
 from backends.relay import Relay
+from backends.worker.backend import WorkerBackend
 from compressed_models.catalog import VariantNotFound, manifest, resolve
 from gateway.admission import AdmissionQueue
 from gateway.config import ModelConfig
@@ -29,16 +30,18 @@ class State(Enum):
     READY = "ready"  # serving
     FAILED = "failed"  # its backend did not start (`reason` says why)
     DEAD = "dead"  # its engine died for good: only a restart of the gateway brings it back
+    RESTARTING = "restarting"  # its engine worker died and is starting again; requests wait for it
     DRAINING = "draining"  # the gateway is shutting down: requests in flight finish, no new ones
 
 
 # The transitions, each allowed only from these states (llama-swap's way: a state
 # machine you can draw, and a wrong move is a bug that shows).
 _FROM = {
-    State.READY: {State.LOADING},
+    State.READY: {State.LOADING, State.RESTARTING},
     State.FAILED: {State.LOADING},
-    State.DEAD: {State.READY, State.DRAINING},
-    State.DRAINING: {State.LOADING, State.READY},
+    State.DEAD: {State.READY, State.DRAINING, State.RESTARTING},
+    State.RESTARTING: {State.READY},
+    State.DRAINING: {State.LOADING, State.READY, State.RESTARTING},
 }
 
 
@@ -60,6 +63,7 @@ class Deployment:
     created: int = field(default_factory=lambda: int(time.time()))
     state: State = State.LOADING
     reason: str | None = None  # why it is not ready, when it is failed or dead
+    restarts: int = 0  # times its engine worker died and was started again
 
     @property
     def name(self) -> str:
@@ -126,6 +130,14 @@ class Deployment:
             raise RuntimeError(f"model {self.name}: no transition from {self.state.value} to {to.value}")
         self.state, self.reason = to, reason
 
+    def worker_state(self, up: bool, reason: str | None) -> None:
+        """Its engine worker died (`up` false) or is back: restarting, then ready again."""
+        if not up and self.state is State.READY:
+            self.restarts += 1
+            self.move(State.RESTARTING, f"restarting: {reason}")
+        elif up and self.state is State.RESTARTING:
+            self.move(State.READY)
+
     def died(self, reason: str) -> None:
         """Take the model out of service after its engine has died: new requests get
         503, /ready says why, and /health fails so that a supervisor restarts us."""
@@ -138,6 +150,8 @@ class Deployment:
 def build_deployment(config: ModelConfig) -> Deployment:
     cls = backend_class(config.backend)
     traits = traits_of(config)
+    if config.worker and (cls.kind is not Kind.ENGINE or traits.task != "generate"):
+        raise ValueError(f"model {config.name}: worker: true is for token engines that generate text")
     options = dict(config.options)
     path = config.path
     if cls.kind is Kind.ENGINE:
@@ -148,7 +162,13 @@ def build_deployment(config: ModelConfig) -> Deployment:
             options[name] = _weights(options.get(name))
         if traits.task == "embed":
             cls = embedder_class(config.backend)
-    backend = cls(path, **options)
+    backend: Backend | Relay | Embedder
+    if config.worker:
+        backend = WorkerBackend(
+            config.backend, path, options, label=config.name, restart_wait_s=config.max_queue_wait_s or 30.0
+        )
+    else:
+        backend = cls(path, **options)
     # max_running is fixed once the backend has started and says what it can run.
     admission = AdmissionQueue(
         max_running=1,
@@ -196,7 +216,7 @@ class Router:
         deployment = self._by_name.get(model)
         if deployment is None:
             raise OpenAIError(404, f"the model {model!r} does not exist", param="model", code="model_not_found")
-        if not deployment.ready:
+        if not deployment.ready and deployment.state is not State.RESTARTING:  # a restart is waited for
             reason = deployment.reason or f"it is {deployment.state.value}"
             raise OpenAIError(503, f"the model {model!r} is not ready: {reason}", code="model_not_ready")
         return deployment
@@ -223,6 +243,8 @@ class Router:
                 d.move(State.FAILED, f"failed to start: {exc}")
             return
         d.admission.max_running = d.config.max_running or d.backend.stats().max_running
+        if isinstance(d.backend, WorkerBackend):
+            d.backend.on_state = d.worker_state
         if d.state is State.LOADING:  # not if a drain began while it loaded
             d.move(State.READY)
             log.info("model %s ready on %s in %.2fs", d.name, d.backend.name, time.perf_counter() - began)
@@ -230,7 +252,7 @@ class Router:
     def drain(self) -> None:
         """The gateway is shutting down: every model that would serve stops taking new work."""
         for d in self.deployments:
-            if d.state in (State.LOADING, State.READY):
+            if d.state in (State.LOADING, State.READY, State.RESTARTING):
                 d.move(State.DRAINING)
 
     async def stop(self) -> None:
