@@ -604,6 +604,10 @@ class ModelCard(BaseModel):
     max_model_len: int | None = None
     backend: str
     variant: str | None = None
+    # Lightgate's: the model's state (loading, ready, restarting, failed, dead,
+    # draining) and the memory its engine holds (peak RSS of its worker or process).
+    state: str | None = None
+    memory_bytes: int | None = None
 
 
 class ModelList(BaseModel):

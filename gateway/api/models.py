@@ -15,6 +15,7 @@ router = APIRouter()
 
 def _cards(d: Deployment) -> list[ModelCard]:
     max_len = (d.backend.max_model_len or None) if d.started else None  # 0: an upstream that does not say
+    memory = d.backend.stats().running_memory_bytes if d.started else None
     return [
         ModelCard(
             id=name,
@@ -23,6 +24,8 @@ def _cards(d: Deployment) -> list[ModelCard]:
             max_model_len=max_len,
             backend=d.config.backend,
             variant=d.config.variant,
+            state=d.state.value,
+            memory_bytes=memory,
         )
         for name in [d.config.name, *d.config.aliases]
     ]
