@@ -1,6 +1,7 @@
 """Concurrent streaming load against OpenAI-compatible servers, one server after
-another on the same machine: Lightgate's llama.cpp backend (continuous batching),
-llama.cpp's own C++ `llama-server`, and llama-cpp-python's `llama_cpp.server`.
+another on the same machine: Lightgate's llama.cpp backend (continuous batching), in
+the gateway's process and in a worker process (`worker: true`), llama.cpp's own C++
+`llama-server`, and llama-cpp-python's `llama_cpp.server`.
 
 Closed loop: C users, each sending streaming completions back to back (128 output
 tokens with ignore_eos) until C*K requests (at least 4) are done, K being
@@ -177,6 +178,12 @@ def servers(model_path: str, threads: int, slots: int, args: argparse.Namespace,
     config = lightgate_config([{"name": "m", "backend": "llamacpp", "path": model_path, "options": options}])
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)]
     out["lightgate"] = (cmd, port, "/ready", {})
+    # The same engine in a worker process (`worker: true`): what the process boundary costs.
+    port = free_port()
+    model = {"name": "m", "backend": "llamacpp", "path": model_path, "options": options, "worker": True}
+    config = lightgate_config([model])
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)]
+    out["lightgate-worker"] = (cmd, port, "/ready", {})
     if args.baseline:  # the same config on an earlier checkout's code
         port = free_port()
         cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)]
