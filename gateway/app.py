@@ -12,13 +12,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from compressed_models.catalog import cache_root
-from gateway.api import chat, completions, embeddings, metrics, models, responses, tokenize
+from gateway.api import admin, chat, completions, embeddings, metrics, models, responses, tokenize
 from gateway.config import Settings
 from gateway.drain import Drain, DrainMiddleware
 from gateway.errors import install_handlers
 from gateway.guard import GuardMiddleware
 from gateway.metrics import Metrics
 from gateway.request_log import RequestLogMiddleware
+from gateway.residency import Residency, parse_bytes
 from gateway.responses_store import ResponseStore
 from gateway.router import Router, build_deployment
 from gateway.streaming import ClientDisconnected
@@ -29,6 +30,8 @@ log = logging.getLogger("lightgate")
 
 def create_app(settings: Settings) -> FastAPI:
     router = Router([build_deployment(m) for m in settings.models])
+    budget = parse_bytes(settings.memory_budget) if settings.memory_budget is not None else None
+    residency = Residency(router, budget)  # a model that cannot fit is an error here, at start
     keyring = Keyring(settings.tenants, settings.api_keys, settings.tenants_file)
 
     @asynccontextmanager
@@ -37,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
         # until they are in; a request for a loading model gets 503 too.
         loading = asyncio.create_task(router.start())
         watching = asyncio.create_task(keyring.watch())
+        unloading = asyncio.create_task(residency.run())
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
             # SIGHUP re-reads the keys (only the main thread may take signals; tests run elsewhere).
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keyring.reload)
@@ -44,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             watching.cancel()
+            unloading.cancel()
             await loading
             await router.stop()
             app.state.responses.close()
@@ -52,7 +57,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.router = router
     app.state.settings = settings
     app.state.keyring = keyring
-    app.state.metrics = Metrics(router) if settings.metrics else None
+    app.state.residency = residency
+    app.state.metrics = Metrics(router, residency) if settings.metrics else None
     app.state.drain = Drain(on_begin=router.drain)
     db = settings.responses_db or str(cache_root() / "responses.sqlite")
     app.state.responses = ResponseStore(db, settings.responses_ttl_s, settings.responses_max)
@@ -61,7 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     # The last added runs first: every request gets its id and its log line, even
     # one the guard or a drain turns away.
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
-    app.add_middleware(GuardMiddleware, settings=settings, keyring=keyring, router=router)
+    app.add_middleware(GuardMiddleware, settings=settings, keyring=keyring, router=router, residency=residency)
     app.add_middleware(
         RequestLogMiddleware,
         metrics=app.state.metrics,
@@ -73,7 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def _gone(_: Request, __: ClientDisconnected) -> Response:
         return Response(status_code=499)  # nobody is left to read it
 
-    for module in (completions, chat, responses, embeddings, models, tokenize):
+    for module in (completions, chat, responses, embeddings, models, tokenize, admin):
         app.include_router(module.router)
     if settings.metrics:
         app.include_router(metrics.router)

@@ -49,6 +49,21 @@ class ModelConfig(BaseModel):
     # crash in native engine code ends only this model's requests, and the worker is
     # started again. For token engines that generate (not relays, not embedding models).
     worker: bool = False
+    # Residency under the memory budget (gateway/residency.py), for models with
+    # worker: true. startup: loaded at start, evicted or unloaded when idle if it must;
+    # on_demand: loaded by its first request; pinned: loaded at start, never unloaded.
+    load: Literal["startup", "on_demand", "pinned"] = "startup"
+    idle_unload_s: float | None = Field(default=None, gt=0)  # unload after this long without requests
+    min_resident_s: float = Field(default=10.0, ge=0)  # never evicted sooner after a load: no thrashing
+
+    @model_validator(mode="after")
+    def _residency_needs_a_worker(self) -> ModelConfig:
+        if not self.worker and (self.load == "on_demand" or self.idle_unload_s is not None):
+            raise ValueError(
+                f"model {self.name}: load: on_demand and idle_unload_s need worker: true "
+                "(unloading ends the worker's process, the one way to give its memory back for certain)"
+            )
+        return self
 
 
 class Settings(BaseSettings):
@@ -62,6 +77,10 @@ class Settings(BaseSettings):
     tenants: list[TenantConfig] = Field(default_factory=list)  # named keys with rights and limits
     tenants_file: str | None = None  # more tenants (a mounted Secret), re-read on change and SIGHUP
     metrics_key: str | None = None  # when set, GET /metrics needs it (the key or sha256:<hex>)
+    admin_key: str | None = None  # POST /admin/models/{name}/load|unload need it; unset: no admin routes
+    # Host memory the models with worker: true may hold together ("8GiB", "512MiB", bytes):
+    # loading one that would not fit evicts the least recently used idle ones first.
+    memory_budget: int | str | None = None
     # Connections (uvicorn): a client that is slow to send its headers or its body is cut
     # off, an idle kept-alive connection closed, and connections past the cap refused.
     header_timeout_s: float = Field(default=10.0, gt=0)

@@ -25,7 +25,8 @@ from gateway.admission import QueueFull, retry_after
 from gateway.config import Settings
 from gateway.errors import OpenAIError
 from gateway.request_log import RequestRecord
-from gateway.router import Router
+from gateway.residency import Residency
+from gateway.router import Deployment, Router
 from gateway.tenants import Keyring, Tenant, digest
 
 # Routes that name a model in their body, and those that queue for its engine.
@@ -62,11 +63,14 @@ def _error_body(err: OpenAIError) -> bytes:
 
 
 class GuardMiddleware:
-    def __init__(self, app: ASGIApp, settings: Settings, keyring: Keyring, router: Router) -> None:
+    def __init__(
+        self, app: ASGIApp, settings: Settings, keyring: Keyring, router: Router, residency: Residency
+    ) -> None:
         self.app = app
         self.settings = settings
         self.keyring = keyring
         self.router = router
+        self.residency = residency
         self.metrics_digest = digest(settings.metrics_key) if settings.metrics_key else None
         self._bodies: dict[tuple[str, str, str], bytes] = {}  # (model, reason, key's name) -> a refusal's body
 
@@ -77,6 +81,7 @@ class GuardMiddleware:
         record: RequestRecord = scope["state"]["record"]
         tenant: Tenant | None = None
         counted = False
+        deployment: Deployment | None = None
         try:
             headers = Headers(scope=scope)
             self._check_size(headers)
@@ -86,7 +91,7 @@ class GuardMiddleware:
                 if body is None:
                     return  # the client left while sending it
                 if scope["path"] in MODEL_ROUTES or scope["path"] in TOKENIZER_ROUTES:
-                    counted = self._admit(scope["path"], body, headers, record, tenant)
+                    counted, deployment = self._admit(scope["path"], body, headers, record, tenant)
                 receive = _replay(body, receive)
         except OpenAIError as exc:
             await _send_error(send, exc.status, _error_body(exc), _headers_of(exc), record, exc.code)
@@ -95,7 +100,16 @@ class GuardMiddleware:
             await _send_error(send, r.status, r.body, r.headers, record, r.reason)
             return
         try:
-            await self.app(scope, receive, _with_limits(send, tenant) if tenant is not None else send)
+            if deployment is None:
+                await self.app(scope, receive, _with_limits(send, tenant) if tenant is not None else send)
+                return
+            with self.residency.using(deployment):  # not evicted until its last byte
+                try:
+                    await self.residency.ensure(deployment)  # an unloaded model loads; the request waits
+                except OpenAIError as exc:
+                    await _send_error(send, exc.status, _error_body(exc), _headers_of(exc), record, exc.code)
+                    return
+                await self.app(scope, receive, _with_limits(send, tenant) if tenant is not None else send)
         finally:
             if counted and tenant is not None:
                 tenant.in_flight -= 1
@@ -138,13 +152,15 @@ class GuardMiddleware:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def _admit(self, path: str, body: bytes, headers: Headers, record: RequestRecord, tenant: Tenant | None) -> bool:
-        """Refuse (raise) or let through; True when the request now counts in its key's
-        requests in flight (to be taken off when it ends)."""
+    def _admit(
+        self, path: str, body: bytes, headers: Headers, record: RequestRecord, tenant: Tenant | None
+    ) -> tuple[bool, Deployment | None]:
+        """Refuse (raise) or let through: whether the request now counts in its key's
+        requests in flight (to be taken off when it ends), and the model it names."""
         name = model_name(body)
         deployment = self.router.find(name) if name is not None else None
         if deployment is None:
-            return False  # no model, or an unknown one: the route answers with the details
+            return False, None  # no model, or an unknown one: the route answers with the details
         if tenant is not None:
             if not tenant.may_use([deployment.name, *deployment.config.aliases]):
                 raise self._refusal(403, name or "", "model_not_allowed", tenant)
@@ -170,11 +186,11 @@ class GuardMiddleware:
                 record.bind(deployment, record.usage)
                 raise self._refusal(429, deployment.name, exc.code, tenant, exc.retry_after_s) from exc
         if tenant is None:
-            return False
+            return False, deployment
         if tenant.requests is not None:
             tenant.requests.take(1)
         tenant.in_flight += 1
-        return True
+        return True, deployment
 
     def _refusal(
         self, status: int, model: str, reason: str, tenant: Tenant | None, retry: float | None = None

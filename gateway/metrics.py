@@ -17,11 +17,12 @@ from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.gpu import GpuCollector
-from gateway.router import Deployment, Router
+from gateway.residency import Residency
+from gateway.router import Deployment, Router, State
 
 # `_created` timestamps double the exposition and no dashboard reads them.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -29,6 +30,8 @@ prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 # task: generate or embed, so that a dashboard tells embedding requests and their
 # input tokens apart from generation in the same families.
 LABELS = ("model", "backend", "variant", "task")
+UNLOAD_REASONS = ("idle", "evicted", "admin")
+IN_MEMORY = (State.READY, State.RESTARTING, State.DRAINING)
 OUTCOMES = ("stop", "length", "embedded", "aborted", "rejected", "client_error", "server_error")
 
 # vLLM's buckets (vllm/v1/metrics/loggers.py), with steps below its first one added
@@ -73,7 +76,7 @@ class ModelSeries:
 
 
 class Metrics:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, residency: Residency | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
 
@@ -142,6 +145,8 @@ class Metrics:
             registry=r,
         )
         r.register(EngineCollector(router))
+        if residency is not None:
+            r.register(BudgetCollector(residency))
         prometheus_client.ProcessCollector(registry=r)
         prometheus_client.PlatformCollector(registry=r)
         gpu = GpuCollector.create()
@@ -208,6 +213,22 @@ class EngineCollector(Collector):
             "Times the model's engine worker died and was started again (models with worker: true).",
             labels=LABELS,
         )
+        loaded = _gauge("lightgate_model_loaded", "1 when the model is in memory (loaded, or restarting), else 0.")
+        loads = SummaryMetricFamily(
+            "lightgate_model_load_seconds",
+            "Loads of the model (at start and on demand) and their duration.",
+            labels=LABELS,
+        )
+        unloads = CounterMetricFamily(
+            "lightgate_model_unloads",
+            "Times the model left memory, by reason: idle (idle_unload_s), evicted (to make room), admin.",
+            labels=[*LABELS, "reason"],
+        )
+        thrash = CounterMetricFamily(
+            "lightgate_model_thrash",
+            "Loads that came soon (60 s) after the model was evicted: two models keep evicting each other.",
+            labels=LABELS,
+        )
         running = _gauge("lightgate_requests_running", "Requests holding an admission slot (inside the engine).")
         waiting = _gauge("lightgate_requests_waiting", "Requests queued for an admission slot.")
         capacity = _gauge("lightgate_requests_max_running", "Admission slots: requests the engine runs at once.")
@@ -257,8 +278,12 @@ class EngineCollector(Collector):
         for d in self.router.deployments:
             labels = list(labels_of(d))
             ready.add_metric(labels, float(d.ready))
-            if d.config.worker:
-                restarts.add_metric(labels, d.restarts)
+            restarts.add_metric(labels, d.restarts)
+            loaded.add_metric(labels, float(d.state in IN_MEMORY))
+            loads.add_metric(labels, d.loads, d.load_seconds_sum)
+            for reason in UNLOAD_REASONS:
+                unloads.add_metric([*labels, reason], d.unloads.get(reason, 0))
+            thrash.add_metric(labels, d.thrash)
             running.add_metric(labels, d.admission.running)
             waiting.add_metric(labels, d.admission.waiting)
             if not d.started:
@@ -279,6 +304,28 @@ class EngineCollector(Collector):
             for replica in stats.upstreams or ():
                 for field, series in upstream.items():
                     series.add_metric([*labels, replica.url], float(getattr(replica, field)))
-        yield from (ready, restarts, running, waiting, capacity, seq_running, seq_waiting, kv, weights, peak)
+        yield from (ready, restarts, loaded, loads, unloads, thrash)
+        yield from (running, waiting, capacity, seq_running, seq_waiting, kv, weights, peak)
         yield from spec.values()
         yield from upstream.values()
+
+
+class BudgetCollector(Collector):
+    """The memory budget and what the models in worker processes hold of it."""
+
+    def __init__(self, residency: Residency) -> None:
+        self.residency = residency
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        used = GaugeMetricFamily(
+            "lightgate_memory_budget_used_bytes",
+            "Footprint of the models with worker: true now in memory (measured peak RSS, else an estimate).",
+        )
+        used.add_metric([], self.residency.used())
+        yield used
+        if self.residency.budget is not None:
+            doc = "memory_budget: the host memory those models may hold together."
+            yield GaugeMetricFamily("lightgate_memory_budget_bytes", doc, value=self.residency.budget)

@@ -31,12 +31,15 @@ class State(Enum):
     FAILED = "failed"  # its backend did not start (`reason` says why)
     DEAD = "dead"  # its engine died for good: only a restart of the gateway brings it back
     RESTARTING = "restarting"  # its engine worker died and is starting again; requests wait for it
+    UNLOADED = "unloaded"  # not in memory (load: on_demand, or unloaded by the budget); a request loads it
     DRAINING = "draining"  # the gateway is shutting down: requests in flight finish, no new ones
 
 
 # The transitions, each allowed only from these states (llama-swap's way: a state
 # machine you can draw, and a wrong move is a bug that shows).
 _FROM = {
+    State.LOADING: {State.UNLOADED},
+    State.UNLOADED: {State.READY, State.LOADING},
     State.READY: {State.LOADING, State.RESTARTING},
     State.FAILED: {State.LOADING},
     State.DEAD: {State.READY, State.DRAINING, State.RESTARTING},
@@ -64,6 +67,19 @@ class Deployment:
     state: State = State.LOADING
     reason: str | None = None  # why it is not ready, when it is failed or dead
     restarts: int = 0  # times its engine worker died and was started again
+    # Residency (gateway/residency.py): requests between the front door and their last
+    # byte, when it was last used and loaded, what it measured, and how it came and went.
+    active: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    loaded_at: float = 0.0
+    footprint_bytes: int | None = None  # the worker's peak RSS the last time it ran
+    loads: int = 0
+    load_seconds_sum: float = 0.0
+    last_load_s: float = 0.0
+    unloads: dict[str, int] = field(default_factory=dict)  # by reason: idle, evicted, admin
+    thrash: int = 0  # loads soon after this model was evicted
+    evicted_at: float | None = None
+    evicted_by: str | None = None
 
     @property
     def name(self) -> str:
@@ -130,6 +146,14 @@ class Deployment:
             raise RuntimeError(f"model {self.name}: no transition from {self.state.value} to {to.value}")
         self.state, self.reason = to, reason
 
+    def loaded(self, seconds: float) -> None:
+        """Its engine has loaded (at start, or on demand) in `seconds`."""
+        self.move(State.READY)
+        self.loads += 1
+        self.load_seconds_sum += seconds
+        self.last_load_s = seconds
+        self.loaded_at = self.last_used = time.monotonic()
+
     def worker_state(self, up: bool, reason: str | None) -> None:
         """Its engine worker died (`up` false) or is back: restarting, then ready again."""
         if not up and self.state is State.READY:
@@ -177,7 +201,11 @@ def build_deployment(config: ModelConfig) -> Deployment:
         fair=config.scheduling == "fair",
         reserve=config.interactive_reserve,
     )
-    return Deployment(config, backend, admission, traits)
+    state = State.UNLOADED if config.load == "on_demand" else State.LOADING
+    deployment = Deployment(config, backend, admission, traits, state=state)
+    if isinstance(backend, WorkerBackend):
+        backend.on_state = deployment.worker_state
+    return deployment
 
 
 def traits_of(config: ModelConfig) -> ModelTraits:
@@ -223,7 +251,8 @@ class Router:
 
     @property
     def ready(self) -> bool:
-        return all(d.ready for d in self.deployments)
+        """Every model that should be in memory is (an unloaded one loads on demand)."""
+        return all(d.ready or d.state is State.UNLOADED for d in self.deployments)
 
     @property
     def dead(self) -> list[str]:
@@ -234,6 +263,10 @@ class Router:
         await asyncio.gather(*(self._start_one(d) for d in self.deployments))
 
     async def _start_one(self, d: Deployment) -> None:
+        if d.state is State.UNLOADED:  # load: on_demand; only its tokenizer now
+            if isinstance(d.backend, WorkerBackend):
+                await d.backend.prepare()
+            return
         began = time.perf_counter()
         try:
             await d.backend.start()
@@ -243,10 +276,8 @@ class Router:
                 d.move(State.FAILED, f"failed to start: {exc}")
             return
         d.admission.max_running = d.config.max_running or d.backend.stats().max_running
-        if isinstance(d.backend, WorkerBackend):
-            d.backend.on_state = d.worker_state
         if d.state is State.LOADING:  # not if a drain began while it loaded
-            d.move(State.READY)
+            d.loaded(time.perf_counter() - began)
             log.info("model %s ready on %s in %.2fs", d.name, d.backend.name, time.perf_counter() - began)
 
     def drain(self) -> None:

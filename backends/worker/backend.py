@@ -95,13 +95,25 @@ class WorkerBackend:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._up = asyncio.Event()
+    @property
+    def path(self) -> str | None:
+        """The weights the worker loads (for the memory budget's estimate)."""
+        return self._spec[1]
+
+    async def prepare(self) -> None:
+        """What the gateway keeps while no worker runs: the tokenizer, when the class has
+        one (`tokenizer_class`): no round trip per request, and it goes on during a restart."""
         make = getattr(backend_class(self.name), "tokenizer_class", None)
-        if make is not None:  # tokenize here: no round trip per request, and it goes on during a restart
+        if make is not None and self._tokenizer is None:
             _, path, options = self._spec
             self._tokenizer = await asyncio.to_thread(make, path, **options)
+
+    async def start(self) -> None:
+        """Start the worker (again, after a stop: the memory budget loads and unloads)."""
+        self._loop = asyncio.get_running_loop()
+        self._up = asyncio.Event()
+        self._stopping, self._restarting, self._backoff = False, None, 0.0
+        await self.prepare()
         await self._spawn()
 
     async def _spawn(self) -> None:
@@ -130,6 +142,8 @@ class WorkerBackend:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._up is not None:
+            self._up.clear()
         if self._restarting is not None:
             self._restarting.cancel()
         worker, self._worker = self._worker, None

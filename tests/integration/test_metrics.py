@@ -48,16 +48,23 @@ def test_every_series_is_there_with_model_backend_variant_and_task_labels(
         "lightgate_requests_running",
         "lightgate_requests_waiting",
         "lightgate_model_ready",
+        "lightgate_model_loaded",
+        "lightgate_model_load_seconds_count",
+        "lightgate_model_unloads_total",
+        "lightgate_engine_restarts_total",
+        "lightgate_memory_budget_used_bytes",
         "lightgate_model_weight_bytes",
         "lightgate_model_running_memory_bytes",
         "lightgate_kv_cache_usage_ratio",
         "process_resident_memory_bytes",
     ]:
         assert name in names, name
-    allowed = {"model", "backend", "variant", "task", "outcome", "le", "gpu", "name"}
+    allowed = {"model", "backend", "variant", "task", "outcome", "le", "gpu", "name", "reason"}
     for name, labels in samples:
         if name.startswith("lightgate_tenant_"):  # usage per API key: by tenant, not by engine
             assert {k for k, _ in labels} <= {"tenant", "model", "outcome", "reason"}, name
+        elif name.startswith("lightgate_memory_budget_"):  # the gateway's budget: one series, no model
+            assert not labels, name
         elif name.startswith("lightgate_") and not name.startswith("lightgate_gpu_"):
             keys = {k for k, _ in labels}
             assert {"model", "backend", "variant", "task"} <= keys <= allowed, (name, keys)

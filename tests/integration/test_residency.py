@@ -1,0 +1,150 @@
+"""The memory budget on a real gateway: synthetic engines in worker processes (each
+budgeted at the estimate for a model without weights, 160 MiB), loaded on demand,
+evicted least recently used first, never while busy, unloaded when idle, and moved
+by an operator through the admin routes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from backends.worker.backend import WorkerBackend
+from gateway.app import create_app
+from gateway.config import ModelConfig, Settings
+from gateway.residency import WORKER_BASE_BYTES, parse_bytes
+from gateway.router import State
+from tests.server import RunningServer, serve, wait_until
+
+ADMIN = "admin-secret"
+
+
+def _model(name: str, **fields: object) -> ModelConfig:
+    config = {"name": name, "backend": "synthetic", "worker": True, "min_resident_s": 0, "options": {"itl_ms": 10}}
+    return ModelConfig.model_validate(config | fields)
+
+
+@pytest.fixture(scope="module")
+def budgeted() -> Iterator[RunningServer]:
+    models = [
+        _model("startup"),
+        _model("a", load="on_demand"),
+        _model("b", load="on_demand"),
+        _model("c", load="on_demand"),
+        _model("idle", load="on_demand", idle_unload_s=1),
+    ]
+    # Room for two of them (2 x 160 MiB), not three.
+    settings = Settings(models=models, memory_budget=f"{2 * WORKER_BASE_BYTES + 2**20}", admin_key=ADMIN)
+    with serve(settings, startup_s=60) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def bclient(budgeted: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=budgeted.v1, api_key="unused", max_retries=0)
+
+
+def _state(server: RunningServer, name: str) -> State:
+    d = server.router.find(name)
+    assert d is not None
+    return d.state
+
+
+def _ask(client: openai.OpenAI, model: str, tokens: int = 4) -> None:
+    assert client.completions.create(model=model, prompt="hi", max_tokens=tokens).choices[0].finish_reason == "length"
+
+
+def test_sizes_read_as_people_write_them() -> None:
+    assert (
+        parse_bytes("8GiB") == 8 * 2**30 and parse_bytes("512 MiB") == 512 * 2**20 and parse_bytes("2GB") == 2 * 10**9
+    )
+    assert parse_bytes(1234) == 1234 and parse_bytes("1234") == 1234
+    with pytest.raises(ValueError, match="not a size"):
+        parse_bytes("lots")
+
+
+def test_a_model_that_cannot_fit_alone_or_startup_models_that_cannot_fit_together_fail_at_start() -> None:
+    with pytest.raises(ValueError, match="more than the memory_budget"):
+        create_app(Settings(models=[_model("big")], memory_budget="100MiB"))
+    with pytest.raises(ValueError, match="load: on_demand"):
+        create_app(Settings(models=[_model("x"), _model("y"), _model("z")], memory_budget="400MiB"))
+    with pytest.raises(ValueError, match="worker: true"):
+        ModelConfig(name="n", backend="synthetic", load="on_demand")
+
+
+def test_on_demand_models_wait_unloaded_and_load_on_their_first_request(
+    budgeted: RunningServer, bclient: openai.OpenAI
+) -> None:
+    assert httpx.get(budgeted.base_url + "/ready").status_code == 200  # unloaded models do not hold it back
+    cards = {m["id"]: m for m in httpx.get(budgeted.v1 + "/models").json()["data"]}
+    assert cards["a"]["state"] == "unloaded" and cards["startup"]["state"] == "ready"
+    backend = budgeted.router.find("a").backend  # type: ignore[union-attr]
+    assert isinstance(backend, WorkerBackend) and backend.pid is None  # no process until asked
+    _ask(bclient, "a")
+    assert _state(budgeted, "a") is State.READY and backend.pid is not None
+    assert _state(budgeted, "startup") is State.READY  # two fit
+
+
+def test_a_model_that_does_not_fit_evicts_the_least_recently_used_idle_one(
+    budgeted: RunningServer, bclient: openai.OpenAI
+) -> None:
+    _ask(bclient, "a")  # a used last: startup is the least recently used
+    _ask(bclient, "b")
+    assert _state(budgeted, "b") is State.READY
+    assert _state(budgeted, "startup") is State.UNLOADED and _state(budgeted, "a") is State.READY
+    startup = budgeted.router.find("startup")
+    assert startup is not None and startup.unloads == {"evicted": 1}
+
+
+def test_a_busy_model_is_never_evicted(budgeted: RunningServer, bclient: openai.OpenAI) -> None:
+    _ask(bclient, "a")
+    _ask(bclient, "b")  # loaded: a and b, b used last
+    done: list[str | None] = []
+    stream = threading.Thread(
+        target=lambda: done.append(
+            bclient.completions.create(model="a", prompt="hi", max_tokens=150).choices[0].finish_reason
+        )
+    )
+    stream.start()  # a is busy for 1.5 s, though it is now the one used last
+    assert wait_until(lambda: budgeted.router.find("a").admission.running == 1, 5)  # type: ignore[union-attr]
+    _ask(bclient, "c")
+    assert _state(budgeted, "b") is State.UNLOADED and _state(budgeted, "a") is State.READY
+    stream.join(10)
+    assert done == ["length"]
+
+
+def test_an_idle_model_unloads_after_idle_unload_s_and_its_process_ends(
+    budgeted: RunningServer, bclient: openai.OpenAI
+) -> None:
+    _ask(bclient, "idle")
+    backend = budgeted.router.find("idle").backend  # type: ignore[union-attr]
+    assert isinstance(backend, WorkerBackend)
+    assert wait_until(lambda: _state(budgeted, "idle") is State.UNLOADED, 6)
+    assert backend.pid is None
+    metrics = httpx.get(budgeted.base_url + "/metrics").text.splitlines()
+    unloads = [x for x in metrics if x.startswith("lightgate_model_unloads_total") and 'model="idle"' in x]
+    assert any('reason="idle"' in x and x.endswith(" 1.0") for x in unloads), unloads
+    metrics_text = "\n".join(metrics)
+    assert "lightgate_memory_budget_bytes" in metrics_text and "lightgate_model_load_seconds_count" in metrics_text
+
+
+def test_an_operator_loads_and_unloads_with_the_admin_key(budgeted: RunningServer) -> None:
+    url = budgeted.base_url + "/admin/models/c/"
+    assert httpx.post(url + "unload").status_code == 401
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    assert httpx.post(url + "unload", headers=auth).json()["state"] == "unloaded"
+    assert httpx.post(url + "load", headers=auth, timeout=30).json()["state"] == "ready"
+    assert httpx.post(budgeted.base_url + "/admin/models/nope/load", headers=auth).status_code == 404
+
+
+def test_a_model_loaded_again_soon_after_its_eviction_is_counted_as_thrash(
+    budgeted: RunningServer, bclient: openai.OpenAI
+) -> None:
+    b = budgeted.router.find("b")
+    assert b is not None and b.evicted_by is not None  # evicted by an earlier test
+    before = b.thrash
+    _ask(bclient, "b")
+    assert b.thrash == before + 1
