@@ -22,6 +22,7 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 M = 'model=~"$model"'
 RATE = "$__rate_interval"
 ERRORS = M + ', outcome=~"server_error|rejected"'
+LOAD_S = "lightgate_model_load_seconds"
 
 
 @dataclass
@@ -174,6 +175,45 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 description="Requests turned away before the engine: a bad key, a model the key may not use, its "
                 "requests or tokens per minute, its concurrency, or the model's queue (queue_wait: a wait past "
                 "the deadline; queue_full).",
+            ),
+        ],
+    ),
+    (
+        "Residency",
+        [
+            Panel(
+                "Models in memory",
+                [(f"lightgate_model_loaded{{{M}}}", "{{model}}")],
+                description="1 while the model is in memory (loaded, or its worker restarting); models with "
+                "worker: true come and go under the memory budget (load: on_demand, idle_unload_s, eviction).",
+            ),
+            Panel(
+                "Loads and unloads/s",
+                [
+                    (rate("lightgate_model_load_seconds_count"), "{{model}} loads"),
+                    (rate("lightgate_model_unloads_total", "model, reason"), "{{model}} {{reason}}"),
+                    (rate("lightgate_model_thrash_total"), "{{model}} thrash"),
+                ],
+                description="Loads (at start and on demand) and unloads by reason: idle, evicted (to make room), "
+                "admin. Thrash: a model loaded again within a minute of its eviction; raise memory_budget or pin one.",
+            ),
+            Panel(
+                "Mean load time",
+                [(f"{LOAD_S}_sum{{{M}}} / {LOAD_S}_count{{{M}}}", "{{model}}")],
+                "s",
+                description="How long a request for an unloaded model waits for it, on average since start.",
+            ),
+            Panel(
+                "Memory budget used",
+                [("lightgate_memory_budget_used_bytes", "used")],
+                "bytes",
+                description="What the models in worker processes hold (measured peak RSS, else an estimate from "
+                "the weights); compare with lightgate_memory_budget_bytes, the memory_budget, when one is set.",
+            ),
+            Panel(
+                "Engine restarts",
+                [(f"sum by (model) (increase(lightgate_engine_restarts_total{{{M}}}[1h]))", "{{model}}")],
+                description="Engine workers that died and were started again, over the last hour.",
             ),
         ],
     ),
