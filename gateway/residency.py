@@ -19,6 +19,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from backends.worker.backend import WorkerBackend
+from compressed_models import catalog
 from gateway.errors import OpenAIError
 from gateway.router import Deployment, Router, State
 
@@ -110,16 +111,41 @@ class Residency:
         d.last_used = time.monotonic()
         if d.state is not State.UNLOADED:
             return
+        if isinstance(d.backend, WorkerBackend) and d.backend.unfetched:
+            await self._fetch(d, d.backend)
         async with self._lock:
             if d.state is not State.UNLOADED:
                 return  # another request loaded it while this one waited
             await self._make_room(d)
             await self.load(d)
 
+    async def _fetch(self, d: Deployment, backend: WorkerBackend) -> None:
+        """A `fetch: on_demand` model's weights, by its first request (others wait for it)."""
+        async with d.fetching:
+            if not backend.unfetched or d.config.variant is None:
+                return
+            variant = d.config.variant
+            log.info("model %s: fetching %s", d.name, variant)
+            began = time.perf_counter()
+            try:
+                path = await asyncio.to_thread(catalog.fetch, variant, lambda r: log.info("pip install %s", r))
+            except catalog.VariantNotFound as exc:
+                message = f"the model {d.name!r} could not be fetched: {exc}"
+                raise OpenAIError(503, message, code="model_fetch_failed") from exc
+            backend.fetched(str(path))
+            d.reason = None
+            log.info("model %s: %s fetched in %.1fs", d.name, variant, time.perf_counter() - began)
+
     async def _make_room(self, d: Deployment) -> None:
         if self.budget is None:
             return
         need = footprint(d)
+        if need > self.budget:  # known only now for a model fetched on demand
+            raise OpenAIError(
+                503,
+                f"the model {d.name!r} needs about {need / 2**20:.0f} MiB, more than the memory_budget by itself",
+                code="memory_budget",
+            )
         deadline = time.monotonic() + (d.config.max_queue_wait_s or 30.0)
         while self.used() + need > self.budget:
             victim = self._victim(exclude=d)

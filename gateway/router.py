@@ -80,6 +80,7 @@ class Deployment:
     thrash: int = 0  # loads soon after this model was evicted
     evicted_at: float | None = None
     evicted_by: str | None = None
+    fetching: asyncio.Lock = field(default_factory=asyncio.Lock)  # one fetch of its weights at a time
 
     @property
     def name(self) -> str:
@@ -181,7 +182,12 @@ def build_deployment(config: ModelConfig) -> Deployment:
     if cls.kind is Kind.ENGINE:
         # Engines get paths, never catalog names. A relay's `variant` is only a label.
         if path is None and config.variant is not None:
-            path = str(resolve(config.variant))
+            try:
+                path = str(resolve(config.variant))
+            except VariantNotFound:
+                if config.fetch != "on_demand":
+                    raise
+                path = None  # its first request fetches it (gateway/residency.py)
         for name in getattr(cls, "weight_options", ()):
             options[name] = _weights(options.get(name))
         if traits.task == "embed":
@@ -189,7 +195,12 @@ def build_deployment(config: ModelConfig) -> Deployment:
     backend: Backend | Relay | Embedder
     if config.worker:
         backend = WorkerBackend(
-            config.backend, path, options, label=config.name, restart_wait_s=config.max_queue_wait_s or 30.0
+            config.backend,
+            path,
+            options,
+            label=config.name,
+            restart_wait_s=config.max_queue_wait_s or 30.0,
+            unfetched=config.fetch == "on_demand" and path is None,
         )
     else:
         backend = cls(path, **options)
@@ -201,8 +212,11 @@ def build_deployment(config: ModelConfig) -> Deployment:
         fair=config.scheduling == "fair",
         reserve=config.interactive_reserve,
     )
-    state = State.UNLOADED if config.load == "on_demand" else State.LOADING
+    unfetched = isinstance(backend, WorkerBackend) and backend.unfetched
+    state = State.UNLOADED if config.load == "on_demand" or unfetched else State.LOADING
     deployment = Deployment(config, backend, admission, traits, state=state)
+    if unfetched:
+        deployment.reason = "its weights are fetched by its first request"
     if isinstance(backend, WorkerBackend):
         backend.on_state = deployment.worker_state
     return deployment

