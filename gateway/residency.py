@@ -50,8 +50,12 @@ def managed(d: Deployment) -> bool:
 
 
 def estimate_bytes(d: Deployment) -> int:
-    path = d.backend.path if isinstance(d.backend, WorkerBackend) else None
-    weights = Path(path).stat().st_size if path and Path(path).is_file() else 0
+    path = Path(d.backend.path) if isinstance(d.backend, WorkerBackend) and d.backend.path else None
+    weights = 0
+    if path is not None and path.is_file():
+        weights = path.stat().st_size
+    elif path is not None and path.is_dir():  # a Hugging Face folder: every file in it
+        weights = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return int(weights * ESTIMATE_FACTOR) + WORKER_BASE_BYTES
 
 

@@ -20,12 +20,21 @@ import signal
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from backends import backend_class
-from backends.base import BackendError, BackendStats, ChatTemplateInfo, Chunk, GenerationRequest, Kind
+from backends.base import (
+    BackendError,
+    BackendStats,
+    ChatTemplateInfo,
+    Chunk,
+    GenerationRequest,
+    Kind,
+    UnsupportedFeature,
+)
 from backends.worker import child
 
 log = logging.getLogger("lightgate")
@@ -49,6 +58,24 @@ def exit_reason(exitcode: int | None) -> str:
         except ValueError:
             return f"killed by signal {-exitcode}"
     return f"exit code {exitcode}"
+
+
+@dataclass(slots=True, frozen=True)
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[Chunk | BaseException]
+
+    def put(self, item: Chunk | BaseException) -> None:
+        """From the gateway's loop: at once on it, else handed to the stream's own loop."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self.out.put_nowait(item)
+        else:
+            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody listens
+                self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
 
 class _Process:
@@ -83,7 +110,9 @@ class WorkerBackend:
         self._spec = (backend, path, options)
         self.unfetched = unfetched  # its weights are not on disk yet: fetched() gives their path
         self._ids = itertools.count()
-        self._streams: dict[int, asyncio.Queue[Chunk | BaseException]] = {}
+        # Each request's chunks, with the event loop that awaits them (the gateway's, or
+        # a caller's own: a queue is fed only from its loop's thread).
+        self._streams: dict[int, _Stream] = {}
         self._info: dict[str, Any] = {}
         self._stats = BackendStats()
         self._pieces: dict[int, bytes] = {}
@@ -193,9 +222,9 @@ class WorkerBackend:
         if stats is not None:
             self._stats = stats
         for rid, item in items:
-            out = self._streams.get(rid)
-            if out is not None:
-                out.put_nowait(item)
+            stream = self._streams.get(rid)
+            if stream is not None:
+                stream.put(item)
 
     def _on_exit(self, worker: _Process) -> None:
         if self._stopping or worker is not self._worker:
@@ -207,8 +236,8 @@ class WorkerBackend:
         self._up.clear()
         self.restarts += 1
         failure = EngineRestarting(f"{reason}; the model is restarting, retry shortly")
-        for out in self._streams.values():
-            out.put_nowait(failure)
+        for stream in self._streams.values():
+            stream.put(failure)
         self._streams.clear()
         with worker.rpc_lock:
             worker.rpc.close()
@@ -236,10 +265,16 @@ class WorkerBackend:
     # -- the interface the gateway uses ---------------------------------------------
 
     async def generate(self, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        if req.params.logits_processors:  # code, not data: it cannot run on the other side of a pipe
+            raise UnsupportedFeature(
+                f"the {self.label} model's engine runs in a worker process: it takes no per-request logits "
+                "processors (structured outputs, which cross as data, work)",
+                "logits_processors",
+            )
         worker = await self._ready_worker()
         rid = next(self._ids)
         out: asyncio.Queue[Chunk | BaseException] = asyncio.Queue()
-        self._streams[rid] = out
+        self._streams[rid] = _Stream(asyncio.get_running_loop(), out)
         finished = False
         try:
             worker.stream.send(("gen", rid, req))

@@ -2,6 +2,8 @@
 per engine, through a real gateway and the official openai client.
 
 - llamacpp and synthetic: the session gateway (SmolLM2 Q4_1; the no-model backend);
+- llamacpp-worker: SmolLM2 on llama.cpp in a worker process (`worker: true`), so the
+  whole contract holds across the process boundary;
 - transformers: SmolLM2 exported to a Hugging Face folder, on PyTorch;
 - vllm: the same folder on vLLM's CPU build. It is an optional extra with its own
   CI stage; where it is not installed its tests skip, unless
@@ -28,7 +30,7 @@ from gateway.config import ModelConfig, Settings
 from tests.conftest import FAST, SMOL
 from tests.server import RunningServer, serve
 
-ENGINES = os.environ.get("LIGHTGATE_CONFORMANCE", "llamacpp,transformers,synthetic,vllm").split(",")
+ENGINES = os.environ.get("LIGHTGATE_CONFORMANCE", "llamacpp,llamacpp-worker,transformers,synthetic,vllm").split(",")
 
 
 @dataclass
@@ -62,10 +64,14 @@ def smollm2_exl2(smollm2_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         mp.undo()
 
 
-def _own_gateway(name: str, backend: str, path: Path, options: dict[str, object]) -> Iterator[Engine]:
-    settings = Settings(models=[ModelConfig(name=name, backend=backend, path=str(path), options=options)])
+def _own_gateway(
+    name: str, backend: str, path: Path, options: dict[str, object], worker: bool = False
+) -> Iterator[Engine]:
+    model = ModelConfig(name=name, backend=backend, path=str(path), options=options, worker=worker)
+    settings = Settings(models=[model])
     with serve(settings, startup_s=300) as server:  # vLLM on a CPU takes a minute or two
-        yield Engine(backend, openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0), server, name)
+        label = f"{backend}-worker" if worker else backend
+        yield Engine(label, openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0), server, name)
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -78,6 +84,11 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
         yield from _own_gateway(
             "smollm2-pt", "transformers", request.getfixturevalue("smollm2_hf"), {"max_model_len": 512}
         )
+    elif name == "llamacpp-worker":  # the same engine behind a process boundary (worker: true)
+        from compressed_models import catalog
+
+        gguf = catalog.resolve("smollm2-135m-instruct-q4_1")
+        yield from _own_gateway("smollm2-worker", "llamacpp", gguf, {"n_ctx": 512}, worker=True)
     elif name == "llamacpp-gpu":
         from compressed_models import catalog
 
