@@ -135,7 +135,9 @@ class TransformersBackend(HfTokenizerMethods):
         params, prompt = job.req.params, job.req.prompt_tokens
         rng = np.random.default_rng(params.seed)
         stream = TextStream(stop=list(params.stop))
-        with torch.inference_mode():
+        # no_grad, not inference_mode: quanto's int4 weights set a version counter on the
+        # tensors they unpack, which inference tensors refuse ("Cannot set version_counter").
+        with torch.no_grad():
             # Every prompt row's logits only when echo asks for them; else the last row.
             keep = 0 if params.prompt_logprobs is not None else 1
             cache = {self._cache_arg: DynamicCache(config=self._model.config)}  # filled in place by each forward

@@ -6,12 +6,15 @@ int8 keeps the perplexity, int4 costs some; the GPU recipes refuse clearly here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from backends.base import GenerationRequest, SamplingParams
+from backends.transformers.backend import TransformersBackend
 from backends.transformers.model import is_quanto, load_causal_lm
 from compressed_models import catalog, hf, perplexity
 from gateway.cli import main as lightgate
@@ -92,6 +95,22 @@ def test_quanto_int8_keeps_the_perplexity_and_int4_costs_some(cache: Path, raw: 
     base, q8, q4 = ppl(catalog.resolve(EXPORT), raw), ppl(catalog.resolve(int8), raw), ppl(catalog.resolve(int4), raw)
     assert q8 == pytest.approx(base, rel=0.02)
     assert q8 < q4 < 3 * base
+
+
+def test_the_transformers_backend_serves_the_quanto_variants(cache: Path) -> None:
+    """int4 once failed every request ("Cannot set version_counter for inference tensor")."""
+
+    async def first_tokens(name: str) -> str:
+        backend = TransformersBackend(str(catalog.resolve(name)), max_model_len=256)
+        await backend.start()
+        try:
+            req = GenerationRequest("q", backend.tokenize("The capital of France is"), SamplingParams(4, 0.0))
+            return "".join([c.text async for c in backend.generate(req)])
+        finally:
+            await backend.stop()
+
+    for name in (EXPORT + "-quanto-int8", EXPORT + "-quanto-int4"):
+        assert asyncio.run(first_tokens(name)).strip(), name
 
 
 def test_gpu_recipes_refuse_clearly_where_their_library_is_missing(
