@@ -9,7 +9,7 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
 
-from backends.base import Backend
+from backends.base import Backend, Supervised
 from backends.relay import Relay
 
 GROUP = "lightgate.backends"
@@ -46,6 +46,16 @@ def embedder_class(name: str) -> Any:
         raise BackendUnavailable(f"the {name} backend does not serve embedding models (task: embed)")
     module, _, attr = str(target).partition(":")
     return getattr(import_module(module), attr)
+
+
+def create_worker(name: str, path: str | None, options: dict[str, object], **how: Any) -> Backend:
+    """Backend `name` in a worker process the gateway supervises (backends/worker/): a
+    `Backend` that is also `Supervised`. `how`: label, restart_wait_s, unfetched."""
+    from backends.worker.backend import WorkerBackend
+
+    worker = WorkerBackend(name, path, options, **how)
+    assert isinstance(worker, Supervised)
+    return worker
 
 
 def create_backend(name: str, path: str | None, options: dict[str, object]) -> Backend | Relay:

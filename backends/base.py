@@ -5,7 +5,7 @@ smaller protocol (backends/relay.py); `Kind` says which of the two a backend is.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
@@ -31,6 +31,11 @@ class EngineDead(BackendError):
     """The engine has stopped for good (its process died): no request can run on this
     model until the gateway restarts. The gateway answers 503 and stops calling it
     live and ready."""
+
+
+class EngineRestarting(BackendError):
+    """The model's engine worker died and is starting again: the request could not
+    run (or not finish). The gateway answers 503; a retry will reach the new worker."""
 
 
 class UnsupportedFeature(ValueError):
@@ -243,6 +248,27 @@ class Backend(Protocol):
     def chat_template(self) -> ChatTemplateInfo | None: ...
 
     def stats(self) -> BackendStats: ...
+
+
+@runtime_checkable
+class Supervised(Protocol):
+    """A token engine in a process the gateway supervises (backends/worker/): it can be
+    stopped and started again at will, so the memory budget loads and unloads it, and
+    it tells the router when its process died and when it is back."""
+
+    on_state: Callable[[bool, str | None], None] | None  # (up, why): set by the router
+    unfetched: bool  # its weights are not on disk yet (`fetch: on_demand`)
+
+    @property
+    def path(self) -> str | None:
+        """The weights it loads (a file or a folder); None until fetched."""
+        ...
+
+    async def prepare(self) -> None:
+        """What the gateway keeps while no process runs (the tokenizer)."""
+
+    def fetched(self, path: str) -> None:
+        """The weights are on disk now: the next start loads them."""
 
 
 @dataclass(slots=True, frozen=True)

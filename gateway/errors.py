@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backends.worker.backend import EngineRestarting
+from backends.base import EngineRestarting
 from gateway.protocol import ErrorBody, ErrorDetail, ParamError
 
 log = logging.getLogger("lightgate")

@@ -10,8 +10,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager, contextmanager
 
-from backends.base import BackendError, Chunk, EngineDead, GenerationRequest, UnsupportedFeature
-from backends.worker.backend import EngineRestarting
+from backends.base import BackendError, Chunk, EngineDead, EngineRestarting, GenerationRequest, UnsupportedFeature
 from gateway.admission import QueueFull, retry_after
 from gateway.errors import OpenAIError, invalid
 from gateway.request_log import RequestRecord

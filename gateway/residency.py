@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from backends.worker.backend import WorkerBackend
+from backends.base import Supervised
 from compressed_models import catalog
 from gateway.errors import OpenAIError
 from gateway.router import Deployment, Router, State
@@ -46,11 +46,11 @@ def parse_bytes(value: int | str) -> int:
 
 def managed(d: Deployment) -> bool:
     """Whether the budget may load and unload this model (its engine is a worker)."""
-    return isinstance(d.backend, WorkerBackend)
+    return isinstance(d.backend, Supervised)
 
 
 def estimate_bytes(d: Deployment) -> int:
-    path = Path(d.backend.path) if isinstance(d.backend, WorkerBackend) and d.backend.path else None
+    path = Path(d.backend.path) if isinstance(d.backend, Supervised) and d.backend.path else None
     weights = 0
     if path is not None and path.is_file():
         weights = path.stat().st_size
@@ -115,7 +115,7 @@ class Residency:
         d.last_used = time.monotonic()
         if d.state is not State.UNLOADED:
             return
-        if isinstance(d.backend, WorkerBackend) and d.backend.unfetched:
+        if isinstance(d.backend, Supervised) and d.backend.unfetched:
             await self._fetch(d, d.backend)
         async with self._lock:
             if d.state is not State.UNLOADED:
@@ -123,7 +123,7 @@ class Residency:
             await self._make_room(d)
             await self.load(d)
 
-    async def _fetch(self, d: Deployment, backend: WorkerBackend) -> None:
+    async def _fetch(self, d: Deployment, backend: Supervised) -> None:
         """A `fetch: on_demand` model's weights, by its first request (others wait for it)."""
         async with d.fetching:
             if not backend.unfetched or d.config.variant is None:
@@ -227,9 +227,6 @@ class Residency:
                 return False
             await self._unload(d, reason)
             return True
-
-    async def load_now(self, d: Deployment) -> None:
-        await self.ensure(d)
 
     async def run(self) -> None:
         """Unload models idle for longer than their idle_unload_s."""

@@ -12,11 +12,10 @@ from enum import Enum
 from pathlib import Path
 from typing import cast
 
-from backends import backend_class, embedder_class
-from backends.base import Backend, Kind
+from backends import backend_class, create_worker, embedder_class
+from backends.base import Backend, Kind, Supervised
 from backends.embedding import Embedder
 from backends.relay import Relay
-from backends.worker.backend import WorkerBackend
 from compressed_models.catalog import VariantNotFound, manifest, resolve
 from gateway.admission import AdmissionQueue
 from gateway.config import ModelConfig
@@ -194,7 +193,7 @@ def build_deployment(config: ModelConfig) -> Deployment:
             cls = embedder_class(config.backend)
     backend: Backend | Relay | Embedder
     if config.worker:
-        backend = WorkerBackend(
+        backend = create_worker(
             config.backend,
             path,
             options,
@@ -212,12 +211,12 @@ def build_deployment(config: ModelConfig) -> Deployment:
         fair=config.scheduling == "fair",
         reserve=config.interactive_reserve,
     )
-    unfetched = isinstance(backend, WorkerBackend) and backend.unfetched
+    unfetched = isinstance(backend, Supervised) and backend.unfetched
     state = State.UNLOADED if config.load == "on_demand" or unfetched else State.LOADING
     deployment = Deployment(config, backend, admission, traits, state=state)
     if unfetched:
         deployment.reason = "its weights are fetched by its first request"
-    if isinstance(backend, WorkerBackend):
+    if isinstance(backend, Supervised):
         backend.on_state = deployment.worker_state
     return deployment
 
@@ -278,7 +277,7 @@ class Router:
 
     async def _start_one(self, d: Deployment) -> None:
         if d.state is State.UNLOADED:  # load: on_demand; only its tokenizer now
-            if isinstance(d.backend, WorkerBackend):
+            if isinstance(d.backend, Supervised):
                 await d.backend.prepare()
             return
         began = time.perf_counter()

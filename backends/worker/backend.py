@@ -31,6 +31,7 @@ from backends.base import (
     BackendStats,
     ChatTemplateInfo,
     Chunk,
+    EngineRestarting,
     GenerationRequest,
     Kind,
     UnsupportedFeature,
@@ -42,11 +43,6 @@ log = logging.getLogger("lightgate")
 START_TIMEOUT_S = 600.0  # loading a large model from a cold disk
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 30.0
 STABLE_S = 60.0  # a worker that lived this long resets the backoff
-
-
-class EngineRestarting(BackendError):
-    """The model's engine worker died and is starting again: the request could not
-    run (or not finish). The gateway answers 503; a retry will reach the new worker."""
 
 
 def exit_reason(exitcode: int | None) -> str:

@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from backends.base import UnsupportedFeature
-from backends.worker.backend import EngineRestarting, exit_reason
+from backends.base import EngineRestarting, UnsupportedFeature
+from backends.worker.backend import exit_reason
 from backends.worker.child import _portable
 from gateway.config import ModelConfig
 from gateway.router import build_deployment
