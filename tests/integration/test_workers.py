@@ -103,6 +103,9 @@ def test_a_killed_worker_ends_only_its_own_requests_and_comes_back(
     backend = _worker(workers, victim)
     deployment = workers.router.get(victim)
     restarts = deployment.restarts
+    # The worker's stats lag its engine by up to a heartbeat: let the last test's
+    # streams show as gone, or "3 running" below could be theirs.
+    assert wait_until(lambda: backend.stats().running == 0, 5)
     ours: list[object] = []
     theirs: list[object] = []
     threads = [threading.Thread(target=_stream, args=(wclient, victim, 300, ours)) for _ in range(3)]
