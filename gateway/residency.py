@@ -27,6 +27,7 @@ log = logging.getLogger("lightgate")
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30}
 _UNITS |= {"t": 2**40, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}  # Kubernetes' quantities (the Helm chart's)
 # Before a model has run: its weights, a fifth more (KV cache, buffers), and what a
 # worker process holds before any model (Python, numpy, the engine's library).
 ESTIMATE_FACTOR, WORKER_BASE_BYTES = 1.2, 160 * 2**20
@@ -35,7 +36,7 @@ IDLE_CHECK_S = 1.0
 
 
 def parse_bytes(value: int | str) -> int:
-    """`8GiB`, `512 MiB`, `2G` (binary), `4GB` (decimal), or a number of bytes."""
+    """`8GiB`, `512 MiB`, `1536Mi`, `2G` (binary), `4GB` (decimal), or a number of bytes."""
     if isinstance(value, int):
         return value
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", value)

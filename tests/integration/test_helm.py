@@ -6,10 +6,8 @@ with the gateway's real config loader, so that chart and code cannot drift."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -19,35 +17,14 @@ from backends import backend_names
 from backends.openai.backend import OpenAIUpstreamBackend
 from compressed_models import catalog
 from gateway.config import load_settings
+from gateway.residency import parse_bytes
 from gateway.router import build_deployment
 from gateway.tenants import read_tenants_file
+from tests.chart import CHART, ROOT, helm, named, render
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "lightgate"
 EXAMPLE = ROOT / "helm" / "examples" / "multi-model.yaml"
 KUBERNETES = "1.31.0"  # the helm and kubectl the chart is tested with are v1.31's
 VALUES = {"default": [], "multi-model": ["-f", str(EXAMPLE)]}
-
-
-def helm() -> str:
-    path = os.environ.get("LIGHTGATE_HELM", str(ROOT / ".cache" / "tools" / "helm"))
-    if not Path(path).exists():
-        pytest.fail(f"no helm at {path}: run scripts/get_helm.sh (make test does)")
-    return path
-
-
-def render(*args: str, namespace: str = "ai") -> list[dict[str, Any]]:
-    out = subprocess.run(
-        [helm(), "template", "lg", str(CHART), "--namespace", namespace, *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
-
-
-def named(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
 @pytest.mark.parametrize("values", VALUES)
@@ -87,23 +64,31 @@ def test_the_gateway_config_loads_and_points_at_the_engines(values: str, tmp_pat
         f"{n}.prod.svc:{s['spec']['ports'][0]['port']}" for n, s in services.items() if n != "lg-lightgate"
     }
     assert all(s["spec"]["clusterIP"] == "None" for n, s in services.items() if n != "lg-lightgate")  # headless
-    targets = set()
+    routes: dict[str, set[str]] = {}  # engine Service -> the model names the gateway asks it for
     for model in settings.models:
         backend = build_deployment(model).backend  # the real backend checks every option
         assert isinstance(backend, OpenAIUpstreamBackend) and backend.config.resolve_dns
         (url,) = backend.config.upstreams
-        targets.add(url.removeprefix("http://"))
-    assert targets == engine_services  # one model per engine Service, and nothing else
+        routes.setdefault(url.removeprefix("http://"), set()).add(backend.config.upstream_model or model.name)
+    assert set(routes) == engine_services  # every engine Service, and nothing else
 
-    # Each Lightgate engine's own config loads too, on a backend and variant that exist.
+    # Each Lightgate engine's own config loads too, on backends and variants that exist,
+    # and serves every name the gateway sends it (an engine's variants included).
     for name, cm in configs.items():
         if name in ("lg-lightgate-gateway", "lg-lightgate-dashboard"):
             continue
         engine_file = tmp_path / f"{name}.yaml"
         engine_file.write_text(cm["data"]["lightgate.yaml"])
-        (model,) = load_settings(engine_file).models
-        assert model.backend in backend_names()
-        assert model.variant is None or model.variant in catalog.names()
+        engine = load_settings(engine_file)
+        for model in engine.models:
+            assert model.backend in backend_names()
+            assert model.variant is None or model.variant in catalog.names()
+        port = services[name]["spec"]["ports"][0]["port"]
+        assert routes[f"{name}.prod.svc:{port}"] == {m.name for m in engine.models}
+        if len(engine.models) > 1:  # variants: workers under the pod's budget, the first loaded at start
+            assert engine.memory_budget is not None and parse_bytes(engine.memory_budget) > 0
+            assert all(m.worker for m in engine.models)
+            assert [m.load for m in engine.models] == ["startup"] + ["on_demand"] * (len(engine.models) - 1)
 
 
 @pytest.mark.parametrize("values", VALUES)

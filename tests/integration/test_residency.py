@@ -66,6 +66,7 @@ def test_sizes_read_as_people_write_them() -> None:
         parse_bytes("8GiB") == 8 * 2**30 and parse_bytes("512 MiB") == 512 * 2**20 and parse_bytes("2GB") == 2 * 10**9
     )
     assert parse_bytes(1234) == 1234 and parse_bytes("1234") == 1234
+    assert parse_bytes("1536Mi") == 1536 * 2**20 and parse_bytes("6Gi") == 6 * 2**30  # the Helm chart's quantities
     with pytest.raises(ValueError, match="not a size"):
         parse_bytes("lots")
 
