@@ -14,7 +14,7 @@ LLAMA_CPP_VERSION := 0.3.36
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
 
-.PHONY: setup serve test test-vllm lint unit bench bench-batching bench-upstream bench-vllm bench-metrics prometheus helm
+.PHONY: setup serve test test-vllm image-test lint unit bench bench-batching bench-upstream bench-vllm bench-metrics prometheus helm
 
 setup: $(VENV)/.installed
 
@@ -75,6 +75,14 @@ helm: .cache/tools/helm
 
 test: lint prometheus helm $(VENV)/.qwen $(VENV)/.minilm
 	$(VENV)/bin/pytest
+
+# The gateway image, built without a Docker daemon (buildah, on a base made from
+# Debian packages once per machine) and started the way the Helm chart starts it:
+# docker/build.sh, tests/image. Root or sudo; about 10 minutes on a fresh machine.
+IMAGE ?= lightgate/gateway:0.1.0
+image-test: setup helm
+	docker/build.sh $(IMAGE)
+	LIGHTGATE_IMAGE=localhost/$(IMAGE) $(VENV)/bin/pytest -s -p no:cacheprovider tests/image
 
 unit: setup
 	$(VENV)/bin/pytest tests/unit

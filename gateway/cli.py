@@ -46,7 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and option of `lightgate` (the Helm chart's args are checked against it)."""
     parser = argparse.ArgumentParser(prog="lightgate", description="OpenAI-compatible gateway for compressed LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the configured models (the embedded default without a config)")
@@ -73,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
 
     add_models(sub)
     add_eval(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except (OSError, ValueError, LookupError, RuntimeError, httpx.HTTPError) as exc:

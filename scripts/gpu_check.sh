@@ -6,7 +6,8 @@
 #      GPU (llama.cpp built there with CUDA, in the background while 1 runs);
 #   2. the speculative backend with every layer on the GPU (prompt lookup on SmolLM2:
 #      the issue's Qwen pair is too big to carry), against the target alone;
-#   3. a table of passed / failed / skipped per engine.
+#   3. the CUDA engine image, where a builder and its CUDA base are at hand;
+#   4. a table of passed / failed / skipped per engine.
 # Its dependencies travel in .cache/gpu-wheels (bash scripts/gpu_deps.sh, here).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -78,6 +79,20 @@ else
 fi
 
 python3 tests/gpu/check_gpu_metrics.py --out "$out" | tail -3  # the NVML collector against nvidia-smi
+
+# The CUDA engine image (docker/engine-cuda.Dockerfile): CI builds only the CPU image
+# (no CUDA base is reachable there). Built here when a builder and its base are at hand.
+cuda_base="nvidia/cuda:$(sed -n 's/^ARG CUDA=//p' docker/engine-cuda.Dockerfile)-devel-ubuntu24.04"
+if command -v docker >/dev/null && docker image inspect "$cuda_base" >/dev/null 2>&1; then
+    timeout 900 docker build -f docker/engine-cuda.Dockerfile -t lightgate/engine-cuda:check . > "$out/cuda-image.log" 2>&1
+    echo "CUDA engine image (docker build): exit $?"
+elif command -v buildah >/dev/null && buildah inspect --type image "$cuda_base" >/dev/null 2>&1; then
+    timeout 900 buildah bud --isolation chroot -f docker/engine-cuda.Dockerfile -t lightgate/engine-cuda:check . \
+        > "$out/cuda-image.log" 2>&1
+    echo "CUDA engine image (buildah): exit $?"
+else
+    echo "CUDA engine image: not built (no docker or buildah with $cuda_base on this machine)"
+fi
 
 python3 - "$out" <<'PY'
 import sys, re, collections, xml.etree.ElementTree as ET
