@@ -36,7 +36,7 @@ from backends.base import (
     Kind,
     UnsupportedFeature,
 )
-from backends.worker import child
+from backends.worker import child, wire
 
 log = logging.getLogger("lightgate")
 
@@ -201,7 +201,7 @@ class WorkerBackend:
         assert loop is not None
         while True:
             try:
-                msg = worker.stream.recv()
+                msg = wire.decode(worker.stream.recv_bytes())  # here, off the event loop
             except (EOFError, OSError):
                 break
             loop.call_soon_threadsafe(self._on_step, worker, msg)

@@ -5,7 +5,8 @@ the gateway over two pipes.
   ("stop",); the worker answers ("ready", info) or ("fail", message) once, then
   ("step", [(rid, Chunk | exception), ...], BackendStats | None) for each batch of chunks
   the engine hands over together (one engine step), so a step costs one message
-  whatever the number of sequences; and ("stats", BackendStats) between steps.
+  whatever the number of sequences; and ("stats", BackendStats) between steps. After
+  "ready" these are byte strings of wire.py (a step in msgpack).
 - `rpc`: the tokenizer half of the interface (tokenize, detokenize, token_bytes),
   served by a thread of its own so that it never waits behind a step.
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from backends import create_backend
 from backends.base import Backend, BackendError, Chunk, GenerationRequest, UnsupportedFeature
+from backends.worker import wire
 
 RPC_CALLS = frozenset({"tokenize", "detokenize", "token_bytes"})
 STATS_EVERY_S = 0.25
@@ -102,7 +104,7 @@ class _Steps:
             stats = self.engine.stats()
             if stats != last and not self.pending:
                 last = stats
-                self._send(("stats", stats))
+                self._send(wire.encode_other(("stats", stats)))
 
     def _receive(self) -> None:
         """Blocks on the pipe in a thread; a closed pipe means the gateway is gone."""
@@ -139,11 +141,11 @@ class _Steps:
         now, stats = time.monotonic(), None
         if now - self.stats_sent >= STATS_IN_STEPS_S:
             stats, self.stats_sent = self.engine.stats(), now
-        self._send(("step", items, stats))
+        self._send(wire.encode_step(items, stats))
 
-    def _send(self, msg: tuple[Any, ...]) -> None:
+    def _send(self, data: bytes) -> None:
         try:
-            self.stream.send(msg)
+            self.stream.send_bytes(data)
         except (BrokenPipeError, OSError):
             self.inbox.put_nowait(None)  # the gateway is gone
 
