@@ -2,8 +2,9 @@
 class in a process of its own (backends/worker/child.py), watches it, and starts it
 again when it dies.
 
-A request's chunks come back in the worker's one-message-per-step batches: a reader
-thread receives them and hands each batch to the event loop in one wake-up. When
+A request's chunks come back in the worker's one-message-per-step batches, read by
+the event loop itself when the pipe turns readable (no reader thread to wake and
+hand over from: one wake-up per step). When
 the worker dies, every request it was running ends with `EngineRestarting` (a 503
 before the first byte, an error event inside a stream), new requests wait for the
 new worker up to `restart_wait_s`, and the worker is started again: at once the
@@ -75,12 +76,15 @@ class _Stream:
 
 
 class _Process:
-    """One running worker: its process, its two pipes and the thread that reads steps."""
+    """One running worker: its process and its two pipes (the step pipe's descriptor
+    watched by the event loop)."""
 
     def __init__(self, proc: BaseProcess, stream: Connection, rpc: Connection) -> None:
         self.proc, self.stream, self.rpc = proc, stream, rpc
+        self.fd = stream.fileno()
         self.started = time.monotonic()
         self.rpc_lock = threading.Lock()
+        self.ended = False  # the step pipe closed: the process is gone or going
 
 
 class WorkerBackend:
@@ -168,7 +172,7 @@ class WorkerBackend:
             raise BackendError(f"the {self.name} engine worker could not start: {payload}")
         self._info, self._stats = payload, payload["stats"]
         worker = self._worker = _Process(proc, stream, rpc)
-        threading.Thread(target=self._read, args=(worker,), name=f"worker-{self.label}", daemon=True).start()
+        self._watch().add_reader(worker.fd, self._on_readable, worker)
         assert self._up is not None
         self._up.set()
 
@@ -186,6 +190,7 @@ class WorkerBackend:
         await asyncio.to_thread(worker.proc.join, 30.0)
         if worker.proc.is_alive():
             worker.proc.kill()
+        self._watch().remove_reader(worker.fd)
         worker.stream.close()
         worker.rpc.close()
 
@@ -194,19 +199,28 @@ class WorkerBackend:
         """The worker's process id (None while there is none)."""
         return self._worker.proc.pid if self._worker is not None else None
 
-    # -- the reader thread and the supervisor ------------------------------------------
+    # -- the step pipe and the supervisor -----------------------------------------------
 
-    def _read(self, worker: _Process) -> None:
-        loop = self._loop
-        assert loop is not None
-        while True:
-            try:
-                msg = wire.decode(worker.stream.recv_bytes())  # here, off the event loop
-            except (EOFError, OSError):
-                break
-            loop.call_soon_threadsafe(self._on_step, worker, msg)
-        worker.proc.join(5.0)  # the pipe closes as the process ends: its exit code follows
-        loop.call_soon_threadsafe(self._on_exit, worker)
+    def _on_readable(self, worker: _Process) -> None:
+        # The worker writes each message whole (one send_bytes), so a readable pipe
+        # holds at least the start of one; what is there is read now, in one callback.
+        try:
+            while worker.stream.poll():
+                self._on_step(worker, wire.decode(worker.stream.recv_bytes()))
+        except (EOFError, OSError):
+            self._watch().remove_reader(worker.fd)
+            if not worker.ended:
+                worker.ended = True
+                self._watch().create_task(self._reap(worker))
+
+    def _watch(self) -> asyncio.AbstractEventLoop:
+        """The loop that started the worker: it watches the step pipe."""
+        assert self._loop is not None
+        return self._loop
+
+    async def _reap(self, worker: _Process) -> None:
+        await asyncio.to_thread(worker.proc.join, 5.0)  # the pipe closes as the process ends: its exit code follows
+        self._on_exit(worker)
 
     def _on_step(self, worker: _Process, msg: tuple[Any, ...]) -> None:
         if worker is not self._worker:
@@ -274,7 +288,7 @@ class WorkerBackend:
         finished = False
         try:
             worker.stream.send(("gen", rid, req))
-        except OSError as exc:  # it died a moment ago; the reader thread will say so
+        except OSError as exc:  # it died a moment ago; the step pipe will say so
             self._streams.pop(rid, None)
             raise EngineRestarting(f"the {self.name} engine worker is gone; retry shortly") from exc
         try:
