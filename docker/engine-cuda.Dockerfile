@@ -3,8 +3,9 @@
 #   docker build -f docker/engine-cuda.Dockerfile -t lightgate/engine-cuda:0.1.0 .
 # Not built in this project's CI: no CUDA base image is reachable there (the gateway
 # image is built and probed by `make image-test`); scripts/gpu_check.sh lists its
-# build for a GPU machine that has the base. hadolint checks it in `make test`. TensorRT-LLM has its own NGC images; run trtllm-serve there and
-# reach it through the `openai` backend (an engine with `server: openai`).
+# build for a GPU machine that has the base. hadolint checks it in `make test`.
+# TensorRT-LLM has its own NGC images; run trtllm-serve there and reach it through
+# the `openai` backend (an engine with `server: openai`).
 
 ARG CUDA=12.8.1
 FROM nvidia/cuda:${CUDA}-devel-ubuntu24.04 AS build

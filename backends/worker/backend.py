@@ -84,7 +84,7 @@ class _Process:
         self.fd = stream.fileno()
         self.started = time.monotonic()
         self.rpc_lock = threading.Lock()
-        self.ended = False  # the step pipe closed: the process is gone or going
+        self.reaper: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference
 
 
 class WorkerBackend:
@@ -207,11 +207,9 @@ class WorkerBackend:
         try:
             while worker.stream.poll():
                 self._on_step(worker, wire.decode(worker.stream.recv_bytes()))
-        except (EOFError, OSError):
+        except (EOFError, OSError):  # the process is gone or going: no more callbacks
             self._watch().remove_reader(worker.fd)
-            if not worker.ended:
-                worker.ended = True
-                self._watch().create_task(self._reap(worker))
+            worker.reaper = self._watch().create_task(self._reap(worker))
 
     def _watch(self) -> asyncio.AbstractEventLoop:
         """The loop that started the worker: it watches the step pipe."""

@@ -27,6 +27,7 @@ import httpx
 import openai
 import psutil
 import pytest
+import yaml
 
 from tests.chart import Container, container, named, render
 
@@ -75,7 +76,7 @@ def pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
     engine = next(n for n in named(docs, "Deployment") if not n.endswith("-gateway"))
     spec = container(docs, engine)
     assert IMAGE.removeprefix("localhost/") == spec.image, f"built {IMAGE}, the chart runs {spec.image}"
-    config = json.loads(buildah("inspect", "--type", "image", IMAGE))["OCIv1"]["config"]
+    config = json.loads(buildah("inspect", "--type", "image", IMAGE))["Docker"]["config"]  # docker format: HEALTHCHECK
     if not _port_free(spec.port):
         pytest.fail(f"port {spec.port} (the chart's) is taken here: the image runs on the host's network")
     root = tmp_path_factory.mktemp("pod")
@@ -145,8 +146,10 @@ def _signal(pod: Pod, sig: signal.Signals) -> None:
 
 
 def _model(pod: Pod) -> str:
-    text = next(iter(pod.spec.files["/etc/lightgate"].values()))
-    return text.split('name: "', 1)[1].split('"', 1)[0]
+    """The engine's model name, from the config file the chart mounts."""
+    (text,) = pod.spec.files["/etc/lightgate"].values()
+    name: str = yaml.safe_load(text)["models"][0]["name"]
+    return name
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +167,7 @@ def test_the_image_runs_as_the_charts_user_with_its_probes(pod: Pod) -> None:
 
 def test_the_images_own_healthcheck_passes(pod: Pod) -> None:
     """The HEALTHCHECK command, run inside the image beside the server."""
-    check = json.loads(buildah("inspect", "--type", "image", IMAGE))["Docker"]["config"]["Healthcheck"]["Test"]
+    check = pod.image_config["Healthcheck"]["Test"]  # type: ignore[index]
     assert check[0] == "CMD"
     result = subprocess.run(
         [*BUILDAH, "run", "--isolation", "chroot", "--user", "10001", pod.ctr, "--", *check[1:]],

