@@ -91,7 +91,11 @@ def test_measured_latencies_match_the_configured_ones(synthetic: str, users: int
     count = delta(before, after, "lightgate_time_to_first_token_seconds_count", model="timed")
     server_ttft = delta(before, after, "lightgate_time_to_first_token_seconds_sum", model="timed") / count
     assert count == requests and server_ttft >= TTFT_MS / 1000
-    assert 0 <= (s.ttft.median - server_ttft) * 1000 <= 10, (s.ttft, server_ttft)
+    # Each request's client TTFT contains its server TTFT, so the means keep that order
+    # exactly; the median is the robust bound on the overhead (the server's histogram
+    # gives only a mean, and one slow request moves a mean of 8 but not a median).
+    assert s.ttft.mean >= server_ttft, (s.ttft, server_ttft)
+    assert (s.ttft.median - server_ttft) * 1000 <= 10, (s.ttft, server_ttft)
     assert all(r.tokens == 32 and r.prompt_tokens == 5 for r in result.records)  # usage read back
 
 
