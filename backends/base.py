@@ -184,6 +184,7 @@ class BackendStats:
     running_memory_bytes: int | None = None  # the survey's RM: peak memory while serving
     generated_tokens: int = 0  # since start, cancelled sequences included
     speculative: SpeculativeStats | None = None  # only a backend that drafts reports these
+    prefix_cache: PrefixCacheStats | None = None  # only a backend that reuses prompts' KV reports these
     upstreams: list[UpstreamStats] | None = None  # only a backend that forwards to replicas
 
 
@@ -194,6 +195,15 @@ class SpeculativeStats:
     drafts: int  # verification passes that checked draft tokens
     draft_tokens: int  # tokens proposed by the draft
     accepted_tokens: int  # draft tokens the target kept
+
+
+@dataclass(slots=True, frozen=True)
+class PrefixCacheStats:
+    """Counters since start of a backend that reuses the KV of earlier prompts (vLLM's
+    prefix_cache_queries and prefix_cache_hits: tokens, not requests)."""
+
+    queries: int  # prompt tokens of the sequences that looked in the cache
+    hits: int  # of those, tokens whose KV was reused instead of computed
 
 
 @dataclass(slots=True, frozen=True)

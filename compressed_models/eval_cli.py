@@ -35,6 +35,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--ctx", type=int, help="chunk length in tokens (default: 512 for llamacpp, 2048 for gptq)")
     p.add_argument("--max-chunks", type=int, help="score only the first chunks (quick runs)")
     p.add_argument("--threads", type=int, default=0)
+    kv_types = ["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl"]
+    p.add_argument("--cache-type-k", choices=kv_types, default="f16", help="GGUF: the KV cache's K type")
+    p.add_argument("--cache-type-v", choices=kv_types, default="f16", help="GGUF: the KV cache's V type")
     p.add_argument("--base-url", help="score through this OpenAI-compatible server instead of the engine")
     p.add_argument("--model", help="the server's model name (with --base-url)")
     p.add_argument("--out", type=Path, help="results JSON (default: bench-results/ppl-<variant>-<protocol>.json)")
@@ -65,18 +68,28 @@ def main(args: argparse.Namespace) -> int:
             where = f"transformers: {folder}"
         else:
             path = str(catalog.resolve(args.variant))
-            result = perplexity.with_engine(path, text, protocol, args.max_chunks, args.threads, step)
+            types = (args.cache_type_k, args.cache_type_v)
+            result = perplexity.with_engine(path, text, protocol, args.max_chunks, args.threads, step, types)
             where = path
     seconds = time.perf_counter() - started
     console.print(
         f"{args.variant}: perplexity {result.ppl:.4f} over {result.tokens_scored} tokens "
         f"({result.chunks} chunks of {result.n_ctx}), {seconds:.0f} s"
     )
-    out = args.out or Path("bench-results") / f"ppl-{args.variant}-{protocol.name}.json"
+    kv = (
+        ""
+        if (args.cache_type_k, args.cache_type_v) == ("f16", "f16")
+        else f"-kv-{args.cache_type_k}-{args.cache_type_v}"
+    )
+    out = args.out or Path("bench-results") / f"ppl-{args.variant}-{protocol.name}{kv}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"variant": args.variant, "where": where, "text": str(args.text), "ppl": result.ppl, "seconds": seconds}
     record.update(protocol=result.protocol, n_ctx=result.n_ctx, chunks=result.chunks, tokens=result.tokens_scored)
+    record.update(cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v)
     out.write_text(json.dumps(record, indent=2))
+    if kv:  # the variant's own figure (bench compare's) is with the default f16 cache
+        console.print(f"wrote {out}")
+        return 0
     kept = results.save(args.variant, record)
     console.print(f"wrote {out} (kept for bench compare in {kept})")
     return 0

@@ -108,13 +108,19 @@ def with_engine(
     max_chunks: int | None = None,
     threads: int = 0,
     step: Callable[[int, int], None] | None = None,
+    cache_types: tuple[str, str] = ("f16", "f16"),
 ) -> Perplexity:
-    """From the engine's own logits, one chunk per decode."""
+    """From the engine's own logits, one chunk per decode; `cache_types`: the KV cells'
+    types for K and V (llama-perplexity's -ctk/-ctv): a chunk's attention reads them."""
     n_threads = threads or len(os.sched_getaffinity(0))
     n_ctx, first = protocol.n_ctx, protocol.first_scored
-    from backends.llamacpp.engine import EngineConfig, LlamaEngine  # the engine only for GGUF scoring
+    from backends.llamacpp.engine import CACHE_TYPES, EngineConfig, LlamaEngine  # only for GGUF scoring
 
-    engine = LlamaEngine(EngineConfig(path, n_ctx, n_ctx, 1, n_threads, n_threads, 0, True, None, False))
+    type_k, type_v = (CACHE_TYPES[name] for name in cache_types)
+    config = EngineConfig(
+        path, n_ctx, n_ctx, 1, n_threads, n_threads, 0, True, None, False, type_k=type_k, type_v=type_v
+    )
+    engine = LlamaEngine(config)
 
     def scored_logprobs(chunk: list[int]) -> list[float]:
         engine.free_sequence(0)

@@ -253,6 +253,18 @@ class EngineCollector(Collector):
                 "lightgate_spec_decode_accepted_tokens", "Draft tokens the target model accepted.", labels=LABELS
             ),
         }
+        prefix = {
+            "queries": CounterMetricFamily(
+                "lightgate_prefix_cache_queries",
+                "Prompt tokens looked up in the engine's prefix cache.",
+                labels=LABELS,
+            ),
+            "hits": CounterMetricFamily(
+                "lightgate_prefix_cache_hits",
+                "Prompt tokens whose KV came from the prefix cache instead of being computed.",
+                labels=LABELS,
+            ),
+        }
         up = [*LABELS, "upstream"]
         upstream: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "available": GaugeMetricFamily(
@@ -301,12 +313,16 @@ class EngineCollector(Collector):
             if stats.speculative is not None:
                 for field, family in spec.items():
                     family.add_metric(labels, getattr(stats.speculative, field))
+            if stats.prefix_cache is not None:
+                for field, family in prefix.items():
+                    family.add_metric(labels, getattr(stats.prefix_cache, field))
             for replica in stats.upstreams or ():
                 for field, series in upstream.items():
                     series.add_metric([*labels, replica.url], float(getattr(replica, field)))
         yield from (ready, restarts, loaded, loads, unloads, thrash)
         yield from (running, waiting, capacity, seq_running, seq_waiting, kv, weights, peak)
         yield from spec.values()
+        yield from prefix.values()
         yield from upstream.values()
 
 

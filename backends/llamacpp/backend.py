@@ -14,9 +14,18 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.base import BackendError, BackendStats, Chunk, GenerationRequest, Kind, engine_config
+from backends.base import (
+    BackendError,
+    BackendStats,
+    Chunk,
+    GenerationRequest,
+    Kind,
+    PrefixCacheStats,
+    SpeculativeStats,
+    engine_config,
+)
 from backends.engine_thread import job_stream
-from backends.llamacpp.engine import EngineConfig, LlamaEngine
+from backends.llamacpp.engine import CACHE_TYPES, EngineConfig, LlamaEngine
 from backends.llamacpp.scheduler import Scheduler
 from backends.llamacpp.tokenizer import LlamaTokenizer, LlamaTokenizerMethods, chat_template_of, grammar_index
 from backends.memory import peak_rss_bytes
@@ -38,7 +47,15 @@ class LlamaCppConfig:
     n_gpu_layers: int = 0  # layers offloaded to a GPU (a CUDA/Metal build); -1: all
     use_mmap: bool = True
     flash_attn: bool | None = None  # None: llama.cpp's choice (on for CPU); changes logits slightly
-    prefix_cache: bool = True  # a new prompt reuses the KV of a free slot that shares its prefix
+    prefix_cache: bool = True  # a prompt reuses the KV of whatever slot holds its prefix
+    # One KV stream for all slots: a shared prefix is held once, not copied per slot; but
+    # a sequence's attention then reduces over cells laid out beside other sequences', so
+    # its greedy output can differ from its output alone. Off: each slot its own stream.
+    kv_unified: bool = False
+    cache_type_k: str = "f16"  # KV cell types, as llama-server's --cache-type-k/-v: f16, q8_0, q4_0, ...
+    cache_type_v: str = "f16"  # a quantized V needs flash attention (on for CPU by default)
+    speculate: str = "none"  # "ngram": prompt-lookup drafts for every decoding sequence, verified in the batch
+    draft_max: int = 8  # with speculate: the most draft tokens one sequence adds to a step
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -48,6 +65,15 @@ class LlamaCppConfig:
             raise ValueError("n_ctx must be >= 16, n_batch and n_parallel >= 1")
         if self.n_batch < self.n_parallel:
             raise ValueError("n_batch must be >= n_parallel: every running sequence needs a row per step")
+        if self.speculate not in ("none", "ngram"):
+            raise ValueError("speculate must be none or ngram (prompt lookup)")
+        if self.draft_max < 1:
+            raise ValueError("draft_max must be >= 1")
+        for name in ("cache_type_k", "cache_type_v"):
+            if getattr(self, name) not in CACHE_TYPES:
+                raise ValueError(f"{name} must be one of {', '.join(CACHE_TYPES)}")
+        if self.cache_type_v not in ("f16", "f32") and self.flash_attn is False:
+            raise ValueError("a quantized cache_type_v needs flash attention (flash_attn: false was set)")
         self.n_threads = self.n_threads or _usable_cores()
         self.n_threads_batch = self.n_threads_batch or self.n_threads
 
@@ -81,12 +107,16 @@ class LlamaCppBackend(LlamaTokenizerMethods):
             use_mmap=c.use_mmap,
             flash_attn=c.flash_attn,
             verbose=c.verbose,
+            kv_unified=c.kv_unified,
+            type_k=CACHE_TYPES[c.cache_type_k],
+            type_v=CACHE_TYPES[c.cache_type_v],
         )
         self._engine = engine = await asyncio.to_thread(LlamaEngine, settings)
         self._chat_template = chat_template_of(engine)
         self._grammars = Grammars(lambda: grammar_index(engine), engine.n_vocab)
         await asyncio.to_thread(self._grammars.warm)
-        self._scheduler = Scheduler(self._engine, c.n_parallel, c.prefix_cache)
+        draft_max = c.draft_max if c.speculate == "ngram" else 0
+        self._scheduler = Scheduler(self._engine, c.n_parallel, c.prefix_cache, draft_max)
         self._scheduler.start()
 
     async def stop(self) -> None:
@@ -131,4 +161,8 @@ class LlamaCppBackend(LlamaTokenizerMethods):
             # llama.cpp does not report device memory through these bindings.
             running_memory_bytes=peak_rss_bytes() if c.n_gpu_layers == 0 else None,
             generated_tokens=sched.generated_tokens,
+            prefix_cache=PrefixCacheStats(sched.cache_queries, sched.cache_hits) if c.prefix_cache else None,
+            speculative=(
+                SpeculativeStats(sched.drafts, sched.draft_tokens, sched.accepted_tokens) if sched.draft_max else None
+            ),
         )

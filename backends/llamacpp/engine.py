@@ -18,6 +18,18 @@ import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
+# The KV cell types llama-server accepts for --cache-type-k/-v, by name.
+CACHE_TYPES = {
+    "f32": llama_cpp.GGML_TYPE_F32,
+    "f16": llama_cpp.GGML_TYPE_F16,
+    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+    "q5_1": llama_cpp.GGML_TYPE_Q5_1,
+    "q5_0": llama_cpp.GGML_TYPE_Q5_0,
+    "q4_1": llama_cpp.GGML_TYPE_Q4_1,
+    "q4_0": llama_cpp.GGML_TYPE_Q4_0,
+    "iq4_nl": llama_cpp.GGML_TYPE_IQ4_NL,
+}
+
 _backend_lock = threading.Lock()
 _backend_ready = False
 
@@ -45,6 +57,12 @@ class EngineConfig:
     use_mmap: bool
     flash_attn: bool | None  # None: llama.cpp decides (on for CPU)
     verbose: bool
+    # One KV stream whose cells sequences share (a prefix computed once is held once),
+    # or one stream of n_ctx_seq cells per sequence (a shared prefix is copied).
+    kv_unified: bool = False
+    # KV cell types (llama.cpp's GGML types: f16, q8_0, q4_0); a quantized V needs flash attention.
+    type_k: int | None = None
+    type_v: int | None = None
     # An embedding context: pooled vectors out instead of logits, and one KV stream of
     # n_batch cells that every batch's sequences share and clear (an encoder keeps none).
     embeddings: bool = False
@@ -157,9 +175,14 @@ class LlamaEngine(LlamaVocab):
         cparams.n_batch = config.n_batch
         cparams.n_ubatch = config.n_batch  # a non-causal model needs each sequence in one ubatch
         cparams.n_seq_max = config.n_seq_max
-        # One KV stream per sequence: each gets its full context, and attention does
-        # not scan the other sequences' cells (llama.h advises this for unrelated prompts).
-        cparams.kv_unified = False
+        # One KV stream per sequence: each gets its full context, and attention does not
+        # scan the other sequences' cells (llama.h advises this for unrelated prompts).
+        # Unified: one stream of the same total size, whose cells sequences can share.
+        cparams.kv_unified = config.kv_unified
+        if config.type_k is not None:
+            cparams.type_k = config.type_k
+        if config.type_v is not None:
+            cparams.type_v = config.type_v
         if config.embeddings:
             cparams.n_ctx = config.n_batch
             cparams.kv_unified = True
@@ -182,7 +205,8 @@ class LlamaEngine(LlamaVocab):
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.batch = llama_cpp.llama_batch_init(config.n_batch, 0, config.n_seq_max)
 
-        self.n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(ctx))
+        # A unified stream lets one sequence grow to the whole context; each keeps to its own share.
+        self.n_ctx_seq = min(int(llama_cpp.llama_n_ctx_seq(ctx)), config.n_ctx_seq)
         self.weight_bytes = int(llama_cpp.llama_model_size(model))
 
     def close(self) -> None:
@@ -240,3 +264,19 @@ class LlamaEngine(LlamaVocab):
     def free_sequence(self, seq_id: int, start: int = 0) -> None:
         """Drop a sequence's KV cells from `start` on."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, start, -1)
+
+    def share(self, src: int, dst: int, end: int) -> None:
+        """Give sequence `dst` the KV of `src` at positions [0, end) in place of its own
+        (the same tokens at the same positions, so the same KV, but computed in other
+        batches: taken whole, the prefix stays one computation's, and rounds as it).
+
+        In a unified KV stream no tensor data moves: the cells gain `dst`'s id and live
+        on until every sequence holding them lets go. Between streams llama.cpp copies
+        whole streams only (every layer's K and V, at the next decode, before that step
+        writes anything): `dst` gets all of `src` and lets go of what lies past `end`."""
+        if self.config.kv_unified:
+            llama_cpp.llama_memory_seq_rm(self.memory, dst, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self.memory, src, dst, 0, end)
+        else:
+            llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+            llama_cpp.llama_memory_seq_rm(self.memory, dst, end, -1)

@@ -13,7 +13,30 @@ full pass over the weights: 8 decoding sequences listed as slots 4-7 then 0-3
 cost two passes; in slots 0-7, one. So a batch lists its rows in slot order, and a
 new job takes the free slot that adds the fewest runs of consecutive ids (filling
 a gap, extending a run), the least recently freed among equals so that caches of
-recent prompts live longest."""
+recent prompts live longest.
+
+The prefix cache. A new prompt takes the free slot whose cells hold the longest
+prefix of it (a conversation's next turn finds its previous turn there). Then,
+before a prefilling sequence computes its next chunk, it takes from any other slot,
+running or free, the KV of the longest prefix of its prompt that slot holds
+(`LlamaEngine.share`: a copy of that slot's stream, a few milliseconds; in one
+unified stream, the cells themselves), and while an earlier sequence is still
+computing a longer shared prefix, it waits for it. So eight requests with one system
+prompt compute it once. With one unified stream slot ids no longer split a batch,
+so there a new job takes the least recently freed slot, whose cache is the stalest.
+
+Speculation (`draft_max` > 0): a decoding sequence may add draft tokens after its
+next one, from prompt lookup over its own text (backends/lookup.py), verified in the
+same `llama_decode` as every other sequence's rows. Each row is then sampled as a
+plain step would sample it (its own sampler chain, constrained, with the tokens
+kept so far as history), and drafts are kept while they equal what was sampled. A
+draft from lookup is one token with certainty, and for such a draft this is exactly
+speculative sampling's rule (accept x with probability p(x), else draw from p
+without x), so the output is the sequence's own, greedy or sampled, seed included;
+the first token that differs ends the step and the rejected drafts' cells go. A
+sequence whose drafts keep missing stops drafting for a while (`DraftPolicy`: the
+rest doubles each time), so text with nothing to copy pays almost nothing. Sequences with logits processors
+(grammars) do not draft."""
 
 from __future__ import annotations
 
@@ -28,17 +51,27 @@ from backends.llamacpp.engine import LlamaEngine
 from backends.llamacpp.sampler import SamplerChain, sampler_steps
 from backends.llamacpp.sequence import Phase, Sequence
 from backends.logprobs import entry, first_prompt_entry
+from backends.lookup import DraftPolicy, Lookup
 from backends.sampling import constrain
 from backends.textstream import TextStream
 
 _MIN_REUSE = 8  # a shared prefix shorter than this (a BOS, a word) is not worth a slot's cache
+_MIN_COPY = 64  # the shortest prefix worth a copy of another slot's stream
 
 
 class Scheduler:
-    def __init__(self, engine: LlamaEngine, n_parallel: int, prefix_cache: bool) -> None:
+    def __init__(self, engine: LlamaEngine, n_parallel: int, prefix_cache: bool, draft_max: int = 0) -> None:
         self.engine = engine
         self.n_parallel = n_parallel
         self.prefix_cache = prefix_cache
+        self.draft_max = draft_max  # draft tokens per sequence per step; 0: no speculation
+        self.drafts = self.draft_tokens = self.accepted_tokens = 0  # verification passes, drafted, kept
+        # A copy between streams moves a whole stream: worth it past a prefix this long
+        # (~10 ms to copy SmolLM2's 2,048 cells; computing 64 prompt tokens takes longer).
+        self.min_share = 1 if engine.config.kv_unified else _MIN_COPY
+        self.arrivals = 0
+        self.cache_queries = 0  # prompt tokens looked up in the prefix cache
+        self.cache_hits = 0  # of those, tokens whose KV was reused
         self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.running: list[Sequence] = []
         self.free_slots: deque[int] = deque(range(n_parallel))  # least recently freed first
@@ -63,8 +96,9 @@ class Scheduler:
 
     @property
     def kv_cells_used(self) -> int:
-        """Cells held by running sequences (a finished one's reusable prefix is not counted)."""
-        return sum(seq.n_cached for seq in list(self.running))
+        """Cells held by running sequences, a shared one counted once (a finished one's
+        reusable prefix is not counted)."""
+        return sum(seq.n_cached - seq.borrowed for seq in list(self.running))
 
     # -- the loop --------------------------------------------------------------------
 
@@ -116,9 +150,12 @@ class Scheduler:
         with its prompt (its KV is reused), else the one that keeps slots packed."""
         prompt = job.req.prompt_tokens
         busy = {seq.slot for seq in self.running}
-        packed = min(self.free_slots, key=lambda c: 1 - ((c - 1) in busy) - ((c + 1) in busy))
+        if self.engine.config.kv_unified:
+            packed = self.free_slots[0]
+        else:
+            packed = min(self.free_slots, key=lambda c: 1 - ((c - 1) in busy) - ((c + 1) in busy))
         slot, reuse = packed, 0
-        if self.prefix_cache and job.req.params.prompt_logprobs is None:
+        if self._cacheable(job):
             for candidate in self.free_slots:
                 common = _common_prefix(self.slot_tokens[candidate], prompt)
                 if common > reuse:
@@ -132,10 +169,45 @@ class Scheduler:
         params = job.req.params
         steps = sampler_steps(params, penalty_window=self.engine.n_ctx_seq)
         sampler = SamplerChain(steps, self.engine.n_vocab)
-        seq = Sequence(job, slot, sampler, TextStream(stop=list(params.stop)), n_cached=reuse)
+        seq = Sequence(job, slot, sampler, TextStream(stop=list(params.stop)), n_cached=reuse, arrival=self.arrivals)
+        self.arrivals += 1
         if params.prompt_logprobs is not None:
             seq.prompt_logprobs = [first_prompt_entry(prompt, self.engine.piece)]
+        if self.prefix_cache:
+            self.cache_queries += len(prompt)
+            self.cache_hits += reuse
         return seq
+
+    def _cacheable(self, job: Job) -> bool:
+        # Prompt logprobs need every prompt token's logits: such a prompt is computed whole.
+        return self.prefix_cache and job.req.params.prompt_logprobs is None
+
+    def _catch_up(self, seq: Sequence) -> bool:
+        """Before a prefilling sequence computes its next chunk: take the cells of the
+        longest prefix of its prompt that any other slot holds; then say whether it
+        should wait, because an earlier sequence is still computing more of its prompt."""
+        prompt = seq.prompt
+        limit = len(prompt) - 1  # the last prompt token is evaluated for its logits
+        if not self._cacheable(seq.job) or seq.n_cached >= limit:
+            return False
+        for o in self.running:
+            if o.arrival < seq.arrival and o.phase is Phase.PREFILL and o.n_cached < limit:
+                shared = min(_common_prefix(o.prompt, prompt), limit)
+                if o.n_cached < shared and shared >= seq.n_cached + self.min_share:
+                    return True  # it is computing what this one would: wait, then take it
+        source, best = -1, seq.n_cached
+        holders = [(o.slot, o.cached_tokens) for o in self.running if o is not seq]
+        holders += [(slot, self.slot_tokens[slot]) for slot in self.free_slots]
+        for slot, tokens in holders:
+            if len(tokens) > best and (n := _common_prefix(tokens, prompt)) > best:
+                source, best = slot, n
+        best = min(best, limit)
+        if source >= 0 and best >= seq.n_cached + self.min_share:
+            self.engine.share(source, seq.slot, best)
+            self.cache_hits += best - seq.n_cached
+            seq.borrowed = best if self.engine.config.kv_unified else 0
+            seq.n_cached = best
+        return False
 
     def _step(self) -> None:
         e = self.engine
@@ -143,15 +215,23 @@ class Scheduler:
         # prefilling ones prompt chunks within the budget.
         work: dict[int, tuple[Sequence, list[int], list[bool]]] = {}
         sampling: list[Sequence] = []  # the sequences that draw a token after this decode
-        for seq in self.running:
-            if seq.phase is Phase.DECODE:
-                work[seq.slot] = (seq, [seq.generated[-1]], [True])
-                sampling.append(seq)
-        budget = e.config.n_batch - len(work)
+        decoding = [seq for seq in self.running if seq.phase is Phase.DECODE]
+        room = e.config.n_batch // 2 - len(decoding)  # drafts may take up to half the step
+        for seq in decoding:
+            seq.drafts = self._draft(seq, room) if self.draft_max and room > 0 else []
+            room -= len(seq.drafts)
+            next_rows = [seq.generated[-1], *seq.drafts]
+            work[seq.slot] = (seq, next_rows, [True] * len(next_rows))
+            sampling.append(seq)
+        budget = e.config.n_batch - sum(len(batch_tokens) for _, batch_tokens, _ in work.values())
         # Prompts by class (interactive first), in arrival order within one; while an
         # interactive prompt is being read, it has the step's prompt budget to itself,
-        # so its first token does not wait for a batch of other prompts.
-        prefilling = sorted((s for s in self.running if s.phase is Phase.PREFILL), key=lambda s: s.job.req.priority)
+        # so its first token does not wait for a batch of other prompts. A prompt whose
+        # prefix an earlier one is computing waits for it (see the module's docstring).
+        prefilling = [s for s in self.running if s.phase is Phase.PREFILL]
+        if self.prefix_cache:
+            prefilling = [s for s in prefilling if not self._catch_up(s)]
+        prefilling.sort(key=lambda s: s.job.req.priority)
         first_class = prefilling[0].job.req.priority if prefilling else 0
         for seq in prefilling:
             if first_class == 0 and seq.job.req.priority > 0:
@@ -205,10 +285,45 @@ class Scheduler:
 
         return self._mask_thread.submit(prepare)
 
+    def _draft(self, seq: Sequence, room: int) -> list[int]:
+        """This step's draft tokens for a decoding sequence: what followed the latest
+        earlier occurrence of its last tokens, within its γ and what is left of it."""
+        params = seq.job.req.params
+        if params.logits_processors:
+            return []
+        if seq.policy is None or seq.lookup is None:  # made when first asked
+            seq.policy = DraftPolicy(self.draft_max)
+            seq.lookup = Lookup(seq.prompt + seq.generated)
+        gamma = seq.policy.allowance()
+        left = min(params.max_tokens - len(seq.generated), self.engine.n_ctx_seq - seq.n_cached - 1) - 1
+        return seq.lookup.propose(min(gamma, left, room))
+
+    def _verify(self, seq: Sequence, first: int) -> None:
+        """Sample the rows of a sequence's next token and its drafts, in order, keeping
+        drafts while they equal what was sampled (see the module's docstring)."""
+        drafts, start = seq.drafts, seq.n_cached  # start: the position of its next token
+        seq.drafts = []
+        kept = 0
+        for i in range(len(drafts) + 1):
+            seq.n_cached = start + 1 + i  # the cells of the next token and the drafts kept so far
+            token = self._sample(seq, first + i)
+            if seq.phase is Phase.FINISHED or i == len(drafts) or token != drafts[i]:
+                break
+            kept += 1
+        self.engine.free_sequence(seq.slot, start + 1 + kept)  # the rejected drafts' cells
+        self.drafts += 1
+        self.draft_tokens += len(drafts)
+        self.accepted_tokens += kept
+        if seq.policy is not None:
+            seq.policy.update(kept, len(drafts))
+
     def _advance(self, seq: Sequence, first: int, count: int) -> None:
         """Account for the rows just evaluated, then sample where the sequence needs a token."""
         e = self.engine
         params = seq.job.req.params
+        if seq.drafts:
+            self._verify(seq, first)
+            return
         if seq.phase is Phase.PREFILL and seq.prompt_logprobs is not None:
             for j in range(count):
                 target = seq.n_cached + j + 1  # row j predicts the prompt's next token
@@ -226,7 +341,7 @@ class Scheduler:
                 return
         self._sample(seq, first + count - 1)
 
-    def _sample(self, seq: Sequence, row: int) -> None:
+    def _sample(self, seq: Sequence, row: int) -> int:
         """The sequence's next token from its row of this step's logits: constrained in
         place first (the seam: EOS bans, the request's logits processors), then drawn
         by its own sampler chain, which reads that same row."""
@@ -237,6 +352,8 @@ class Scheduler:
         constrain(logits, params, seq.generated, e.eog_ids)
         token = seq.sampler.sample(e.ctx, row, logits)
         seq.generated.append(token)
+        if seq.lookup is not None:
+            seq.lookup.extend([token])
         self.generated_tokens += 1
         last = len(seq.generated) == params.max_tokens or seq.n_cached + 1 >= e.n_ctx_seq
         text, finish = seq.stream.token(e.piece(token), eos=token in e.eog_set, last=last)
@@ -248,6 +365,7 @@ class Scheduler:
         self.outbox.put(seq.job, chunk)
         if finish is not None:
             self._finish(seq)
+        return token
 
     def _finish(self, seq: Sequence, *, keep_cache: bool = True) -> None:
         """Free the slot. Its KV cells stay for prefix reuse (they are overwritten from
@@ -264,8 +382,16 @@ class Scheduler:
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix, by slice comparisons (C loops) and
+    bisection: a few microseconds for prompts of thousands of tokens."""
     n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo

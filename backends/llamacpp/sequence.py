@@ -9,6 +9,7 @@ from enum import Enum, auto
 from backends.base import TokenLogprob
 from backends.engine_thread import Job
 from backends.llamacpp.sampler import SamplerChain
+from backends.lookup import DraftPolicy, Lookup
 from backends.textstream import TextStream
 
 
@@ -25,9 +26,16 @@ class Sequence:
     sampler: SamplerChain
     stream: TextStream
     n_cached: int  # tokens in the slot's KV cells: where the next one goes
+    arrival: int = 0  # the scheduler's count at admission: a later prompt waits for an earlier one it shares
+    borrowed: int = 0  # cells taken from another slot's KV (computed once, held by both)
     phase: Phase = Phase.PREFILL
     generated: list[int] = field(default_factory=list)  # the last one is not evaluated yet
     prompt_logprobs: list[TokenLogprob] | None = None
+    # Prompt-lookup speculation (the scheduler's `draft_max`): the index of the text so
+    # far (made when first asked), how many to draft, and this step's draft tokens.
+    lookup: Lookup | None = None
+    policy: DraftPolicy | None = None
+    drafts: list[int] = field(default_factory=list)
 
     @property
     def prompt(self) -> list[int]:

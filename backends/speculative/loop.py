@@ -24,6 +24,7 @@ from backends.base import Chunk, FinishReason, SamplingParams
 from backends.engine_thread import Job, Outbox
 from backends.llamacpp.engine import LlamaEngine
 from backends.logprobs import entry
+from backends.lookup import lookup
 from backends.sampling import Probs, distribution, draw
 from backends.speculative.verify import verify
 from backends.textstream import TextStream
@@ -178,20 +179,6 @@ class Run:
                 break
         self.outbox.flush()
         return finish is not None
-
-
-def lookup(context: list[int], gamma: int, ngram: int) -> list[int]:
-    """Prompt lookup (Saxena, 2023): the tokens that followed the latest earlier
-    occurrence of the context's last n tokens (n from `ngram` down to 1), at most γ.
-    Text that repeats its input (code edits, quotes, summaries) is drafted for free."""
-    for n in range(min(ngram, len(context) - 1), 0, -1):
-        tail = context[-n:]
-        for start in range(len(context) - n - 1, -1, -1):
-            if context[start : start + n] == tail:
-                follow = context[start + n : start + n + gamma]
-                if follow:
-                    return follow
-    return []
 
 
 def _one_hot(token: int, size: int) -> Probs:

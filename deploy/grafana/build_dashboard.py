@@ -150,6 +150,18 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "percentunit",
                 description="Fraction of the engine's KV cache in use, for engines that report it.",
             ),
+            Panel(
+                "Prefix cache hit rate",
+                [
+                    (
+                        f"{rate('lightgate_prefix_cache_hits_total')} / {rate('lightgate_prefix_cache_queries_total')}",
+                        "{{model}}",
+                    )
+                ],
+                "percentunit",
+                description="Of the prompt tokens sent, those whose KV the engine reused instead of computing "
+                "(a shared system prompt, a conversation's earlier turns).",
+            ),
         ],
     ),
     (

@@ -6,7 +6,7 @@ shared prefix is reused."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -14,10 +14,11 @@ import pytest
 
 from backends.base import Chunk, GenerationRequest, SamplingParams
 from backends.llamacpp.backend import LlamaCppBackend
-from backends.llamacpp.engine import LlamaEngine
 from compressed_models.catalog import resolve
 from gateway.config import ModelConfig, Settings
 from tests.conftest import SMOL
+from tests.llama_recording import RecordingEngine, recording_backend
+from tests.llama_recording import collect_chunks as _collect
 from tests.logits_processors import AllowOnly, collect, digit_tokens
 from tests.server import RunningServer, serve, wait_until
 
@@ -87,31 +88,9 @@ def test_cancelling_one_sequence_leaves_the_others_untouched(gateway: RunningSer
     assert backend.stats().generated_tokens - before < 400 + 3 * 40
 
 
-class RecordingEngine(LlamaEngine):
-    """The real engine, recording what each decode step held."""
-
-    steps: list[dict[int, int]]
-
-    def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int], want_logits: list[bool]) -> None:
-        per_slot: dict[int, int] = {}
-        for slot in seq_ids:
-            per_slot[slot] = per_slot.get(slot, 0) + 1
-        self.steps.append(per_slot)
-        super().decode(tokens, positions, seq_ids, want_logits)
-
-
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[LlamaCppBackend]:
-    monkeypatch.setattr("backends.llamacpp.backend.LlamaEngine", RecordingEngine)
-    RecordingEngine.steps = []
-    backend = LlamaCppBackend(str(resolve("smollm2-135m-instruct-q4_1")), n_ctx=512, n_parallel=4, n_batch=32)
-    asyncio.run(backend.start())
-    yield backend
-    asyncio.run(backend.stop())
-
-
-async def _collect(stream: AsyncIterator[object]) -> list[object]:
-    return [c async for c in stream]
+    yield from recording_backend(monkeypatch, n_parallel=4, n_batch=32)
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_beside_running_decodes(small_batches: LlamaCppBackend) -> None:

@@ -142,6 +142,20 @@ def test_engine_gauges_come_from_the_backends_own_stats(gateway: RunningServer, 
     assert not any(n == "lightgate_kv_cache_usage_ratio" and ("model", FAST) in ls for n, ls in samples)
 
 
+def test_prefix_cache_hits_count_the_prompt_tokens_reused(gateway: RunningServer, client: openai.OpenAI) -> None:
+    """vLLM's prefix_cache_queries and _hits: tokens, not requests."""
+    prompt = "A library opens at nine and closes at six; visitors may borrow five books. " * 4
+    client.completions.create(model=SMOL, prompt=prompt + "Hours?", max_tokens=1)
+    before = scrape(gateway.base_url)
+    usage = client.completions.create(model=SMOL, prompt=prompt + "Books?", max_tokens=1).usage
+    after = scrape(gateway.base_url)
+    assert usage is not None
+    assert delta(before, after, "lightgate_prefix_cache_queries_total", model=SMOL) == usage.prompt_tokens
+    hits = delta(before, after, "lightgate_prefix_cache_hits_total", model=SMOL)
+    assert usage.prompt_tokens - 8 < hits < usage.prompt_tokens  # all but the new question's tokens
+    assert not any(n.startswith("lightgate_prefix_cache") and ("model", FAST) in ls for n, ls in after)
+
+
 def test_gpu_memory_is_absent_without_a_gpu(gateway: RunningServer) -> None:
     body = httpx.get(gateway.base_url + "/metrics").text
     has_gpu = GpuCollector.create() is not None

@@ -63,10 +63,55 @@ def test_emitted_tokens_follow_the_target_whatever_the_draft(q: list[float]) -> 
 
 
 def test_prompt_lookup_drafts_what_followed_the_last_match() -> None:
-    from backends.speculative.loop import lookup
+    from backends.lookup import lookup
 
     text = [1, 2, 3, 4, 5, 9, 1, 2, 3]
     assert lookup(text, 2, 3) == [4, 5]  # "1 2 3" was followed by "4 5"
     assert lookup([7, 1, 8, 1], 3, 3) == [8, 1]  # only "1" matches: what followed it
     assert lookup([1, 2, 3], 4, 3) == []  # nothing repeats
     assert lookup([5, 6, 5, 6, 5], 4, 2) == [6, 5]  # the latest match wins
+
+
+def test_the_lookup_index_proposes_what_the_scan_finds() -> None:
+    """`Lookup` (the batcher's incremental index) against `lookup` (the scan), on
+    random texts over small alphabets (many repeats), extended a token at a time."""
+    from backends.lookup import Lookup, lookup
+
+    rng = np.random.default_rng(0)
+    proposals = 0
+    for _ in range(200):
+        text = [int(t) for t in rng.integers(0, int(rng.integers(2, 12)), size=int(rng.integers(1, 40)))]
+        index = Lookup(text[:5], sizes=(3, 2, 1))
+        for end in range(5, len(text) + 1):
+            index.extend(text[len(index.tokens) : end])
+            for gamma in (1, 4):
+                expected = lookup(text[:end], gamma, 3)
+                assert index.propose(gamma) == expected, (text[:end], gamma)
+                proposals += bool(expected)
+    assert proposals > 500  # the texts did repeat
+
+
+def test_a_sequence_whose_drafts_miss_rests_longer_each_time_and_one_that_hits_drafts_more() -> None:
+    from backends.lookup import DraftPolicy
+
+    policy = DraftPolicy(draft_max=8)
+    assert policy.allowance() == 4
+    policy.update(4, 4)  # all kept: twice as many
+    assert policy.allowance() == 8
+    policy.update(8, 8)
+    assert policy.allowance() == 8  # at most draft_max
+    policy.update(3, 8)  # a partial miss: what was kept
+    assert policy.allowance() == 3
+    rests = []
+    for _ in range(4):  # two misses in a row, four times over
+        policy.update(0, policy.allowance())
+        policy.update(0, policy.allowance())
+        steps = 0
+        while policy.allowance() == 0:
+            steps += 1
+        rests.append(steps)
+    assert rests == [8, 16, 32, 64]
+    policy.update(1, 4)  # a hit ends the backoff
+    policy.update(0, 1)
+    policy.update(0, 1)
+    assert policy.cooldown == 8

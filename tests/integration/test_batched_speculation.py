@@ -1,0 +1,92 @@
+"""Prompt-lookup speculation inside the continuous batcher (`speculate: ngram`): drafts
+from a sequence's own text, verified in the step's one batch, give exactly the
+output without speculation, greedy or seeded; a grammar-constrained sequence never
+drafts; drafts past a finish or a cancel leave no cells behind. (When a sequence
+rests from drafting: tests/unit/test_speculative_verify.py; what speculation costs
+text with nothing to copy: benchmarks/batched_speculation.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from backends.base import GenerationRequest, SamplingParams
+from backends.llamacpp.backend import LlamaCppBackend
+from compressed_models.catalog import resolve
+from tests.llama_recording import RecordingEngine, collect_chunks, recording_backend
+from tests.logits_processors import AllowOnly, digit_tokens
+from tests.server import wait_until
+
+PATH = str(resolve("smollm2-135m-instruct-q4_1"))
+COPY = [  # text whose continuation repeats what came before it
+    "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\ndef mul(a, b):\n"
+    "    return a * b\n\n\ndef add(a, b):\n",
+    "Copy the text exactly.\nText: The library opens at nine in the morning and closes at six in the evening"
+    " on weekdays; on Saturdays it closes at one.\nCopy: The library opens",
+]
+
+
+@pytest.fixture(scope="module")
+def plain() -> Iterator[LlamaCppBackend]:
+    backend = LlamaCppBackend(PATH, n_ctx=512, n_parallel=2)
+    asyncio.run(backend.start())
+    yield backend
+    asyncio.run(backend.stop())
+
+
+@pytest.fixture
+def speculating(monkeypatch: pytest.MonkeyPatch) -> Iterator[LlamaCppBackend]:
+    yield from recording_backend(monkeypatch, n_parallel=2, speculate="ngram")
+
+
+def _tokens(backend: LlamaCppBackend, prompt: str, params: SamplingParams) -> list[int]:
+    async def run() -> list[int]:
+        chunks = await collect_chunks(backend.generate(GenerationRequest("r", backend.tokenize(prompt), params)))
+        return [t for c in chunks for t in c.token_ids]  # type: ignore[attr-defined]
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "seeded"])
+def test_copying_text_is_drafted_and_the_output_is_the_one_without_drafts(
+    plain: LlamaCppBackend, speculating: LlamaCppBackend, temperature: float
+) -> None:
+    params = SamplingParams(max_tokens=48, temperature=temperature, seed=7)
+    for prompt in COPY:
+        RecordingEngine.steps = []
+        assert _tokens(speculating, prompt, params) == _tokens(plain, prompt, params)
+        decode_steps = len(RecordingEngine.steps) - 1  # less the prompt's
+        assert decode_steps < 48  # several tokens came out of some steps
+    stats = speculating.stats().speculative
+    assert stats is not None and stats.accepted_tokens >= 5 and stats.draft_tokens > stats.accepted_tokens
+
+
+def test_a_constrained_sequence_does_not_draft(speculating: LlamaCppBackend) -> None:
+    digits = digit_tokens(speculating)
+    allow = AllowOnly(digits)
+    params = SamplingParams(max_tokens=24, ignore_eos=True, temperature=0, logits_processors=(allow,))
+    out = _tokens(speculating, "1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3,", params)
+    assert len(out) == 24 and set(out) <= digits
+    stats = speculating.stats().speculative
+    assert stats is not None and stats.draft_tokens == 0
+
+
+def test_drafts_past_the_end_leave_no_cells(speculating: LlamaCppBackend) -> None:
+    """A sequence that stops inside a step of drafts, and one cancelled while drafting:
+    the engine comes back to no running sequence and no KV in use."""
+    short = SamplingParams(max_tokens=5, temperature=0)
+    _tokens(speculating, COPY[0], short)
+
+    async def cancel() -> None:
+        req = GenerationRequest("r", speculating.tokenize(COPY[1]), SamplingParams(max_tokens=200, temperature=0))
+        stream = speculating.generate(req)
+        async for _ in stream:
+            stats = speculating.stats().speculative
+            if stats is not None and stats.accepted_tokens > 0:
+                break
+        await stream.aclose()
+
+    asyncio.run(cancel())
+    assert wait_until(lambda: speculating.stats().running == 0 and speculating.stats().kv_cache_usage == 0)
