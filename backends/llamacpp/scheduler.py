@@ -34,14 +34,17 @@ draft from lookup is one token with certainty, and for such a draft this is exac
 speculative sampling's rule (accept x with probability p(x), else draw from p
 without x), so the output is the sequence's own, greedy or sampled, seed included;
 the first token that differs ends the step and the rejected drafts' cells go. A
-sequence whose drafts keep missing stops drafting for a while (`DraftPolicy`: the
-rest doubles each time), so text with nothing to copy pays almost nothing. Sequences with logits processors
+sequence whose drafts keep missing, or are kept too rarely to pay for their rows at
+the present load (`StepCost`: a row's price, fitted to the steps as they run), stops
+drafting for a while (`DraftPolicy`: the rest doubles each time), so text with
+nothing to copy, and a busy CPU, pay almost nothing. Sequences with logits processors
 (grammars) do not draft."""
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -51,7 +54,7 @@ from backends.llamacpp.engine import LlamaEngine
 from backends.llamacpp.sampler import SamplerChain, sampler_steps
 from backends.llamacpp.sequence import Phase, Sequence
 from backends.logprobs import entry, first_prompt_entry
-from backends.lookup import DraftPolicy, Lookup
+from backends.lookup import DraftPolicy, Lookup, StepCost
 from backends.sampling import constrain
 from backends.textstream import TextStream
 
@@ -66,6 +69,7 @@ class Scheduler:
         self.prefix_cache = prefix_cache
         self.draft_max = draft_max  # draft tokens per sequence per step; 0: no speculation
         self.drafts = self.draft_tokens = self.accepted_tokens = 0  # verification passes, drafted, kept
+        self.cost = StepCost()  # what a row costs a step, for whether drafts pay
         # A copy between streams moves a whole stream: worth it past a prefix this long
         # (~10 ms to copy SmolLM2's 2,048 cells; computing 64 prompt tokens takes longer).
         self.min_share = 1 if engine.config.kv_unified else _MIN_COPY
@@ -218,7 +222,7 @@ class Scheduler:
         decoding = [seq for seq in self.running if seq.phase is Phase.DECODE]
         room = e.config.n_batch // 2 - len(decoding)  # drafts may take up to half the step
         for seq in decoding:
-            seq.drafts = self._draft(seq, room) if self.draft_max and room > 0 else []
+            seq.drafts = self._draft(seq, room, len(decoding)) if self.draft_max and room > 0 else []
             room -= len(seq.drafts)
             next_rows = [seq.generated[-1], *seq.drafts]
             work[seq.slot] = (seq, next_rows, [True] * len(next_rows))
@@ -259,11 +263,14 @@ class Scheduler:
             slots.extend([slot] * len(batch_tokens))
             wants.extend(flags)
         masks = self._prepare_masks(sampling)
+        started = time.perf_counter()
         e.decode(tokens, positions, slots, wants)
         if masks is not None:
             masks.result()
         for seq, first, count in rows:
             self._advance(seq, first, count)
+        if self.draft_max and len(work) == len(decoding):  # decode rows only: prompt chunks run cheaper per row
+            self.cost.record(len(tokens), time.perf_counter() - started)
 
     def _prepare_masks(self, sampling: list[Sequence]) -> Future[None] | None:
         """Grammar masks for this step's draws, computed on a helper thread while
@@ -285,7 +292,7 @@ class Scheduler:
 
         return self._mask_thread.submit(prepare)
 
-    def _draft(self, seq: Sequence, room: int) -> list[int]:
+    def _draft(self, seq: Sequence, room: int, decoding: int) -> list[int]:
         """This step's draft tokens for a decoding sequence: what followed the latest
         earlier occurrence of its last tokens, within its γ and what is left of it."""
         params = seq.job.req.params
@@ -295,6 +302,9 @@ class Scheduler:
             seq.policy = DraftPolicy(self.draft_max)
             seq.lookup = Lookup(seq.prompt + seq.generated)
         gamma = seq.policy.allowance()
+        if gamma and not seq.policy.pays(self.cost.threshold(decoding)):
+            seq.policy.rest()  # at this load its drafts cost more rows than they save
+            return []
         left = min(params.max_tokens - len(seq.generated), self.engine.n_ctx_seq - seq.n_cached - 1) - 1
         return seq.lookup.propose(min(gamma, left, room))
 

@@ -115,3 +115,26 @@ def test_a_sequence_whose_drafts_miss_rests_longer_each_time_and_one_that_hits_d
     policy.update(0, 1)
     policy.update(0, 1)
     assert policy.cooldown == 8
+
+
+def test_the_step_cost_fit_finds_a_rows_price_and_when_drafts_pay() -> None:
+    from backends.lookup import DraftPolicy, StepCost
+
+    cost = StepCost()
+    for _ in range(20):
+        cost.record(4, 0.05)  # steps all alike: nothing to fit a row's price from
+    assert cost.fit() is None and cost.threshold(1) == 0.5  # a row as dear as the fixed part
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        rows = int(rng.choice([1, 2, 4, 6, 9]))
+        cost.record(rows, 0.009 + 0.011 * rows + float(rng.normal(0, 0.0005)))
+    fit = cost.fit()
+    assert fit is not None
+    assert fit[0] == pytest.approx(0.009, abs=0.002) and fit[1] == pytest.approx(0.011, abs=0.001)
+    # Alone a draft pays when ~55% of its tokens are kept; beside three others, ~84%.
+    assert cost.threshold(1) == pytest.approx(0.011 / 0.020, abs=0.05)
+    assert cost.threshold(4) == pytest.approx(0.011 / (0.009 / 4 + 0.011), abs=0.05)
+    policy = DraftPolicy(draft_max=8)
+    for _ in range(10):
+        policy.update(3, 4)  # 75% kept
+    assert policy.pays(cost.threshold(1)) and not policy.pays(cost.threshold(4))
