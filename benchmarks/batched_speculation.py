@@ -1,0 +1,224 @@
+"""Prompt-lookup speculation inside the continuous batcher, beside llama.cpp's own
+server with its own n-gram speculation, same GGUF, same threads, in one run (issue 23).
+
+Workloads (completions, greedy, the answers' first words given, as applications that
+prefill an answer do):
+- code edits: a function of the standard library (docstring dropped, 300-500 tokens)
+  returned renamed: the model copies the body;
+- RAG answers: a ~300-token WikiText-2 passage quoted back;
+- WikiText continuations: nothing to copy (speculation must cost nothing there).
+Each at concurrency 1 and 4; output tokens/s over the run.
+
+Servers: llama-server without speculation and with each of its n-gram modes (its
+best is the peer), 4 slots, `-t 2`; Lightgate's llamacpp backend with and without
+`speculate: ngram`.
+
+    .venv/bin/python -m benchmarks.batched_speculation --llama-server .cache/llama-server/bin/llama-server
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import difflib
+import inspect
+import shutil
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import Progress
+
+from benchmarks.common import lightgate_config, print_table, save_json
+from compressed_models.catalog import resolve
+from leanhttp.client import Client
+from leanhttp.local import free_port, server_process
+from loadtest.client import Prompt, RequestSpec, send
+from loadtest.prompts import wikitext
+from loadtest.server_metrics import scrape
+
+VARIANT = "smollm2-135m-instruct-q4_1"
+MODEL = "smollm2-135m"
+SLOTS = 4
+console = Console(stderr=True)
+
+
+def functions(count: int) -> list[str]:
+    """Functions of the standard library without their docstrings, 300-500 tokens: code
+    nobody wrote for this benchmark, the same on every machine with this Python."""
+    import configparser
+    import tarfile
+    import zipfile
+
+    from backends.llamacpp.engine import LlamaVocab
+
+    vocab = LlamaVocab(str(resolve(VARIANT)))
+    sources = []
+    for module in (difflib, textwrap, shutil, configparser, tarfile, zipfile):
+        for _, member in sorted(inspect.getmembers(module)):
+            for _, fn in sorted(inspect.getmembers(member, inspect.isfunction)) if inspect.isclass(member) else []:
+                if fn.__module__ != module.__name__:
+                    continue
+                tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+                node = tree.body[0]
+                assert isinstance(node, ast.FunctionDef)
+                first = node.body[0]
+                if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and len(node.body) > 1:
+                    node.body = node.body[1:]
+                source = ast.unparse(tree)
+                if 300 <= len(vocab.tokenize(source)) <= 500 and source not in sources:
+                    sources.append(source)
+    vocab.close()
+    return sources[:: max(1, len(sources) // count)][:count]
+
+
+def code_edits(count: int) -> list[str]:
+    prompts = []
+    for source in functions(count):
+        name = source.split("def ", 1)[1].split("(", 1)[0]
+        prompts.append(
+            f"Rename the function `{name}` to `renamed` and change nothing else.\n\n```python\n{source}\n```\n\n"
+            f"The same code, with the function renamed:\n\n```python\ndef renamed("
+        )
+    return prompts
+
+
+def rag(count: int) -> list[str]:
+    passages = [p.text for p in wikitext(230, seed=5, count=count).prompts]
+    return [
+        f"Passage: {p}\n\nQuestion: What does the passage say? Quote it word for word.\n\n"
+        f'Answer: The passage says: "{" ".join(p.split()[:6])}'
+        for p in passages
+    ]
+
+
+def continuations(count: int) -> list[str]:
+    return [p.text for p in wikitext(60, seed=6, count=count).prompts]
+
+
+async def load(base: str, prompts: list[str], users: int, max_tokens: int) -> dict[str, float]:
+    """`users` clients, each taking the next prompt until none is left."""
+    spec = RequestSpec(model=MODEL, max_tokens=max_tokens, ignore_eos=False, temperature=0.0)
+    client = Client(base, timeout_s=600)
+    todo = list(enumerate(prompts))
+    tokens = 0
+    failed = 0
+    t0 = time.perf_counter()
+
+    async def user() -> None:
+        nonlocal tokens, failed
+        while todo:
+            i, text = todo.pop(0)
+            r = await send(client, spec, Prompt(text), i, t0)
+            if r.ok:
+                tokens += r.tokens
+            else:
+                failed += 1
+
+    await asyncio.gather(*(user() for _ in range(users)))
+    wall = time.perf_counter() - t0
+    client.close()
+    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "failed": failed}
+
+
+def lightgate(options: dict[str, Any]) -> tuple[list[str], int]:
+    port = free_port()
+    opts = {"n_ctx": 2048, "n_parallel": SLOTS, "n_threads": 2, **options}
+    config = lightgate_config([{"name": MODEL, "backend": "llamacpp", "variant": VARIANT, "options": opts}])
+    return [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)], port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--llama-server", required=True)
+    parser.add_argument("--modes", default="ngram-simple,ngram-map-k,ngram-mod", help="llama-server's n-gram modes")
+    parser.add_argument("--prompts", type=int, default=4, help="prompts per workload at concurrency 1 (x2 at 4)")
+    parser.add_argument("--out", default="bench-results/batched_speculation.json")
+    args = parser.parse_args()
+    gguf = str(resolve(VARIANT))
+    n = args.prompts
+    workloads: dict[str, tuple[Callable[[int], list[str]], int]] = {
+        "code edits": (code_edits, 400),
+        "RAG quotes": (rag, 300),
+        "WikiText continuations": (continuations, 128),
+    }
+    prompts = {name: make(2 * n) for name, (make, _) in workloads.items()}
+
+    def peer(mode: str | None) -> tuple[str, list[str], int, str]:
+        port = free_port()
+        cmd = [args.llama_server, "-m", gguf, "--port", str(port), "-np", str(SLOTS), "-c", str(SLOTS * 2048)]
+        cmd += ["-t", "2", "--no-webui"]
+        if mode:
+            cmd += ["--spec-type", mode]
+        return (f"llama-server, {mode or 'no speculation'}", cmd, port, "/health")
+
+    servers = [peer(None), *(peer(m) for m in args.modes.split(","))]
+    servers += [
+        ("Lightgate, no speculation", *lightgate({}), "/ready"),
+        ("Lightgate, speculate: ngram", *lightgate({"speculate": "ngram"}), "/ready"),
+    ]
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    drafts: dict[str, dict[str, float]] = {}
+    with Progress(console=console) as progress:
+        task = progress.add_task("servers x workloads", total=len(servers) * len(workloads) * 2)
+        for name, cmd, port, ready in servers:
+            with server_process(cmd, port, ready) as (base, _pid):
+                asyncio.run(load(base, continuations(2), 1, 16))  # warm-up
+                for workload, (_, max_tokens) in workloads.items():
+                    for users in (1, SLOTS):
+                        batch = prompts[workload][: n if users == 1 else 2 * n]
+                        key = f"{workload}, c{users}"
+                        results.setdefault(name, {})[key] = asyncio.run(load(base, batch, users, max_tokens))
+                        progress.advance(task)
+                if name.startswith("Lightgate, speculate"):
+                    with httpx.Client(base_url=base) as client:
+                        spec = scrape(client, MODEL) or {}
+                    drafted = spec.get("lightgate_spec_decode_draft_tokens_total", 0.0)
+                    kept = spec.get("lightgate_spec_decode_accepted_tokens_total", 0.0)
+                    console.print(f"{name}: {kept:.0f} of {drafted:.0f} draft tokens kept")
+                    drafts[name] = {"draft_tokens": drafted, "accepted_tokens": kept}
+    keys = [f"{w}, c{u}" for w in workloads for u in (1, SLOTS)]
+    peers = [s for s in results if s.startswith("llama-server")]
+    best_peer = {k: max(peers, key=lambda s: results[s][k]["tokens_per_s"]) for k in keys}
+    rows = []
+    for k in keys:
+        ours, plain = results["Lightgate, speculate: ngram"][k], results["Lightgate, no speculation"][k]
+        bp = results[best_peer[k]][k]
+        rows.append(
+            [
+                k,
+                *(f"{results[s][k]['tokens_per_s']:.1f}" for s in results),
+                best_peer[k].removeprefix("llama-server, "),
+                f"{ours['tokens_per_s'] / bp['tokens_per_s']:.2f}",
+                f"{ours['tokens_per_s'] / plain['tokens_per_s']:.2f}",
+            ]
+        )
+    print_table(["workload", *results, "best peer", "ours / best peer", "ours: with / without speculation"], rows)
+    save_json(args.out, {"results": results, "best_peer": best_peer, "drafts": drafts})
+    plot(results, keys, Path("docs/figures/batched-speculation.png"))
+
+
+def plot(results: dict[str, dict[str, dict[str, float]]], keys: list[str], path: Path) -> None:
+    from loadtest.plots import png, pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(14, 4.5))
+    width = 0.8 / len(results)
+    for i, (server, figures) in enumerate(results.items()):
+        heights = [figures[k]["tokens_per_s"] for k in keys]
+        ax.bar([k + i * width for k in range(len(keys))], heights, width, label=server)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], keys, fontsize=7)
+    ax.set_ylabel("output tokens/s")
+    ax.legend(fontsize=7)
+    fig.suptitle("Speculation inside the batcher: SmolLM2-135M Q4_1, 2 cores, 4 slots, beside llama-server")
+    path.write_bytes(png(fig))
+
+
+if __name__ == "__main__":
+    main()
