@@ -35,9 +35,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--ctx", type=int, help="chunk length in tokens (default: 512 for llamacpp, 2048 for gptq)")
     p.add_argument("--max-chunks", type=int, help="score only the first chunks (quick runs)")
     p.add_argument("--threads", type=int, default=0)
-    kv_types = ["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl"]
-    p.add_argument("--cache-type-k", choices=kv_types, default="f16", help="GGUF: the KV cache's K type")
-    p.add_argument("--cache-type-v", choices=kv_types, default="f16", help="GGUF: the KV cache's V type")
+    kv = "GGUF on the engine: the KV cache's {} type (f16, q8_0, q4_0, ...: llama-perplexity's -ct{})"
+    p.add_argument("--cache-type-k", default="f16", help=kv.format("K", "k"))
+    p.add_argument("--cache-type-v", default="f16", help=kv.format("V", "v"))
     p.add_argument("--base-url", help="score through this OpenAI-compatible server instead of the engine")
     p.add_argument("--model", help="the server's model name (with --base-url)")
     p.add_argument("--out", type=Path, help="results JSON (default: bench-results/ppl-<variant>-<protocol>.json)")
@@ -46,6 +46,17 @@ def add_parser(sub: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     console = Console()
+    types = (args.cache_type_k, args.cache_type_v)
+    if types != ("f16", "f16"):
+        # Only the GGUF engine path sets cell types: a server or PyTorch would ignore them.
+        if args.base_url or catalog.manifest(args.variant)["format"] == "hf-safetensors":
+            console.print("[red]--cache-type-k/-v apply to a GGUF variant scored on the engine only[/red]")
+            return 2
+        from backends.llamacpp.engine import CACHE_TYPES  # the engine's own list of names
+
+        if unknown := [t for t in types if t not in CACHE_TYPES]:
+            console.print(f"[red]unknown cache type {unknown[0]!r}: one of {', '.join(CACHE_TYPES)}[/red]")
+            return 2
     text = args.text.read_text(encoding="utf-8")
     protocol = perplexity.Protocol.of(args.protocol, args.ctx)
     with Progress(console=console) as progress:
@@ -68,7 +79,6 @@ def main(args: argparse.Namespace) -> int:
             where = f"transformers: {folder}"
         else:
             path = str(catalog.resolve(args.variant))
-            types = (args.cache_type_k, args.cache_type_v)
             result = perplexity.with_engine(path, text, protocol, args.max_chunks, args.threads, step, types)
             where = path
     seconds = time.perf_counter() - started

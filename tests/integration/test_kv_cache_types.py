@@ -83,3 +83,17 @@ def test_perplexity_reads_the_cache_type_and_keeps_the_variants_own_figure(
     record = json.loads(out.read_text())
     assert (record["cache_type_k"], record["cache_type_v"]) == ("q8_0", "q8_0") and record["ppl"] > 1
     assert results.load("smollm2-135m-instruct-q4_1") == {}  # bench compare's figure is the f16 cache's
+
+
+@pytest.mark.parametrize(
+    ("variant", "extra"),
+    [
+        ("smollm2-135m-instruct-q4_1", ["--cache-type-k", "q3_k"]),  # not a cell type llama.cpp takes
+        ("smollm2-135m-instruct-q4_1", ["--cache-type-v", "q8_0", "--base-url", "http://127.0.0.1:9"]),  # a server
+        ("smollm2-135m-instruct-bf16-from-q4_1", ["--cache-type-k", "q8_0"]),  # PyTorch would ignore it
+    ],
+)
+def test_eval_ppl_refuses_a_cache_type_it_cannot_honour(variant: str, extra: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "ppl.json"
+    assert lightgate(["eval", "ppl", variant, "--max-chunks", "1", "--out", str(out), *extra]) == 2
+    assert not out.exists()
