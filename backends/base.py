@@ -280,6 +280,10 @@ class Supervised(Protocol):
     def fetched(self, path: str) -> None:
         """The weights are on disk now: the next start loads them."""
 
+    def estimate_bytes(self) -> int | None:
+        """What its process will hold before it has run, from the weights and options
+        (the engine class's `memory_estimate`); None when the class cannot say."""
+
 
 @dataclass(slots=True, frozen=True)
 class ChatTemplateInfo:

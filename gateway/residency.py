@@ -6,7 +6,9 @@ touched. Only models whose engine runs in a worker process (`worker: true`) come
 and go: unloading one ends its process, which gives its memory back for certain.
 
 A model's footprint is the running memory (peak RSS) its worker reached the last
-time it ran; before its first run, an estimate from its weight file."""
+time it ran; before its first run, its engine's estimate from the weights and the
+options (weights as held, KV cells, buffers, libraries), or, for an engine without
+one, from the weight files alone."""
 
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ log = logging.getLogger("lightgate")
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30}
 _UNITS |= {"t": 2**40, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS |= {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}  # Kubernetes' quantities (the Helm chart's)
-# Before a model has run: its weights, a fifth more (KV cache, buffers), and what a
-# worker process holds before any model (Python, numpy, the engine's library).
+# Before a model whose engine cannot estimate itself has run: its weights, a fifth
+# more (KV cache, buffers), and what a worker process holds before any model.
 ESTIMATE_FACTOR, WORKER_BASE_BYTES = 1.2, 160 * 2**20
 THRASH_WINDOW_S = 60.0  # a model loaded again this soon after its eviction was thrashed
 IDLE_CHECK_S = 1.0
@@ -51,6 +53,8 @@ def managed(d: Deployment) -> bool:
 
 
 def estimate_bytes(d: Deployment) -> int:
+    if isinstance(d.backend, Supervised) and (own := d.backend.estimate_bytes()) is not None:
+        return own
     path = Path(d.backend.path) if isinstance(d.backend, Supervised) and d.backend.path else None
     weights = 0
     if path is not None and path.is_file():

@@ -25,11 +25,15 @@ from backends.base import (
     engine_config,
 )
 from backends.engine_thread import job_stream
-from backends.llamacpp.engine import CACHE_TYPES, EngineConfig, LlamaEngine
+from backends.llamacpp.engine import CACHE_TYPES, EngineConfig, LlamaEngine, LlamaVocab
 from backends.llamacpp.scheduler import Scheduler
 from backends.llamacpp.tokenizer import LlamaTokenizer, LlamaTokenizerMethods, chat_template_of, grammar_index
 from backends.memory import peak_rss_bytes
 from backends.structured import Grammars, constrained
+
+# A worker process before its model: Python, numpy, llama.cpp's library, llguidance
+# (53 MiB measured), with room for the grammar index and the request state.
+_WORKER_LIBRARIES = 64 * 2**20
 
 
 def _usable_cores() -> int:
@@ -91,6 +95,23 @@ class LlamaCppBackend(LlamaTokenizerMethods):
         self._engine: LlamaEngine | None = None
         self._scheduler: Scheduler | None = None
         self._grammars: Grammars | None = None
+
+    @staticmethod
+    def memory_estimate(path: str, options: dict[str, object]) -> int:
+        """What a worker running this model will hold, before it has run (the memory
+        budget's first guess): the weights (mapped, all read), every slot's KV cells
+        (llama.cpp clears them at start, so all are resident), the logits of a full
+        batch (the compute buffer is mostly those) and of one row per slot, and the
+        libraries. SmolLM2 Q4_1 with the defaults: 615 MiB estimated, 574 MiB peak RSS
+        measured after a generation (benchmarks/memory_estimate.py)."""
+        c = engine_config(LlamaCppConfig, "llamacpp", dict(options), path=path)
+        vocab = LlamaVocab(path)  # vocabulary and metadata only: a few MB, tens of ms
+        try:
+            cell, n_vocab = vocab.kv_cell_bytes(c.cache_type_k, c.cache_type_v), vocab.n_vocab
+        finally:
+            vocab.close()
+        logits = (c.n_batch + c.n_parallel) * n_vocab * 4
+        return Path(path).stat().st_size + c.n_parallel * c.n_ctx * cell + logits + _WORKER_LIBRARIES
 
     # -- lifecycle ------------------------------------------------------------------
 

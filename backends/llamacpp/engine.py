@@ -30,6 +30,10 @@ CACHE_TYPES = {
     "iq4_nl": llama_cpp.GGML_TYPE_IQ4_NL,
 }
 
+# Bytes per element of each KV cell type (a quantized block's size over its 32 elements).
+CACHE_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32}
+CACHE_TYPE_BYTES |= {"q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32}
+
 _backend_lock = threading.Lock()
 _backend_ready = False
 
@@ -148,6 +152,25 @@ class LlamaVocab:
             buf = ctypes.create_string_buffer(n + 1)
             llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", errors="replace")
+
+    def kv_cell_bytes(self, type_k: str, type_v: str) -> int:
+        """What one KV cell (one token's keys and values in every layer) takes, from the
+        GGUF's hyperparameters: a vocabulary-only load has them as metadata (its
+        per-layer accessors are not filled in and abort)."""
+        arch = self.metadata("general.architecture") or ""
+
+        def number(key: str) -> int | None:
+            value = self.metadata(f"{arch}.{key}")
+            return int(value) if value is not None and value.isdigit() else None
+
+        n_layer, n_embd, n_head = number("block_count"), number("embedding_length"), number("attention.head_count")
+        if not (n_layer and n_embd and n_head):
+            raise ValueError(f"the GGUF does not say its layers and heads ({arch})")
+        n_head_kv = number("attention.head_count_kv") or n_head
+        head_k = number("attention.key_length") or n_embd // n_head
+        head_v = number("attention.value_length") or n_embd // n_head
+        per_layer = n_head_kv * (head_k * CACHE_TYPE_BYTES[type_k] + head_v * CACHE_TYPE_BYTES[type_v])
+        return int(n_layer * per_layer)
 
     def token_text(self, token_id: int) -> str:
         """A token's text as written in the vocabulary, special tokens included."""

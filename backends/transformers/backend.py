@@ -31,7 +31,7 @@ from backends.memory import peak_rss_bytes
 from backends.sampling import distribution, draw
 from backends.structured import Grammars, constrained
 from backends.textstream import TextStream
-from backends.transformers.model import load_causal_lm, placement
+from backends.transformers.model import host_memory_estimate, load_causal_lm, placement
 
 
 @dataclass(slots=True)
@@ -69,6 +69,13 @@ class TransformersBackend(HfTokenizerMethods):
         self._grammars: Grammars | None = None
         self._generated = 0
         self._weight_bytes: int | None = None
+
+    @staticmethod
+    def memory_estimate(path: str, options: dict[str, object]) -> int:
+        """Host memory a worker running this folder will hold, before it has run (the
+        CPU's; a model placed on a GPU holds less here)."""
+        c = engine_config(TransformersConfig, "transformers", dict(options), path=path)
+        return host_memory_estimate(Path(c.path), c.dtype, c.max_model_len)
 
     # -- lifecycle ------------------------------------------------------------------
 

@@ -117,6 +117,7 @@ class WorkerBackend:
         self._stats = BackendStats()
         self._pieces: dict[int, bytes] = {}
         self._tokenizer: Any = None  # the class's `tokenizer_class`, when it has one; else the worker answers
+        self._estimate: int | None = None  # memory_estimate's answer, once asked
         self._worker: _Process | None = None
         self._up: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -135,6 +136,19 @@ class WorkerBackend:
         """The weights are on disk now: the next start loads them."""
         self._spec = (self._spec[0], path, self._spec[2])
         self.unfetched = False
+        self._estimate = None
+
+    def estimate_bytes(self) -> int | None:
+        """What the worker will hold, from its weights and options, by the class's own
+        `memory_estimate` (weights as the engine holds them, KV cells, buffers, the
+        libraries); None when the class has none or the weights are not here yet."""
+        estimate = getattr(backend_class(self.name), "memory_estimate", None)
+        _, path, options = self._spec
+        if estimate is None or path is None or self.unfetched:
+            return None
+        if self._estimate is None:
+            self._estimate = int(estimate(path, options))
+        return self._estimate
 
     async def prepare(self) -> None:
         """What the gateway keeps while no worker runs: the tokenizer, when the class has
