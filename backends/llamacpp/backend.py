@@ -46,6 +46,9 @@ class LlamaCppConfig:
     n_ctx: int = 2048  # context of each sequence (the longest prompt + output)
     n_parallel: int = 8  # sequences decoded together; each has its own n_ctx of KV cells
     n_batch: int = 512  # tokens per step: every running sequence's next one, then prompt chunks
+    # Prompt tokens a step takes from standard and batch requests (0: n_batch); an
+    # interactive prompt takes the whole n_batch. Small keeps steps short for interactive keys.
+    prompt_chunk: int = 0
     n_threads: int = 0  # 0: every core this process may run on
     n_threads_batch: int = 0  # 0: same as n_threads
     n_gpu_layers: int = 0  # layers offloaded to a GPU (a CUDA/Metal build); -1: all
@@ -69,6 +72,8 @@ class LlamaCppConfig:
             raise ValueError("n_ctx must be >= 16, n_batch and n_parallel >= 1")
         if self.n_batch < self.n_parallel:
             raise ValueError("n_batch must be >= n_parallel: every running sequence needs a row per step")
+        if self.prompt_chunk < 0:
+            raise ValueError("prompt_chunk must be >= 0 (0: n_batch)")
         if self.speculate not in ("none", "ngram"):
             raise ValueError("speculate must be none or ngram (prompt lookup)")
         if self.draft_max < 1:
@@ -137,7 +142,7 @@ class LlamaCppBackend(LlamaTokenizerMethods):
         self._grammars = Grammars(lambda: grammar_index(engine), engine.n_vocab)
         await asyncio.to_thread(self._grammars.warm)
         draft_max = c.draft_max if c.speculate == "ngram" else 0
-        self._scheduler = Scheduler(self._engine, c.n_parallel, c.prefix_cache, draft_max)
+        self._scheduler = Scheduler(self._engine, c.n_parallel, c.prefix_cache, draft_max, c.prompt_chunk)
         self._scheduler.start()
 
     async def stop(self) -> None:

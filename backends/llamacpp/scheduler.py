@@ -63,9 +63,15 @@ _MIN_COPY = 64  # the shortest prefix worth a copy of another slot's stream
 
 
 class Scheduler:
-    def __init__(self, engine: LlamaEngine, n_parallel: int, prefix_cache: bool, draft_max: int = 0) -> None:
+    def __init__(
+        self, engine: LlamaEngine, n_parallel: int, prefix_cache: bool, draft_max: int = 0, prompt_chunk: int = 0
+    ) -> None:
         self.engine = engine
         self.n_parallel = n_parallel
+        # Prompt tokens of the standard and batch classes a step may take (0: the whole
+        # n_batch). Small, a step stays short, so an interactive prompt, which still takes
+        # the whole budget, waits little for the step under way.
+        self.prompt_chunk = prompt_chunk or engine.config.n_batch
         self.prefix_cache = prefix_cache
         self.draft_max = draft_max  # draft tokens per sequence per step; 0: no speculation
         self.drafts = self.draft_tokens = self.accepted_tokens = 0  # verification passes, drafted, kept
@@ -220,7 +226,14 @@ class Scheduler:
         # prefilling ones prompt chunks within the budget.
         work: dict[int, tuple[Sequence, list[int], list[bool]]] = {}
         sampling: list[Sequence] = []  # the sequences that draw a token after this decode
+        prefilling = [s for s in self.running if s.phase is Phase.PREFILL]
+        if self.prefix_cache:
+            prefilling = [s for s in prefilling if not self._catch_up(s)]
+        prefilling.sort(key=lambda s: s.job.req.priority)
+        first_class = prefilling[0].job.req.priority if prefilling else 1
         decoding = [seq for seq in self.running if seq.phase is Phase.DECODE]
+        if first_class == 0:  # an interactive prompt: its step is its own and its class's
+            decoding = [seq for seq in decoding if seq.job.req.priority == 0]
         room = e.config.n_batch // 2 - len(decoding)  # drafts may take up to half the step
         for seq in decoding:
             seq.drafts = self._draft(seq, room, len(decoding)) if self.draft_max and room > 0 else []
@@ -231,23 +244,23 @@ class Scheduler:
         budget = e.config.n_batch - sum(len(batch_tokens) for _, batch_tokens, _ in work.values())
         # Prompts by class (interactive first), in arrival order within one; while an
         # interactive prompt is being read, it has the step's prompt budget to itself,
-        # so its first token does not wait for a batch of other prompts. A prompt whose
-        # prefix an earlier one is computing waits for it (see the module's docstring).
-        prefilling = [s for s in self.running if s.phase is Phase.PREFILL]
-        if self.prefix_cache:
-            prefilling = [s for s in prefilling if not self._catch_up(s)]
-        prefilling.sort(key=lambda s: s.job.req.priority)
-        first_class = prefilling[0].job.req.priority if prefilling else 0
+        # so its first token does not wait for a batch of other prompts; the other
+        # classes' prompts take at most `prompt_chunk` a step. A prompt whose prefix an
+        # earlier one is computing waits for it (see the module's docstring).
+        others = self.prompt_chunk  # what is left of it this step
         for seq in prefilling:
             if first_class == 0 and seq.job.req.priority > 0:
                 break
-            if budget > 0:
-                chunk = seq.prompt[seq.n_cached : seq.n_cached + budget]
+            take = budget if seq.job.req.priority == 0 else min(budget, others)
+            if take > 0:
+                chunk = seq.prompt[seq.n_cached : seq.n_cached + take]
                 last = seq.n_cached + len(chunk) == len(seq.prompt)
                 flags = [seq.prompt_logprobs is not None] * len(chunk)
                 flags[-1] = flags[-1] or last
                 work[seq.slot] = (seq, chunk, flags)
                 budget -= len(chunk)
+                if seq.job.req.priority > 0:
+                    others -= len(chunk)
                 if last and seq.job.req.params.max_tokens > 0:
                     sampling.append(seq)
 

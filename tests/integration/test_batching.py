@@ -115,6 +115,45 @@ def test_a_long_prompt_is_prefilled_in_chunks_beside_running_decodes(small_batch
     assert all(sorted(s.values()) == [1, 31] for s in prefill_steps[:-1]), prefill_steps
 
 
+@pytest.fixture
+def chunked(monkeypatch: pytest.MonkeyPatch) -> Iterator[LlamaCppBackend]:
+    yield from recording_backend(monkeypatch, n_parallel=4, n_batch=32, prompt_chunk=8)
+
+
+def test_other_prompts_take_prompt_chunk_and_an_interactive_one_a_step_of_its_own(chunked: LlamaCppBackend) -> None:
+    """The interactive class's latency set-up: a standard prompt is read 8 tokens a
+    step, so steps stay short; an interactive prompt takes the whole budget in steps
+    that hold nothing else, so it waits only for the step under way."""
+    backend = chunked
+    text = "The history of the city begins with a small village. " * 20
+    short = GenerationRequest("short", backend.tokenize("Hi"), SamplingParams(max_tokens=80, ignore_eos=True))
+    long = GenerationRequest("long", backend.tokenize(text)[:200], SamplingParams(max_tokens=2, temperature=0))
+    urgent_prompt = backend.tokenize("Answer at once: " + text)[:40]
+    urgent = GenerationRequest("urgent", urgent_prompt, SamplingParams(max_tokens=2, temperature=0), priority=0)
+
+    async def run() -> None:
+        first = asyncio.create_task(_collect(backend.generate(short)))
+        while backend.stats().generated_tokens < 3:
+            await asyncio.sleep(0.001)
+        second = asyncio.create_task(_collect(backend.generate(long)))
+        while sum(1 for s in RecordingEngine.steps if s.get(1, 0) > 1) < 2:  # the long prompt is being read
+            await asyncio.sleep(0.001)
+        await asyncio.gather(_collect(backend.generate(urgent)), first, second)
+
+    asyncio.run(run())
+    steps = RecordingEngine.steps  # slots: short 0, long 1, urgent 2 (packed in arrival order)
+    long_chunks = [s for s in steps if s.get(1, 0) > 1]
+    assert sum(s[1] for s in long_chunks) == 200 and all(s[1] <= 8 for s in long_chunks), long_chunks
+    assert all(s.get(0) == 1 for s in long_chunks)  # beside the short one's decode
+    urgent_chunks = [s for s in steps if s.get(2, 0) > 1]
+    assert urgent_chunks == [{2: 32}, {2: 8}], urgent_chunks  # the whole budget, nobody else's rows
+    # ... and it came while the long prompt was still being read: that waited, then went on.
+    first_urgent = steps.index(urgent_chunks[0])
+    assert any(s.get(1, 0) > 1 for s in steps[:first_urgent]) and any(s.get(1, 0) > 1 for s in steps[first_urgent:])
+    with pytest.raises(ValueError, match="prompt_chunk"):
+        LlamaCppBackend(str(resolve("smollm2-135m-instruct-q4_1")), prompt_chunk=-1)
+
+
 def test_slots_stay_packed_and_batches_list_them_in_slot_order(small_batches: LlamaCppBackend) -> None:
     """llama.cpp runs one weight pass per run of consecutive slot ids (see the
     scheduler's docstring): a new job fills the gap a finished one left."""
