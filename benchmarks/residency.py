@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     models = [
         {"name": n, "variant": v, "worker": True, "load": "on_demand", "min_resident_s": 0,
-         "options": {"n_ctx": 512, "n_parallel": 2}}
+         "options": {"n_ctx": 512, "n_parallel": 2, "cache_ram_mib": 0}}  # no prompt store: weights and slots
         for n, v in VARIANTS.items()
     ]  # fmt: skip
     config = lightgate_config(models, memory_budget=args.budget)

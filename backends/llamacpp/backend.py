@@ -26,6 +26,7 @@ from backends.base import (
 )
 from backends.engine_thread import job_stream
 from backends.llamacpp.engine import CACHE_TYPES, EngineConfig, LlamaEngine, LlamaVocab
+from backends.llamacpp.prompt_store import PromptStore
 from backends.llamacpp.scheduler import Scheduler
 from backends.llamacpp.tokenizer import LlamaTokenizer, LlamaTokenizerMethods, chat_template_of, grammar_index
 from backends.memory import peak_rss_bytes
@@ -55,6 +56,8 @@ class LlamaCppConfig:
     use_mmap: bool = True
     flash_attn: bool | None = None  # None: llama.cpp's choice (on for CPU); changes logits slightly
     prefix_cache: bool = True  # a prompt reuses the KV of whatever slot holds its prefix
+    # Host memory for prompts' KV once their slot serves others (llama-server's --cache-ram); 0: off.
+    cache_ram_mib: int = 256
     # One KV stream for all slots: a shared prefix is held once, not copied per slot; but
     # a sequence's attention then reduces over cells laid out beside other sequences', so
     # its greedy output can differ from its output alone. Off: each slot its own stream.
@@ -72,6 +75,8 @@ class LlamaCppConfig:
             raise ValueError("n_ctx must be >= 16, n_batch and n_parallel >= 1")
         if self.n_batch < self.n_parallel:
             raise ValueError("n_batch must be >= n_parallel: every running sequence needs a row per step")
+        if self.cache_ram_mib < 0:
+            raise ValueError("cache_ram_mib must be >= 0 (0: no prompt store)")
         if self.prompt_chunk < 0:
             raise ValueError("prompt_chunk must be >= 0 (0: n_batch)")
         if self.speculate not in ("none", "ngram"):
@@ -106,9 +111,10 @@ class LlamaCppBackend(LlamaTokenizerMethods):
         """What a worker running this model will hold, before it has run (the memory
         budget's first guess): the weights (mapped, all read), every slot's KV cells
         (llama.cpp clears them at start, so all are resident), the logits of a full
-        batch (the compute buffer is mostly those) and of one row per slot, and the
-        libraries. SmolLM2 Q4_1 with the defaults: 615 MiB estimated, 574 MiB peak RSS
-        measured after a generation (benchmarks/memory_estimate.py)."""
+        batch (the compute buffer is mostly those) and of one row per slot, the
+        libraries, and the prompt store's budget (it fills as prompts come and go).
+        SmolLM2 Q4_1 with the defaults, the store aside: 615 MiB estimated, 574 MiB
+        peak RSS measured after a generation (benchmarks/memory_estimate.py)."""
         c = engine_config(LlamaCppConfig, "llamacpp", dict(options), path=path)
         vocab = LlamaVocab(path)  # vocabulary and metadata only: a few MB, tens of ms
         try:
@@ -116,7 +122,8 @@ class LlamaCppBackend(LlamaTokenizerMethods):
         finally:
             vocab.close()
         logits = (c.n_batch + c.n_parallel) * n_vocab * 4
-        return Path(path).stat().st_size + c.n_parallel * c.n_ctx * cell + logits + _WORKER_LIBRARIES
+        store = c.cache_ram_mib * 2**20 if c.prefix_cache else 0
+        return Path(path).stat().st_size + c.n_parallel * c.n_ctx * cell + logits + store + _WORKER_LIBRARIES
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -142,7 +149,8 @@ class LlamaCppBackend(LlamaTokenizerMethods):
         self._grammars = Grammars(lambda: grammar_index(engine), engine.n_vocab)
         await asyncio.to_thread(self._grammars.warm)
         draft_max = c.draft_max if c.speculate == "ngram" else 0
-        self._scheduler = Scheduler(self._engine, c.n_parallel, c.prefix_cache, draft_max, c.prompt_chunk)
+        store = PromptStore(c.cache_ram_mib * 2**20) if c.cache_ram_mib else None
+        self._scheduler = Scheduler(self._engine, c.n_parallel, c.prefix_cache, draft_max, c.prompt_chunk, store)
         self._scheduler.start()
 
     async def stop(self) -> None:

@@ -288,6 +288,23 @@ class LlamaEngine(LlamaVocab):
         """Drop a sequence's KV cells from `start` on."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, start, -1)
 
+    def save_sequence(self, seq_id: int) -> bytes:
+        """A sequence's KV cells as llama.cpp serializes them (positions, keys, values):
+        what `restore_sequence` puts back, in this slot or another."""
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, seq_id)
+        return ctypes.string_at(buf, n)
+
+    def restore_sequence(self, state: bytes, seq_id: int) -> bool:
+        """Replace a sequence's cells with saved ones; False when llama.cpp found no room."""
+        self.free_sequence(seq_id)
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(state), seq_id) == 0:
+            self.free_sequence(seq_id)
+            return False
+        return True
+
     def share(self, src: int, dst: int, end: int) -> None:
         """Give sequence `dst` the KV of `src` at positions [0, end) in place of its own
         (the same tokens at the same positions, so the same KV, but computed in other

@@ -24,6 +24,9 @@ unified stream, the cells themselves), and while an earlier sequence is still
 computing a longer shared prefix, it waits for it. So eight requests with one system
 prompt compute it once. With one unified stream slot ids no longer split a batch,
 so there a new job takes the least recently freed slot, whose cache is the stalest.
+Before a slot's cells are overwritten, the sequence they hold goes to the prompt
+store in host memory (backends/llamacpp/prompt_store.py), and a new prompt that
+starts with a stored one longer than any slot offers restores it into its slot.
 
 Speculation (`draft_max` > 0): a decoding sequence may add draft tokens after its
 next one, from prompt lookup over its own text (backends/lookup.py), verified in the
@@ -51,6 +54,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from backends.base import BackendError, Chunk, Preparable
 from backends.engine_thread import Job, Outbox
 from backends.llamacpp.engine import LlamaEngine
+from backends.llamacpp.prompt_store import PromptStore, common_prefix
 from backends.llamacpp.sampler import SamplerChain, sampler_steps
 from backends.llamacpp.sequence import Phase, Sequence
 from backends.logprobs import entry, first_prompt_entry
@@ -64,9 +68,16 @@ _MIN_COPY = 64  # the shortest prefix worth a copy of another slot's stream
 
 class Scheduler:
     def __init__(
-        self, engine: LlamaEngine, n_parallel: int, prefix_cache: bool, draft_max: int = 0, prompt_chunk: int = 0
+        self,
+        engine: LlamaEngine,
+        n_parallel: int,
+        prefix_cache: bool,
+        draft_max: int = 0,
+        prompt_chunk: int = 0,
+        store: PromptStore | None = None,
     ) -> None:
         self.engine = engine
+        self.store = store if prefix_cache else None  # prompts' KV in host memory, past the slots
         self.n_parallel = n_parallel
         # Prompt tokens of the standard and batch classes a step may take (0: the whole
         # n_batch). Small, a step stays short, so an interactive prompt, which still takes
@@ -168,13 +179,17 @@ class Scheduler:
         slot, reuse = packed, 0
         if self._cacheable(job):
             for candidate in self.free_slots:
-                common = _common_prefix(self.slot_tokens[candidate], prompt)
+                common = common_prefix(self.slot_tokens[candidate], prompt)
                 if common > reuse:
                     slot, reuse = candidate, common
             if reuse < _MIN_REUSE:  # too short to be worth a slot out of the packing
                 slot, reuse = packed, 0
-        reuse = min(reuse, len(prompt) - 1)  # the last prompt token is evaluated for its logits
+        stored = self.store.longest(prompt) if self.store is not None and self._cacheable(job) else None
         self.free_slots.remove(slot)
+        self._store(slot, reuse)
+        if stored is not None and stored[0] >= reuse + _MIN_REUSE and self.engine.restore_sequence(stored[1], slot):
+            reuse = stored[0]
+        reuse = min(reuse, len(prompt) - 1)  # the last prompt token is evaluated for its logits
         self.engine.free_sequence(slot, start=reuse)
         self.slot_tokens[slot] = prompt[:reuse]
         params = job.req.params
@@ -188,6 +203,14 @@ class Scheduler:
             self.cache_queries += len(prompt)
             self.cache_hits += reuse
         return seq
+
+    def _store(self, slot: int, keep: int) -> None:
+        """Save what a slot holds to the prompt store before a new prompt overwrites
+        its cells past `keep` (nothing when that is too little, or stored already)."""
+        tokens = self.slot_tokens[slot]
+        if self.store is None or len(tokens) - keep < _MIN_REUSE or tokens in self.store:
+            return
+        self.store.put(tokens, self.engine.save_sequence(slot))
 
     def _cacheable(self, job: Job) -> bool:
         # Prompt logprobs need every prompt token's logits: such a prompt is computed whole.
@@ -203,14 +226,14 @@ class Scheduler:
             return False
         for o in self.running:
             if o.arrival < seq.arrival and o.phase is Phase.PREFILL and o.n_cached < limit:
-                shared = min(_common_prefix(o.prompt, prompt), limit)
+                shared = min(common_prefix(o.prompt, prompt), limit)
                 if o.n_cached < shared and shared >= seq.n_cached + self.min_share:
                     return True  # it is computing what this one would: wait, then take it
         source, best = -1, seq.n_cached
         holders = [(o.slot, o.cached_tokens) for o in self.running if o is not seq]
         holders += [(slot, self.slot_tokens[slot]) for slot in self.free_slots]
         for slot, tokens in holders:
-            if len(tokens) > best and (n := _common_prefix(tokens, prompt)) > best:
+            if len(tokens) > best and (n := common_prefix(tokens, prompt)) > best:
                 source, best = slot, n
         best = min(best, limit)
         if source >= 0 and best >= seq.n_cached + self.min_share:
@@ -403,19 +426,3 @@ class Scheduler:
             self.engine.free_sequence(seq.slot)
             self.slot_tokens[seq.slot] = []
         self.free_slots.append(seq.slot)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    """The length of the longest common prefix, by slice comparisons (C loops) and
-    bisection: a few microseconds for prompts of thousands of tokens."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo

@@ -165,3 +165,26 @@ def test_one_unified_kv_stream_holds_a_shared_prefix_once(unified: LlamaCppBacke
     assert prefilled(RecordingEngine.steps) < len(system) + 4 * 16
     # Held once: the system prompt, four questions and ~20 tokens each, of 4 x 512 cells.
     assert usage[0] * 4 * 512 < len(system) + 4 * (16 + 40)
+
+
+@pytest.mark.parametrize("store_mib", [16, 0], ids=["store", "no-store"])
+def test_a_prompt_whose_slot_was_taken_comes_back_from_the_prompt_store(
+    monkeypatch: pytest.MonkeyPatch, store_mib: int
+) -> None:
+    """One slot: a prompt, again (its slot still holds it: only the last token is
+    computed), another prompt over its cells, then the first once more. With the host
+    store its KV was saved before it was overwritten and is restored: the last token
+    alone is computed, and the answer is the one from the slot, logprobs bit for bit.
+    Without it, the whole prompt is computed again, as the first time."""
+    for backend in recording_backend(monkeypatch, n_parallel=1, cache_ram_mib=store_mib):
+        first, other = backend.tokenize(SYSTEM + QUESTIONS[0]), backend.tokenize(QUESTIONS[1] * 8)
+        computed_whole = _greedy(backend, [first])
+        from_slot = _greedy(backend, [first])
+        _greedy(backend, [other])
+        RecordingEngine.steps = []
+        again = _greedy(backend, [first])
+        computed = sum(n for n in RecordingEngine.steps[0].values())
+        if store_mib:
+            assert computed == 1 and again == from_slot
+        else:
+            assert computed == len(first) and again == computed_whole
