@@ -68,14 +68,15 @@ class Phase:
         }
 
 
-async def closed_loop(base: str, clients: int, seconds: float, prompts: list[str], model: str) -> Phase:
+async def closed_loop(base: str, clients: int, seconds: float, prompts: list[str], model: str, first: int = 0) -> Phase:
     """`clients` users, each sending its next request as soon as the last one ends
-    (a 429 included: no back-off, the probe's hostile retry)."""
+    (a 429 included: no back-off, the probe's hostile retry), with the prompts from
+    index `first` on, cycled."""
     spec = RequestSpec(model=model, max_tokens=16, ignore_eos=True)
     phase = Phase(seconds)
     client = Client(base, timeout_s=120)
     t0 = time.perf_counter()
-    counter = 0
+    counter = first
 
     async def user(u: int) -> None:
         nonlocal counter
@@ -165,9 +166,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--burst", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=6000,
+        help="distinct prompts; each phase of a server takes its own third, cycled "
+        "(llama-server's RAM prompt cache serves the repeats of a short cycle)",
+    )
     parser.add_argument("--out", default="bench-results/overload.json")
     args = parser.parse_args()
-    prompts = [p.text for p in wikitext(24, count=200).prompts]
+    prompts = [p.text for p in wikitext(24, count=args.prompts).prompts]
     gguf = str(resolve(VARIANT))
     port = free_port()
     peer = [args.llama_server, "-m", gguf, "--port", str(port), "-np", "8", "-c", str(8 * 2048), "-t", "2"]
@@ -182,9 +190,10 @@ def main() -> None:
         task = progress.add_task("servers x rounds", total=len(plan))
         for name, cmd, port, ready in plan:
             with server_process(cmd, port, ready) as (base, pid):
+                third = len(prompts) // 3  # a phase's own prompts: no phase finds another's in a cache
                 asyncio.run(closed_loop(base, 8, 10.0, prompts, MODEL))  # warm-up: the first seconds run slow
-                c8 = asyncio.run(closed_loop(base, 8, args.seconds, prompts, MODEL)).summary()
-                over = asyncio.run(closed_loop(base, args.clients, args.seconds, prompts, MODEL)).summary()
+                c8 = asyncio.run(closed_loop(base, 8, args.seconds, prompts, MODEL, third)).summary()
+                over = asyncio.run(closed_loop(base, args.clients, args.seconds, prompts, MODEL, 2 * third)).summary()
                 rounds.setdefault(name, []).append({"c8": c8, "overload": over})
                 if name.endswith("3"):
                     refusal = asyncio.run(refusal_cost(base, pid, prompts, args.burst))

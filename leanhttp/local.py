@@ -49,4 +49,8 @@ def server_process(
         yield base, proc.pid
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # llama-server can sit on a deep queue past SIGTERM
+            proc.kill()
+            proc.wait()
