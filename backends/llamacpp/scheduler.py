@@ -187,8 +187,10 @@ class Scheduler:
         stored = self.store.longest(prompt) if self.store is not None and self._cacheable(job) else None
         self.free_slots.remove(slot)
         self._store(slot, reuse)
-        if stored is not None and stored[0] >= reuse + _MIN_REUSE and self.engine.restore_sequence(stored[1], slot):
-            reuse = stored[0]
+        if stored is not None and stored[0] >= reuse + _MIN_REUSE:
+            # A restore replaces the slot's cells: when llama.cpp finds no room for it
+            # (one unified stream, full), the slot holds nothing any more.
+            reuse = stored[0] if self.engine.restore_sequence(stored[1], slot) else 0
         reuse = min(reuse, len(prompt) - 1)  # the last prompt token is evaluated for its logits
         self.engine.free_sequence(slot, start=reuse)
         self.slot_tokens[slot] = prompt[:reuse]

@@ -188,3 +188,22 @@ def test_a_prompt_whose_slot_was_taken_comes_back_from_the_prompt_store(
             assert computed == 1 and again == from_slot
         else:
             assert computed == len(first) and again == computed_whole
+
+
+def test_a_restore_that_finds_no_room_computes_the_prompt_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp may find no room for a stored sequence (one unified stream, full): the
+    slot then holds nothing, and the prompt is computed from its start, not from
+    cells that are gone."""
+
+    def no_room(self: LlamaEngine, state: bytes, seq_id: int) -> bool:
+        self.free_sequence(seq_id)
+        return False
+
+    monkeypatch.setattr(RecordingEngine, "restore_sequence", no_room)
+    for backend in recording_backend(monkeypatch, n_parallel=1, cache_ram_mib=16):
+        first = backend.tokenize(SYSTEM + QUESTIONS[0])
+        computed_whole = _greedy(backend, [first])
+        _greedy(backend, [first[:40] + backend.tokenize(QUESTIONS[1] * 8, bos=False)])  # keeps 40, stores the rest
+        RecordingEngine.steps = []
+        assert _greedy(backend, [first]) == computed_whole
+        assert sum(n for n in RecordingEngine.steps[0].values()) == len(first)
