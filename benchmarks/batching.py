@@ -238,6 +238,13 @@ def main() -> None:
     )
     parser.add_argument("--servers", nargs="*", help="only these servers (default: every one configured)")
     parser.add_argument(
+        "--gguf",
+        nargs="*",
+        default=[],
+        metavar="MODEL=PATH",
+        help="another GGUF of a model for the llama.cpp servers (e.g. its bf16: benchmarks/bf16_gguf.py)",
+    )
+    parser.add_argument(
         "--baseline",
         metavar="CHECKOUT",
         help="another checkout of Lightgate (a git worktree of an earlier commit) run as lightgate@baseline",
@@ -263,7 +270,7 @@ def main() -> None:
     slots = max(args.concurrency)
     levels: dict[tuple[str, str, int], list[Level]] = {}
     for short in args.models:
-        model_path = str(resolve(MODELS[short]))
+        model_path = dict(pair.split("=", 1) for pair in args.gguf).get(short) or str(resolve(MODELS[short]))
         chosen = {
             name: how
             for name, how in servers(model_path, args.threads, slots, args, short).items()
