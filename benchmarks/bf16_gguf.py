@@ -8,9 +8,8 @@ packaged GGUF), for llama.cpp's BF16 kernels (AVX-512 BF16 on this CPU). Prints
 
 from __future__ import annotations
 
+from benchmarks.batching import MODELS
 from compressed_models.catalog import cache_dir, resolve
-
-MODELS = {"smollm2": "smollm2-135m-instruct-q4_1", "qwen0.5b": "qwen2.5-coder-0.5b-instruct-q4_k_m"}
 
 
 def main() -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-# A worker with torch and transformers imported (245 MiB measured) and a model's own
-# modules loaded.
-_TORCH_LIBRARIES = 320 * 2**20
+# A worker with torch and transformers imported (245 MiB measured before a model's own
+# modules load; 384 fits the bf16 SmolLM2 worker's measured peak).
+_TORCH_LIBRARIES = 384 * 2**20
 
 
 def is_quanto(folder: Path) -> bool:
@@ -20,13 +20,14 @@ def is_quanto(folder: Path) -> bool:
 
 
 def host_memory_estimate(folder: Path, dtype: str, max_model_len: int) -> int:
-    """What a worker running this folder on the CPU will hold, before it has run (the
-    memory budget's first guess; its measured peak replaces it after the first run):
-    the weights as computed (a bf16 export is upcast to float32 on the CPU), the KV
-    cache of its one sequence at full length, and torch. Quantized folders (quanto,
-    compressed-tensors) count twice their files: quanto's int8 and int4 SmolLM2
-    (269 MB on disk) peaked at 830 and 1,026 MiB with torch. bf16 SmolLM2: 1,490 MiB
-    estimated, 1,301 MiB measured."""
+    """What a worker running this folder on the CPU will hold at its peak, before it
+    has run (the memory budget's first guess; its measured peak replaces it after the
+    first run): the weights as computed (a bf16 export is upcast to float32 on the CPU,
+    and while it is, the stored copy is held too), the KV cache of its one sequence at
+    full length, and torch. Quantized folders (quanto, compressed-tensors) count twice
+    their files: quanto's int8 and int4 SmolLM2 (269 MB on disk) peaked at 830 and
+    1,026 MiB with torch. The bf16 SmolLM2 export at max_model_len 512: 1,176 MiB
+    estimated, 1,175 MiB measured (benchmarks/memory_estimate.py)."""
     config = json.loads((folder / "config.json").read_text())
     files = [f for f in folder.iterdir() if f.suffix in (".safetensors", ".bin")]
     on_disk = sum(f.stat().st_size for f in files)
@@ -35,7 +36,7 @@ def host_memory_estimate(folder: Path, dtype: str, max_model_len: int) -> int:
         weights = 2 * on_disk
     else:
         stored = _DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), 4)
-        weights = on_disk * compute // stored
+        weights = on_disk * compute // stored + (on_disk if compute != stored else 0)
     text = config.get("text_config", config)  # multimodal configs nest the language model's
     n_layer, n_head = int(text["num_hidden_layers"]), int(text["num_attention_heads"])
     head = int(text.get("head_dim") or int(text["hidden_size"]) // n_head)

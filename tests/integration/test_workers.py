@@ -14,13 +14,16 @@ import httpx
 import openai
 import pytest
 
+from backends.llamacpp.backend import LlamaCppConfig
 from backends.worker.backend import WorkerBackend
+from compressed_models.catalog import resolve
 from gateway.config import ModelConfig, Settings, default_model
 from gateway.router import State
 from tests.conftest import SMOL
 from tests.server import RunningServer, serve, wait_until
 
 SMOL_W, SYNTH_W = "smollm2-worker", "synthetic-worker"
+SMOL_PATH = str(resolve("smollm2-135m-instruct-q4_1"))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,7 @@ def test_the_memory_estimate_bounds_what_the_worker_holds(workers: RunningServer
     backend = _worker(workers, SMOL_W)
     estimate, held = backend.estimate_bytes(), backend.stats().running_memory_bytes
     assert estimate is not None and held is not None
-    store = 256 * 2**20  # cache_ram_mib's default
+    store = LlamaCppConfig(SMOL_PATH).cache_ram_mib * 2**20  # the default budget, which the test's options keep
     assert held <= estimate and estimate - store <= 1.5 * held
     assert _worker(workers, SYNTH_W).estimate_bytes() is None  # no weights: residency's flat guess
 
