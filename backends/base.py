@@ -284,6 +284,18 @@ class Supervised(Protocol):
         """What its process will hold before it has run, from the weights and options
         (the engine class's `memory_estimate`); None when the class cannot say."""
 
+    def gpu_estimate_bytes(self) -> dict[int, int]:
+        """What its process will hold on each GPU before it has run (the class's
+        `gpu_memory_estimate`); empty on the CPU."""
+
+    def footprint_key(self) -> str | None:
+        """A digest of what its memory depends on (engine, options, weights): a
+        footprint measured under it is kept across gateway restarts."""
+
+    @property
+    def pid(self) -> int | None:
+        """Its process id while one runs (GPU memory is counted by process)."""
+
 
 @dataclass(slots=True, frozen=True)
 class ChatTemplateInfo:

@@ -21,3 +21,28 @@ def peak_rss_bytes() -> int:
                 return int(line.split()[1]) * 1024  # kB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB, macOS bytes
+
+
+# What a process holds on a GPU before any model: the CUDA context and the kernels of
+# the libraries it loads (a few hundred MiB on a Hopper GPU). An allowance, not a
+# measurement: a model's first run measures its GPU memory by its process (NVML).
+CUDA_CONTEXT_BYTES = 512 * 2**20
+
+
+def gpu_count() -> int:
+    """The GPUs NVML sees (0 without a driver, its library or a device)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetCount())
+    except Exception:  # no driver, no library, no device: all mean "no GPU here"
+        return 0
+
+
+def cuda_index(device: str) -> int | None:
+    """The GPU a torch device string names (`cuda`, `cuda:1`); None for the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    _, _, index = device.partition(":")
+    return int(index) if index else 0

@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 
@@ -16,10 +17,12 @@ from gateway.api import admin, chat, completions, embeddings, metrics, models, r
 from gateway.config import Settings
 from gateway.drain import Drain, DrainMiddleware
 from gateway.errors import install_handlers
+from gateway.footprints import FootprintStore
+from gateway.gpu import GpuCollector
 from gateway.guard import GuardMiddleware
 from gateway.metrics import Metrics
 from gateway.request_log import RequestLogMiddleware
-from gateway.residency import Residency, parse_bytes
+from gateway.residency import Residency, gpu_budget_bytes, parse_bytes
 from gateway.responses_store import ResponseStore
 from gateway.router import Router, build_deployment
 from gateway.streaming import ClientDisconnected
@@ -31,7 +34,13 @@ log = logging.getLogger("lightgate")
 def create_app(settings: Settings) -> FastAPI:
     router = Router([build_deployment(m) for m in settings.models])
     budget = parse_bytes(settings.memory_budget) if settings.memory_budget is not None else None
-    residency = Residency(router, budget)  # a model that cannot fit is an error here, at start
+    store = FootprintStore(Path(settings.footprints_file or cache_root() / "footprints.json"))
+    gpu = GpuCollector.create()
+    gpu_budgets = gpu_budget_bytes(settings.gpu_memory_budget, gpu.count if gpu is not None else 0)
+    if settings.gpu_memory_budget is not None and gpu is None:
+        log.warning("gpu_memory_budget is set, but NVML sees no GPU here: it bounds the models' estimates only")
+    # A model that cannot fit is an error here, at start.
+    residency = Residency(router, budget, gpu_budgets=gpu_budgets, gpu=gpu, store=store)
     keyring = Keyring(settings.tenants, settings.api_keys, settings.tenants_file)
 
     @asynccontextmanager
@@ -49,6 +58,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             watching.cancel()
             unloading.cancel()
+            with contextlib.suppress(Exception):
+                residency.measure_all()  # the footprints of the models still loaded, kept for the next start
             await loading
             await router.stop()
             app.state.responses.close()

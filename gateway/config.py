@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     # Host memory the models with worker: true may hold together ("8GiB", "512MiB", bytes):
     # loading one that would not fit evicts the least recently used idle ones first.
     memory_budget: int | str | None = None
+    # The same on GPUs, for models whose worker uses one: a size for each GPU, or sizes by
+    # GPU index ({0: 70GiB, 1: 40GiB}); a GPU not named is not bounded.
+    gpu_memory_budget: int | str | dict[int, int | str] | None = None
+    # What each worker model took (host, per GPU), kept across restarts so the budget does
+    # not fall back to estimates; None: footprints.json in the cache folder.
+    footprints_file: str | None = None
     # Connections (uvicorn): a client that is slow to send its headers or its body is cut
     # off, an idle kept-alive connection closed, and connections past the cap refused.
     header_timeout_s: float = Field(default=10.0, gt=0)

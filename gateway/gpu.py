@@ -38,6 +38,25 @@ class GpuCollector(Collector):
         except (AttributeError, TypeError, self.nvml.NVMLError):
             return self.nvml.nvmlDeviceGetMemoryInfo(handle)
 
+    def by_process(self) -> dict[int, dict[int, int]]:
+        """GPU memory each process holds now, by process id, then GPU index (NVML's
+        per-process accounting: an engine worker's share of a GPU). In a container
+        without the host's process namespace NVML reports host process ids, which
+        match no worker: the budget then keeps the estimates."""
+        held: dict[int, dict[int, int]] = {}
+        for i in range(self.count):
+            handle = self.nvml.nvmlDeviceGetHandleByIndex(i)
+            try:
+                processes = self.nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            except self.nvml.NVMLError:  # not supported on this device or driver
+                continue
+            for p in processes:
+                if p.usedGpuMemory is None:  # NVML_VALUE_NOT_AVAILABLE (no permission to see it)
+                    continue
+                per_gpu = held.setdefault(int(p.pid), {})
+                per_gpu[i] = per_gpu.get(i, 0) + int(p.usedGpuMemory)
+        return held
+
     def describe(self) -> Iterable[Metric]:
         return []
 

@@ -149,7 +149,7 @@ class Metrics:
             r.register(BudgetCollector(residency))
         prometheus_client.ProcessCollector(registry=r)
         prometheus_client.PlatformCollector(registry=r)
-        gpu = GpuCollector.create()
+        gpu = residency.gpu if residency is not None else GpuCollector.create()
         if gpu is not None:
             r.register(gpu)
         self._series: dict[tuple[str, str, str, str], ModelSeries] = {}
@@ -340,8 +340,32 @@ class BudgetCollector(Collector):
             "lightgate_memory_budget_used_bytes",
             "Footprint of the models with worker: true now in memory (measured peak RSS, else an estimate).",
         )
-        used.add_metric([], self.residency.used())
+        held = self.residency.holding()
+        used.add_metric([], held.host)
         yield used
         if self.residency.budget is not None:
             doc = "memory_budget: the host memory those models may hold together."
             yield GaugeMetricFamily("lightgate_memory_budget_bytes", doc, value=self.residency.budget)
+        gpu_used = GaugeMetricFamily(
+            "lightgate_gpu_memory_budget_used_bytes",
+            "Footprint on each GPU of the models with worker: true now in memory (measured, else an estimate).",
+            labels=["gpu"],
+        )
+        gpu_budget = GaugeMetricFamily(
+            "lightgate_gpu_memory_budget_bytes",
+            "gpu_memory_budget: what those models may hold on each GPU.",
+            labels=["gpu"],
+        )
+        for i in sorted(held.gpu.keys() | self.residency.gpu_budgets.keys()):
+            gpu_used.add_metric([str(i)], held.gpu.get(i, 0))
+        for i, limit in sorted(self.residency.gpu_budgets.items()):
+            gpu_budget.add_metric([str(i)], limit)
+        per_model = GaugeMetricFamily(
+            "lightgate_model_gpu_memory_bytes",
+            "GPU memory a model's worker process holds at most in this run, per GPU (NVML, sampled each second).",
+            labels=["model", "gpu"],
+        )
+        for d in self.residency.router.deployments:
+            for i, used_bytes in sorted((d.peak.gpu if d.peak is not None else {}).items()):
+                per_model.add_metric([d.name, str(i)], used_bytes)
+        yield from (gpu_used, gpu_budget, per_model)

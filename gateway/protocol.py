@@ -608,6 +608,7 @@ class ModelCard(BaseModel):
     # draining) and the memory its engine holds (peak RSS of its worker or process).
     state: str | None = None
     memory_bytes: int | None = None
+    gpu_memory_bytes: dict[str, int] | None = None  # by GPU index, for a worker that holds some (NVML)
 
 
 class ModelList(BaseModel):

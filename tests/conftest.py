@@ -3,6 +3,8 @@ model on llama.cpp and two synthetic models for gateway-only behaviour."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,10 @@ import pytest
 
 from gateway.config import ModelConfig, Settings, default_model
 from tests.server import RunningServer, serve
+
+# Footprints measured by this session's gateways go to a file of its own: a developer's
+# cache, or a run before, must not change what a test's memory budget decides.
+os.environ["LIGHTGATE_FOOTPRINTS_FILE"] = str(Path(tempfile.mkdtemp(prefix="lightgate-test-")) / "footprints.json")
 
 SMOL = "smollm2-135m"
 QWEN = "qwen"  # Qwen2.5-Coder-0.5B-Instruct: tools, the Responses API, fill-in-the-middle

@@ -29,7 +29,7 @@ from backends.llamacpp.engine import CACHE_TYPES, EngineConfig, LlamaEngine, Lla
 from backends.llamacpp.prompt_store import PromptStore
 from backends.llamacpp.scheduler import Scheduler
 from backends.llamacpp.tokenizer import LlamaTokenizer, LlamaTokenizerMethods, chat_template_of, grammar_index
-from backends.memory import peak_rss_bytes
+from backends.memory import CUDA_CONTEXT_BYTES, peak_rss_bytes
 from backends.structured import Grammars, constrained
 
 # A worker process before its model: Python, numpy, llama.cpp's library, llguidance
@@ -124,6 +124,29 @@ class LlamaCppBackend(LlamaTokenizerMethods):
         logits = (c.n_batch + c.n_parallel) * n_vocab * 4
         store = c.cache_ram_mib * 2**20 if c.prefix_cache else 0
         return Path(path).stat().st_size + c.n_parallel * c.n_ctx * cell + logits + store + _WORKER_LIBRARIES
+
+    @staticmethod
+    def gpu_memory_estimate(path: str, options: dict[str, object]) -> dict[int, int]:
+        """GPU memory by device, before it has run: with `n_gpu_layers`, that share of
+        the weights (the output layer counts as one more, as llama.cpp counts it), the
+        offloaded layers' KV cells, the compute buffers and the CUDA context. Placed on
+        GPU 0: llama.cpp spreads layers over every visible GPU, and the first run's
+        measurement, GPU by GPU, replaces this. Host memory stays `memory_estimate`'s
+        (an upper bound: offloaded KV cells are counted there too)."""
+        c = engine_config(LlamaCppConfig, "llamacpp", dict(options), path=path)
+        if c.n_gpu_layers == 0:
+            return {}
+        vocab = LlamaVocab(path)
+        try:
+            n_layer = vocab.hparam("block_count") or 1
+            cell, n_vocab = vocab.kv_cell_bytes(c.cache_type_k, c.cache_type_v), vocab.n_vocab
+        finally:
+            vocab.close()
+        layers = n_layer + 1 if c.n_gpu_layers < 0 else min(c.n_gpu_layers, n_layer + 1)
+        weights = Path(path).stat().st_size * layers // (n_layer + 1)
+        kv = c.n_parallel * c.n_ctx * cell * min(layers, n_layer) // n_layer
+        logits = (c.n_batch + c.n_parallel) * n_vocab * 4
+        return {0: weights + kv + logits + CUDA_CONTEXT_BYTES}
 
     # -- lifecycle ------------------------------------------------------------------
 

@@ -153,19 +153,20 @@ class LlamaVocab:
             llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", errors="replace")
 
+    def hparam(self, key: str) -> int | None:
+        """A whole-number hyperparameter of the GGUF's architecture (`block_count`, ...)."""
+        arch = self.metadata("general.architecture") or ""
+        value = self.metadata(f"{arch}.{key}")
+        return int(value) if value is not None and value.isdigit() else None
+
     def kv_cell_bytes(self, type_k: str, type_v: str) -> int:
         """What one KV cell (one token's keys and values in every layer) takes, from the
         GGUF's hyperparameters: a vocabulary-only load has them as metadata (its
         per-layer accessors are not filled in and abort)."""
-        arch = self.metadata("general.architecture") or ""
-
-        def number(key: str) -> int | None:
-            value = self.metadata(f"{arch}.{key}")
-            return int(value) if value is not None and value.isdigit() else None
-
+        number = self.hparam
         n_layer, n_embd, n_head = number("block_count"), number("embedding_length"), number("attention.head_count")
         if not (n_layer and n_embd and n_head):
-            raise ValueError(f"the GGUF does not say its layers and heads ({arch})")
+            raise ValueError(f"the GGUF does not say its layers and heads ({self.metadata('general.architecture')})")
         n_head_kv = number("attention.head_count_kv") or n_head
         head_k = number("attention.key_length") or n_embd // n_head
         head_v = number("attention.value_length") or n_embd // n_head

@@ -27,11 +27,11 @@ from backends.base import BackendError, BackendStats, Chunk, GenerationRequest, 
 from backends.engine_thread import Job, Outbox, Worker, job_stream
 from backends.hf_tokenizer import HfTokenizer, HfTokenizerMethods
 from backends.logprobs import entry, first_prompt_entry
-from backends.memory import peak_rss_bytes
+from backends.memory import cuda_index, gpu_count, peak_rss_bytes
 from backends.sampling import distribution, draw
 from backends.structured import Grammars, constrained
 from backends.textstream import TextStream
-from backends.transformers.model import host_memory_estimate, load_causal_lm, placement
+from backends.transformers.model import gpu_memory_estimate, host_memory_estimate, load_causal_lm, placement
 
 
 @dataclass(slots=True)
@@ -76,6 +76,16 @@ class TransformersBackend(HfTokenizerMethods):
         CPU's; a model placed on a GPU holds less here)."""
         c = engine_config(TransformersConfig, "transformers", dict(options), path=path)
         return host_memory_estimate(Path(c.path), c.dtype, c.max_model_len)
+
+    @staticmethod
+    def gpu_memory_estimate(path: str, options: dict[str, object]) -> dict[int, int]:
+        """GPU memory by device, before it has run: none on the CPU; `auto` places it
+        on GPU 0 when NVML sees one (torch's own test would import torch here)."""
+        c = engine_config(TransformersConfig, "transformers", dict(options), path=path)
+        index = cuda_index("cuda" if c.device == "auto" and gpu_count() else c.device)
+        if index is None:
+            return {}
+        return {index: gpu_memory_estimate(Path(c.path), c.dtype, c.max_model_len)}
 
     # -- lifecycle ------------------------------------------------------------------
 

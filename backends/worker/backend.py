@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
+import json
 import logging
 import multiprocessing
 import signal
@@ -24,6 +26,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from backends import backend_class
@@ -118,6 +121,7 @@ class WorkerBackend:
         self._pieces: dict[int, bytes] = {}
         self._tokenizer: Any = None  # the class's `tokenizer_class`, when it has one; else the worker answers
         self._estimate: int | None = None  # memory_estimate's answer, once asked
+        self._gpu_estimate: dict[int, int] | None = None  # gpu_memory_estimate's, once asked
         self._worker: _Process | None = None
         self._up: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -136,7 +140,7 @@ class WorkerBackend:
         """The weights are on disk now: the next start loads them."""
         self._spec = (self._spec[0], path, self._spec[2])
         self.unfetched = False
-        self._estimate = None
+        self._estimate, self._gpu_estimate = None, None
 
     def estimate_bytes(self) -> int | None:
         """What the worker will hold, from its weights and options, by the class's own
@@ -149,6 +153,30 @@ class WorkerBackend:
         if self._estimate is None:
             self._estimate = int(estimate(path, options))
         return self._estimate
+
+    def gpu_estimate_bytes(self) -> dict[int, int]:
+        """What the worker will hold on each GPU, by the class's `gpu_memory_estimate`;
+        empty for an engine on the CPU, or one that cannot say."""
+        estimate = getattr(backend_class(self.name), "gpu_memory_estimate", None)
+        _, path, options = self._spec
+        if estimate is None or path is None or self.unfetched:
+            return {}
+        if self._gpu_estimate is None:
+            self._gpu_estimate = {int(k): int(v) for k, v in estimate(path, options).items()}
+        return self._gpu_estimate
+
+    def footprint_key(self) -> str | None:
+        """What the worker's memory depends on, as a digest: the engine, its options, and
+        its weights (path, size, time written). A footprint measured under one key stays
+        true for the next process with the same key; None until the weights are here."""
+        name, path, options = self._spec
+        if self.unfetched:
+            return None
+        weights = Path(path) if path is not None else None
+        files = [] if weights is None else sorted(weights.rglob("*")) if weights.is_dir() else [weights]
+        stamps = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+        text = json.dumps([name, stamps, options], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     async def prepare(self) -> None:
         """What the gateway keeps while no worker runs: the tokenizer, when the class has

@@ -217,10 +217,15 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ),
             Panel(
                 "Memory budget used",
-                [("lightgate_memory_budget_used_bytes", "used")],
+                [
+                    ("lightgate_memory_budget_used_bytes", "used"),
+                    ("lightgate_gpu_memory_budget_used_bytes", "GPU {{gpu}} used"),
+                    ("lightgate_gpu_memory_budget_bytes", "GPU {{gpu}} budget"),
+                ],
                 "bytes",
                 description="What the models in worker processes hold (measured peak RSS, else an estimate from "
-                "the weights); compare with lightgate_memory_budget_bytes, the memory_budget, when one is set.",
+                "the weights); compare with lightgate_memory_budget_bytes, the memory_budget, when one is set. "
+                "On GPUs: what they hold on each (NVML per worker process, else estimates) and gpu_memory_budget.",
             ),
             Panel(
                 "Engine restarts",

@@ -16,6 +16,7 @@ router = APIRouter()
 def _cards(d: Deployment) -> list[ModelCard]:
     max_len = (d.backend.max_model_len or None) if d.started else None  # 0: an upstream that does not say
     memory = d.backend.stats().running_memory_bytes if d.started else None
+    gpu = {str(i): b for i, b in sorted(d.peak.gpu.items())} if d.started and d.peak is not None else {}
     return [
         ModelCard(
             id=name,
@@ -26,6 +27,7 @@ def _cards(d: Deployment) -> list[ModelCard]:
             variant=d.config.variant,
             state=d.state.value,
             memory_bytes=memory,
+            gpu_memory_bytes=gpu or None,
         )
         for name in [d.config.name, *d.config.aliases]
     ]

@@ -17,7 +17,7 @@ from backends import backend_names
 from backends.openai.backend import OpenAIUpstreamBackend
 from compressed_models import catalog
 from gateway.config import load_settings
-from gateway.residency import parse_bytes
+from gateway.residency import gpu_budget_bytes, parse_bytes
 from gateway.router import build_deployment
 from gateway.tenants import read_tenants_file
 from tests.chart import CHART, ROOT, helm, named, render
@@ -165,3 +165,14 @@ def test_tenants_are_a_mounted_secret_file_the_gateway_loads(tmp_path: Path) -> 
     # Without tenants, nothing is mounted and no file is named.
     plain = yaml.safe_load(named(render(), "ConfigMap")["lg-lightgate-gateway"]["data"]["lightgate.yaml"])
     assert "tenants_file" not in plain
+
+
+def test_a_gpu_budget_reaches_each_lightgate_engines_config(tmp_path: Path) -> None:
+    docs = render("-f", str(EXAMPLE), "--set-string", "engineDefaults.gpuMemoryBudget=70Gi")
+    engines = [cm for name, cm in named(docs, "ConfigMap").items() if not name.endswith(("-gateway", "-dashboard"))]
+    assert engines
+    for cm in engines:
+        engine_file = tmp_path / "engine.yaml"
+        engine_file.write_text(cm["data"]["lightgate.yaml"])
+        budget = load_settings(engine_file).gpu_memory_budget
+        assert budget is not None and gpu_budget_bytes(budget, 2) == {0: 70 * 2**30, 1: 70 * 2**30}

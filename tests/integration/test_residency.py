@@ -18,12 +18,16 @@ import pytest
 from backends.worker.backend import WorkerBackend
 from compressed_models import catalog
 from gateway.app import create_app
-from gateway.config import ModelConfig, Settings
+from gateway.config import ModelConfig, Settings, default_model
+from gateway.footprints import Footprint
+from gateway.gpu import GpuCollector
 from gateway.residency import WORKER_BASE_BYTES, parse_bytes
 from gateway.router import State
+from tests.fake_nvml import FakeNvml, Process
 from tests.server import RunningServer, serve, wait_until
 
 ADMIN = "admin-secret"
+MiB = 2**20
 
 
 def _model(name: str, **fields: object) -> ModelConfig:
@@ -72,7 +76,7 @@ def test_sizes_read_as_people_write_them() -> None:
 
 
 def test_a_model_that_cannot_fit_alone_or_startup_models_that_cannot_fit_together_fail_at_start() -> None:
-    with pytest.raises(ValueError, match="more than the memory_budget"):
+    with pytest.raises(ValueError, match=r"160 MiB, more than the memory budget \(memory_budget 100 MiB\) by itself"):
         create_app(Settings(models=[_model("big")], memory_budget="100MiB"))
     with pytest.raises(ValueError, match="load: on_demand"):
         create_app(Settings(models=[_model("x"), _model("y"), _model("z")], memory_budget="400MiB"))
@@ -197,3 +201,43 @@ def test_a_model_not_on_disk_is_fetched_by_its_first_request(tmp_path: Path, mon
         backend = d.backend
         assert isinstance(backend, WorkerBackend) and backend.path is not None
         assert Path(backend.path).read_bytes() == whole  # assembled in order and checked
+
+
+def test_gpu_memory_is_budgeted_per_gpu_by_what_each_worker_holds_there() -> None:
+    """`gpu_memory_budget`: NVML's count for each worker's process (a stand-in here: no
+    GPU) is the model's GPU footprint; a model that does not fit on a GPU evicts one
+    that holds memory there, not the least recently used model that holds none."""
+    models = [_model(name, load="on_demand") for name in ("g1", "g2", "cpu")]
+    settings = Settings(models=models, gpu_memory_budget={0: "1GiB"})
+    with serve(settings, startup_s=60) as server:
+        residency = server.app.state.residency
+        nvml = FakeNvml({0: []})
+        residency.gpu = GpuCollector(nvml, 1)
+        client = openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0)
+        _ask(client, "cpu")  # the least recently used from here on; it holds nothing on a GPU
+        _ask(client, "g1")
+        g1, g2, cpu = (server.router.find(name) for name in ("g1", "g2", "cpu"))
+        assert g1 is not None and g2 is not None and cpu is not None and isinstance(g1.backend, WorkerBackend)
+        nvml.processes[0] = [Process(g1.backend.pid or 0, 700 * MiB)]
+        assert wait_until(lambda: g1.peak is not None and g1.peak.gpu == {0: 700 * MiB}, 5)
+        card = httpx.get(f"{server.v1}/models/g1").json()
+        assert card["gpu_memory_bytes"] == {"0": 700 * MiB}
+        metrics = dict(line.rsplit(" ", 1) for line in httpx.get(server.base_url + "/metrics").text.splitlines())
+        assert float(metrics['lightgate_model_gpu_memory_bytes{gpu="0",model="g1"}']) == 700 * MiB
+        assert float(metrics['lightgate_gpu_memory_budget_used_bytes{gpu="0"}']) == 700 * MiB
+        assert float(metrics['lightgate_gpu_memory_budget_bytes{gpu="0"}']) == 2**30
+        g2.footprint = Footprint(WORKER_BASE_BYTES, {0: 600 * MiB})  # what its last run measured
+        _ask(client, "g2")  # 700 + 600 MiB on GPU 0: over its 1 GiB
+        assert _state(server, "g1") is State.UNLOADED and _state(server, "cpu") is State.READY
+        # The host's part stays the estimate: this engine does not measure its RSS.
+        assert g1.footprint == Footprint(WORKER_BASE_BYTES, {0: 700 * MiB})
+
+
+def test_a_model_whose_gpu_estimate_exceeds_its_gpu_budget_fails_at_start() -> None:
+    """Before any run: llama.cpp with every layer offloaded estimates the GGUF, its KV
+    cells and the CUDA context on GPU 0 (no GPU needed to say so)."""
+    model = default_model()
+    model.worker, model.options = True, {"n_ctx": 512, "n_gpu_layers": -1}
+    with pytest.raises(ValueError, match=r"MiB on GPU 0, more than the memory budget \(gpu_memory_budget GPU 0 256"):
+        create_app(Settings(models=[model], gpu_memory_budget={0: "256MiB"}))
+    create_app(Settings(models=[model], gpu_memory_budget={0: "2GiB"}))  # fits

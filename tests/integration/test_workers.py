@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -17,7 +18,9 @@ import pytest
 from backends.llamacpp.backend import LlamaCppConfig
 from backends.worker.backend import WorkerBackend
 from compressed_models.catalog import resolve
+from gateway.app import create_app
 from gateway.config import ModelConfig, Settings, default_model
+from gateway.footprints import Footprint, FootprintStore
 from gateway.router import State
 from tests.conftest import SMOL
 from tests.server import RunningServer, serve, wait_until
@@ -79,6 +82,29 @@ def test_the_memory_estimate_bounds_what_the_worker_holds(workers: RunningServer
     store = LlamaCppConfig(SMOL_PATH).cache_ram_mib * 2**20  # the default budget, which the test's options keep
     assert held <= estimate and estimate - store <= 1.5 * held
     assert _worker(workers, SYNTH_W).estimate_bytes() is None  # no weights: residency's flat guess
+
+
+def test_what_a_worker_took_is_kept_for_the_next_gateway(workers: RunningServer, wclient: openai.OpenAI) -> None:
+    """The budget's figure for a model that ran before, even under another gateway
+    process, is what it measured, not the estimate (which counts the prompt store's
+    whole budget, and so is well above what this worker holds)."""
+    wclient.completions.create(model=SMOL_W, prompt="Once upon a time", max_tokens=16, temperature=0)
+    backend = _worker(workers, SMOL_W)
+    held = backend.stats().running_memory_bytes
+    assert held is not None
+    kept = FootprintStore(Path(os.environ["LIGHTGATE_FOOTPRINTS_FILE"]))  # the test session's file
+    assert wait_until(lambda: (FootprintStore(kept.path).get(backend.footprint_key()) or Footprint(0)).host >= held, 5)
+    again = default_model()  # the same model and options, loaded only when asked
+    again.name, again.worker, again.load = SMOL_W, True, "on_demand"
+    again.options = {"n_ctx": 512, "n_parallel": 4}
+    d = create_app(Settings(models=[again])).state.router.find(SMOL_W)
+    estimate = backend.estimate_bytes()
+    assert d.state is State.UNLOADED and d.footprint is not None and estimate is not None
+    assert held <= d.footprint.host < estimate and d.footprint.gpu == {}
+    changed = default_model()  # other options: the measurement does not apply
+    changed.name, changed.worker, changed.load = SMOL_W, True, "on_demand"
+    changed.options = {"n_ctx": 512, "n_parallel": 2}
+    assert create_app(Settings(models=[changed])).state.router.find(SMOL_W).footprint is None
 
 
 def test_a_refusal_inside_the_worker_is_still_a_400_naming_the_field(wclient: openai.OpenAI) -> None:

@@ -1,12 +1,16 @@
-"""The transformers worker's memory estimate, from a folder's config and files: the
-weights as the CPU computes them, one sequence's KV cache at full length, torch."""
+"""The workers' memory estimates before a first run. transformers, from a folder's
+config and files: the weights as the CPU (or a GPU) computes them, one sequence's KV
+cache at full length, torch (or the CUDA context). llama.cpp on a GPU: the offloaded
+layers' share of the GGUF and of the KV cells."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from backends.transformers.model import _TORCH_LIBRARIES, host_memory_estimate
+from backends.memory import CUDA_CONTEXT_BYTES
+from backends.transformers.backend import TransformersBackend
+from backends.transformers.model import _TORCH_LIBRARIES, gpu_memory_estimate, host_memory_estimate
 
 CONFIG = {
     "num_hidden_layers": 4,
@@ -48,3 +52,35 @@ def test_quantized_folders_count_twice_their_files(tmp_path: Path) -> None:
     assert host_memory_estimate(quanto, "auto", 4096) == 2000 + kv + _TORCH_LIBRARIES
     packed = _folder(tmp_path / "ct", CONFIG | {"quantization_config": {"format": "pack-quantized"}}, 1000)
     assert host_memory_estimate(packed, "auto", 4096) == 2000 + kv + _TORCH_LIBRARIES
+
+
+def test_on_a_gpu_the_weights_are_counted_as_computed_there_with_the_cuda_context(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, CONFIG | {"dtype": "bfloat16"}, 1000)
+    kv_bf16 = 2 * 4 * 2 * 64 * 1024 * 2
+    assert gpu_memory_estimate(folder, "auto", 4096) == 1000 + kv_bf16 + CUDA_CONTEXT_BYTES
+    cpu = TransformersBackend.gpu_memory_estimate(str(folder), {"device": "cpu"})
+    cuda1 = TransformersBackend.gpu_memory_estimate(str(folder), {"device": "cuda:1"})
+    assert cpu == {} and cuda1 == {1: 1000 + kv_bf16 + CUDA_CONTEXT_BYTES}
+
+
+def test_a_gguf_with_layers_on_a_gpu_counts_their_share_there() -> None:
+    """SmolLM2 (30 layers; the output layer is one more): with every layer offloaded,
+    the whole file, every slot's KV cells, the logits and the CUDA context."""
+    from backends.llamacpp.backend import LlamaCppBackend
+    from backends.llamacpp.engine import LlamaVocab
+    from compressed_models.catalog import resolve
+
+    path = str(resolve("smollm2-135m-instruct-q4_1"))
+    vocab = LlamaVocab(path)
+    n_layer, cell, n_vocab = vocab.hparam("block_count"), vocab.kv_cell_bytes("f16", "f16"), vocab.n_vocab
+    vocab.close()
+    assert n_layer == 30
+    size = Path(path).stat().st_size
+    options: dict[str, object] = {"n_ctx": 512, "n_parallel": 4, "n_batch": 256}
+    logits = (256 + 4) * n_vocab * 4
+    assert LlamaCppBackend.gpu_memory_estimate(path, options) == {}  # n_gpu_layers 0: all on the CPU
+    whole = LlamaCppBackend.gpu_memory_estimate(path, options | {"n_gpu_layers": -1})
+    assert whole == {0: size + 4 * 512 * cell + logits + CUDA_CONTEXT_BYTES}
+    assert LlamaCppBackend.gpu_memory_estimate(path, options | {"n_gpu_layers": 99}) == whole
+    half = LlamaCppBackend.gpu_memory_estimate(path, options | {"n_gpu_layers": 15})
+    assert half == {0: size * 15 // 31 + 4 * 512 * cell // 2 + logits + CUDA_CONTEXT_BYTES}
