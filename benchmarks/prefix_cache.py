@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import httpx
 from rich.console import Console
 from rich.progress import Progress
 
-from benchmarks.common import lightgate_config, percentile, print_table, save_json
+from benchmarks.common import baseline_env, lightgate_config, percentile, print_table, save_json
 from compressed_models.catalog import resolve
 from leanhttp.client import Client
 from leanhttp.local import free_port, server_process
@@ -107,9 +108,12 @@ async def shared_system(base: str, system: str, questions: list[str], rounds: in
     await asyncio.gather(*(user(u) for u in range(USERS)))
     wall = time.perf_counter() - t0
     client.close()
+    first, later = [t.ttft for r, t in turns if r == 0], [t.ttft for r, t in turns if r > 0]
     return summary([t for _, t in turns], wall) | {
-        "ttft_p50_first_wave_s": percentile([t.ttft for r, t in turns if r == 0], 50),
-        "ttft_p50_later_s": percentile([t.ttft for r, t in turns if r > 0], 50),
+        "ttft_p50_first_wave_s": percentile(first, 50),
+        "ttft_p50_later_s": percentile(later, 50),
+        "first_wave_s": first,
+        "later_s": later,
     }
 
 
@@ -129,20 +133,49 @@ async def multi_turn(base: str, system: str, user_turns: list[str], turns_each: 
     await asyncio.gather(*(user(u) for u in range(USERS)))
     wall = time.perf_counter() - t0
     client.close()
-    return summary([t for _, t in turns], wall) | {
-        "ttft_p50_last_turn_s": percentile([t.ttft for k, t in turns if k == turns_each - 1], 50),
-    }
+    last = [t.ttft for k, t in turns if k == turns_each - 1]
+    return summary([t for _, t in turns], wall) | {"ttft_p50_last_turn_s": percentile(last, 50), "last_turn_s": last}
 
 
 def summary(turns: list[Turn], wall: float) -> dict[str, Any]:
     ttft = [t.ttft for t in turns]
     return {
+        "ttfts_s": ttft,
         "requests": len(turns),
         "wall_s": wall,
         "output_tokens_per_s": sum(t.tokens for t in turns) / wall,
         "ttft_p50_s": percentile(ttft, 50),
         "ttft_p99_s": percentile(ttft, 99),
         "e2e_p50_s": percentile([t.e2e for t in turns], 50),
+    }
+
+
+def pooled(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A server's repeats as one: latencies pooled over every request, tokens/s the
+    median repeat's, each repeat's TTFT p50 kept. The closed loop's users fall into
+    step or out of it from run to run (eight answers that end in one step send eight
+    prompts at once), so one run's TTFT p50 is one draw of two modes."""
+
+    def merge(workload: str, lists: dict[str, str]) -> dict[str, Any]:
+        parts = [r[workload] for r in runs]
+        out: dict[str, Any] = {"output_tokens_per_s": statistics.median(p["output_tokens_per_s"] for p in parts)}
+        out["ttft_p50_s"] = percentile([t for p in parts for t in p["ttfts_s"]], 50)
+        out["ttft_p99_s"] = percentile([t for p in parts for t in p["ttfts_s"]], 99)
+        out["ttft_p50_s_repeats"] = [p["ttft_p50_s"] for p in parts]
+        for key, raw in lists.items():
+            out[key] = percentile([t for p in parts for t in p[raw]], 50)
+        return out
+
+    first = runs[0]
+    return {
+        "server": name,
+        "repeats": len(runs),
+        "shared_system": merge(
+            "shared_system", {"ttft_p50_first_wave_s": "first_wave_s", "ttft_p50_later_s": "later_s"}
+        ),
+        "multi_turn": merge("multi_turn", {"ttft_p50_last_turn_s": "last_turn_s"}),
+        "hit_rate_shared": first["hit_rate_shared"],
+        "hit_rate_all": first["hit_rate_all"],
     }
 
 
@@ -167,6 +200,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="requests per user, shared system prompt")
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--out", default="bench-results/prefix_cache.json")
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="another checkout (a git worktree of an earlier commit), as Lightgate@baseline",
+    )
+    parser.add_argument("--servers", nargs="*", help="only these beside llama-server (default: every one)")
+    parser.add_argument("--repeats", type=int, default=1, help="run every server this many times, interleaved")
     parser.add_argument("--plot-only", action="store_true", help="redraw the figure from --out")
     args = parser.parse_args()
     if args.plot_only:
@@ -180,26 +220,34 @@ def main() -> None:
     port = free_port()
     peer = [args.llama_server, "-m", gguf, "--port", str(port), "-np", "8", "-c", str(8 * 2048), "-t", "2"]
     peer += ["--kv-unified", "--cache-ram", "4096", "--cache-reuse", "256", "--jinja"]
-    servers: list[tuple[str, list[str], int, str]] = [
-        ("llama-server (best)", peer, port, "/health"),
-        ("Lightgate", *lightgate({}), "/ready"),
-        ("Lightgate, kv_unified", *lightgate({"kv_unified": True}), "/ready"),
+    servers: list[tuple[str, list[str], int, str, dict[str, str]]] = [
+        ("llama-server (best)", peer, port, "/health", {}),
+        ("Lightgate", *lightgate({}), "/ready", {}),
+        ("Lightgate, kv_unified", *lightgate({"kv_unified": True}), "/ready", {}),
     ]
-    results: list[dict[str, Any]] = []
+    if args.baseline:  # the same defaults on an earlier checkout's code, in the same run
+        servers.append(("Lightgate@baseline", *lightgate({}), "/ready", baseline_env(args.baseline)))
+    servers = [s for s in servers if s[0] == servers[0][0] or not args.servers or s[0] in args.servers]
+    runs: dict[str, list[dict[str, Any]]] = {}
     with Progress(console=console) as progress:
-        task = progress.add_task("servers x workloads", total=2 * len(servers))
-        for name, cmd, port, ready in servers:
-            with server_process(cmd, port, ready) as (base, _pid):
-                shared = asyncio.run(shared_system(base, system_long, questions, args.rounds))
-                progress.advance(task)
-                shared_hits = hit_rate(base) if name.startswith("Lightgate") else None
-                turns = asyncio.run(multi_turn(base, system_short, user_turns, args.turns))
-                progress.advance(task)
-                hits = hit_rate(base) if name.startswith("Lightgate") else None
-            results.append({"server": name, "shared_system": shared, "multi_turn": turns})
-            results[-1]["hit_rate_shared"], results[-1]["hit_rate_all"] = shared_hits, hits
-            save_json(args.out, results)  # as each server finishes: a long run keeps what it measured
-            console.print(results[-1])
+        task = progress.add_task("servers x workloads", total=2 * len(servers) * args.repeats)
+        for repeat in range(args.repeats):  # interleaved: the machine's drift falls on every server alike
+            for name, cmd, port, ready, env in servers:
+                with server_process(cmd, port, ready, env) as (base, _pid):
+                    shared = asyncio.run(shared_system(base, system_long, questions, args.rounds))
+                    progress.advance(task)
+                    shared_hits = hit_rate(base) if name.startswith("Lightgate") else None
+                    turns = asyncio.run(multi_turn(base, system_short, user_turns, args.turns))
+                    progress.advance(task)
+                    hits = hit_rate(base) if name.startswith("Lightgate") else None
+                run = {"server": name, "repeat": repeat, "shared_system": shared, "multi_turn": turns}
+                runs.setdefault(name, []).append(run | {"hit_rate_shared": shared_hits, "hit_rate_all": hits})
+                save_json(args.out + ".runs", runs)  # as each run ends: a long run keeps what it measured
+                console.print(
+                    f"{name}, repeat {repeat + 1}: shared TTFT p50 {shared['ttft_p50_s']:.2f} s, "
+                    f"multi-turn {turns['ttft_p50_s']:.2f} s"
+                )
+    results = [pooled(name, rs) for name, rs in runs.items()]
     peer_result = results[0]
     rows = []
     for r in results:
@@ -215,6 +263,9 @@ def main() -> None:
                 f"{m['ttft_p50_last_turn_s']:.2f}",
                 f"{m['output_tokens_per_s']:.1f} ({m['output_tokens_per_s'] / pm['output_tokens_per_s']:.2f})",
                 "-" if r["hit_rate_shared"] is None else f"{r['hit_rate_shared']:.2f}",
+                " ".join(f"{t:.2f}" for t in s["ttft_p50_s_repeats"])
+                + " / "
+                + " ".join(f"{t:.2f}" for t in m["ttft_p50_s_repeats"]),
             ]
         )
     print_table(
@@ -227,6 +278,7 @@ def main() -> None:
             "multi-turn: last turn TTFT p50",
             "multi-turn: out tok/s (to peer)",
             "hit rate (shared)",
+            "TTFT p50 by repeat: shared / multi-turn",
         ],
         rows,
     )
@@ -240,7 +292,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     names = [r["server"].replace(", ", "\n") for r in results]
-    colors = ["#888", "#2a7", "#27a"][: len(results)]
+    colors = ["#888", "#2a7", "#27a", "#a72"][: len(results)]
     panels = [
         ("shared_system", ["ttft_p50_first_wave_s", "ttft_p50_later_s"], "shared system prompt: TTFT p50 (s)"),
         ("shared_system", ["output_tokens_per_s"], "shared system prompt: output tok/s"),
