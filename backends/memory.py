@@ -30,7 +30,9 @@ CUDA_CONTEXT_BYTES = 512 * 2**20
 
 
 def gpu_count() -> int:
-    """The GPUs NVML sees (0 without a driver, its library or a device)."""
+    """The GPUs NVML sees (0 without a driver, its library or a device). The gateway's
+    GpuCollector asks NVML the same way for itself: gateway/gpu.py imports nothing of
+    the project, so the GPU check script runs it with prometheus-client alone."""
     try:
         import pynvml
 

@@ -1,8 +1,8 @@
 """KV cell types at concurrency 16: what a quantized KV cache buys when memory, not
 compute, bounds the slots. The KV memory of `make serve`'s 8 slots of 2,048 f16 cells
 holds 15 slots of q8_0 cells and 28 of q4_0; 16 users then find 8, 15 or 16 slots
-(the other users wait). Each type is run twice: with the slots its memory holds, and
-with 16 slots (what the type's kernels cost per token, memory aside). Lightgate's
+(the other users wait). Each type runs with the slots its memory holds, and, where
+that is fewer than 16, with 16 too (what its cells cost per token, memory aside). Lightgate's
 llama.cpp backend and llama-server, same GGUF, threads, slots and cell types
 (`cache_type_k/_v`, `-ctk/-ctv` with flash attention, which a quantized V needs).
 

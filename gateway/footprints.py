@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("lightgate")
 
@@ -35,7 +36,7 @@ class Footprint:
 class FootprintStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._entries: dict[str, dict[str, object]] = {}
+        self._entries: dict[str, Any] = {}
         try:
             self._entries = json.loads(path.read_text())
         except FileNotFoundError:
@@ -44,12 +45,11 @@ class FootprintStore:
             log.warning("footprints file %s not read (%s): using estimates until models run", path, exc)
 
     def get(self, key: str | None) -> Footprint | None:
-        entry = self._entries.get(key) if key is not None else None
-        if not isinstance(entry, dict):
+        entry: Any = self._entries.get(key) if key is not None else None
+        try:
+            return Footprint(int(entry["host"]), {int(i): int(b) for i, b in (entry.get("gpu") or {}).items()})
+        except (TypeError, KeyError, ValueError, AttributeError):  # absent, or edited into another shape
             return None
-        gpu = entry.get("gpu") or {}
-        assert isinstance(gpu, dict)
-        return Footprint(int(str(entry["host"])), {int(i): int(b) for i, b in gpu.items()})
 
     def put(self, key: str | None, model: str, footprint: Footprint) -> None:
         """Keep `footprint` under `key` (a no-op when it is already what is kept)."""

@@ -40,6 +40,8 @@ _UNITS |= {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}  # Kubernetes' qu
 ESTIMATE_FACTOR, WORKER_BASE_BYTES = 1.2, 160 * 2**20
 THRASH_WINDOW_S = 60.0  # a model loaded again this soon after its eviction was thrashed
 IDLE_CHECK_S = 1.0
+HOST = -1  # the host's budget, beside GPUs named by their index
+Budget = int  # HOST, or a GPU's index
 
 
 def parse_bytes(value: int | str) -> int:
@@ -123,16 +125,16 @@ class Residency:
     def bounded(self) -> bool:
         return self.budget is not None or bool(self.gpu_budgets)
 
-    def _short(self, need: Footprint, held: Footprint) -> list[str]:
-        """The budgets `need` on top of `held` would overrun: "host", "GPU 0", ..."""
-        short = ["host"] if self.budget is not None and held.host + need.host > self.budget else []
+    def _short(self, need: Footprint, held: Footprint) -> list[Budget]:
+        """The budgets `need` on top of `held` would overrun: HOST, and GPU indexes."""
+        short: list[Budget] = [HOST] if self.budget is not None and held.host + need.host > self.budget else []
         for i, limit in sorted(self.gpu_budgets.items()):
             if held.gpu.get(i, 0) + need.gpu.get(i, 0) > limit:
-                short.append(f"GPU {i}")
+                short.append(i)
         return short
 
-    def _limit(self, budget: str) -> int:
-        return (self.budget or 0) if budget == "host" else self.gpu_budgets[int(budget.removeprefix("GPU "))]
+    def _limit(self, budget: Budget) -> int:
+        return (self.budget or 0) if budget == HOST else self.gpu_budgets[budget]
 
     def _check(self) -> None:
         """At start: a model that cannot fit even alone, or startup models that cannot
@@ -156,9 +158,11 @@ class Residency:
                 f"the memory budget ({self._budgets(short)}): make some `load: on_demand`"
             )
 
-    def _budgets(self, short: list[str]) -> str:
-        names = {"host": "memory_budget"}
-        return ", ".join(f"{names.get(b, 'gpu_memory_budget ' + b)} {_mib(self._limit(b))}" for b in short)
+    def _budgets(self, short: list[Budget]) -> str:
+        def name(b: Budget) -> str:
+            return "memory_budget" if b == HOST else f"gpu_memory_budget GPU {b}"
+
+        return ", ".join(f"{name(b)} {_mib(self._limit(b))}" for b in short)
 
     @staticmethod
     def _describe(f: Footprint) -> str:
@@ -251,12 +255,12 @@ class Residency:
                 )
             await asyncio.sleep(0.05)
 
-    def _victim(self, exclude: Deployment, short: list[str]) -> Deployment | None:
+    def _victim(self, exclude: Deployment, short: list[Budget]) -> Deployment | None:
         """The least recently used model that may go and frees what is short (host
         memory: any; a GPU: one that holds some of it): loaded, idle, not pinned, and
         resident for at least its min_resident_s (so two models cannot thrash faster)."""
         now = time.monotonic()
-        gpus = {int(b.removeprefix("GPU ")) for b in short if b != "host"}
+        gpus = [b for b in short if b != HOST]
         candidates = [
             m
             for m in self.router.deployments
@@ -266,7 +270,7 @@ class Residency:
             and m.config.load != "pinned"
             and idle(m)
             and now - m.loaded_at >= m.config.min_resident_s
-            and ("host" in short or any(footprint(m).gpu.get(i, 0) for i in gpus))
+            and (HOST in short or any(footprint(m).gpu.get(i, 0) for i in gpus))
         ]
         return min(candidates, key=lambda m: m.last_used, default=None)
 

@@ -122,6 +122,7 @@ class WorkerBackend:
         self._tokenizer: Any = None  # the class's `tokenizer_class`, when it has one; else the worker answers
         self._estimate: int | None = None  # memory_estimate's answer, once asked
         self._gpu_estimate: dict[int, int] | None = None  # gpu_memory_estimate's, once asked
+        self._footprint_key: str | None = None  # footprint_key's, once asked (the budget asks each second)
         self._worker: _Process | None = None
         self._up: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -140,7 +141,7 @@ class WorkerBackend:
         """The weights are on disk now: the next start loads them."""
         self._spec = (self._spec[0], path, self._spec[2])
         self.unfetched = False
-        self._estimate, self._gpu_estimate = None, None
+        self._estimate, self._gpu_estimate, self._footprint_key = None, None, None
 
     def estimate_bytes(self) -> int | None:
         """What the worker will hold, from its weights and options, by the class's own
@@ -172,11 +173,13 @@ class WorkerBackend:
         name, path, options = self._spec
         if self.unfetched:
             return None
-        weights = Path(path) if path is not None else None
-        files = [] if weights is None else sorted(weights.rglob("*")) if weights.is_dir() else [weights]
-        stamps = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
-        text = json.dumps([name, stamps, options], sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
+        if self._footprint_key is None:
+            weights = Path(path) if path is not None else None
+            files = [] if weights is None else sorted(weights.rglob("*")) if weights.is_dir() else [weights]
+            stamps = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+            text = json.dumps([name, stamps, options], sort_keys=True, default=str)
+            self._footprint_key = hashlib.sha256(text.encode()).hexdigest()[:32]
+        return self._footprint_key
 
     async def prepare(self) -> None:
         """What the gateway keeps while no worker runs: the tokenizer, when the class has

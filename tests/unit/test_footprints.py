@@ -65,3 +65,11 @@ def test_gpu_memory_is_read_per_process_and_per_gpu() -> None:
     # A worker spread over two GPUs; one NVML may not show (no permission); a GPU that
     # cannot say is skipped.
     assert held == {101: {0: 700 * MiB, 1: 300 * MiB}, 102: {0: 90 * MiB}}
+
+
+def test_an_entry_edited_into_another_shape_is_no_footprint(tmp_path: Path) -> None:
+    path = tmp_path / "footprints.json"
+    path.write_text('{"a": {"host": "lots"}, "b": ["x"], "c": {"gpu": {"0": 1}}, "d": {"host": 5, "gpu": {"0": 7}}}')
+    store = FootprintStore(path)
+    assert store.get("a") is None and store.get("b") is None and store.get("c") is None
+    assert store.get("d") == Footprint(5, {0: 7})
