@@ -9,7 +9,7 @@ every step for the price of a dict lookup."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
 
 
 def lookup(context: list[int], gamma: int, ngram: int) -> list[int]:
@@ -25,11 +25,15 @@ def lookup(context: list[int], gamma: int, ngram: int) -> list[int]:
     return []
 
 
+MATCH_CAP = 32  # a match this long is as good as any longer one
+
+
 class Lookup:
     """The tokens of one sequence and, for each n in `sizes`, where each n-gram was
-    last followed: `propose` matches the longest n first."""
+    last followed: `match` finds the longest n first, then measures how far back the
+    match really goes (a long match is a copy under way, whose drafts are kept)."""
 
-    def __init__(self, tokens: list[int], sizes: tuple[int, ...] = (3, 2)) -> None:
+    def __init__(self, tokens: list[int], sizes: tuple[int, ...] = (8, 3, 2)) -> None:
         self.sizes = sizes
         self.tokens: list[int] = []
         self.follower: dict[tuple[int, ...], int] = {}  # n-gram -> index of the token after it, latest
@@ -43,96 +47,150 @@ class Lookup:
                 if end >= n:
                     self.follower[tuple(self.tokens[end - n : end])] = end
 
+    def match(self) -> tuple[int, int]:
+        """(where the tokens that followed the latest earlier occurrence of the tail
+        start, how many tokens of the tail that occurrence matches, up to MATCH_CAP);
+        (0, 0) when even the shortest n-gram has not occurred before."""
+        tokens, end = self.tokens, len(self.tokens)
+        for n in self.sizes:
+            if end > n and (at := self.follower.get(tuple(tokens[-n:]))) is not None:
+                length = n
+                while length < MATCH_CAP and at - length > 0 and tokens[at - length - 1] == tokens[end - length - 1]:
+                    length += 1
+                return at, length
+        return 0, 0
+
     def propose(self, gamma: int) -> list[int]:
         """At most γ tokens that followed the latest earlier occurrence of the tail."""
-        if gamma <= 0:
-            return []
-        for n in self.sizes:
-            if len(self.tokens) > n and (at := self.follower.get(tuple(self.tokens[-n:]))) is not None:
-                return self.tokens[at : at + gamma]
-        return []
+        at, length = self.match()
+        return self.tokens[at : at + gamma] if length and gamma > 0 else []
+
+    def draft(self, at: int, k: int) -> list[int]:
+        """k tokens from `at` on (a `match`). Where they would run past the text's end,
+        the match overlaps the tail, a loop of period end - at, and the draft goes on
+        round it: a text that repeats itself is drafted as far as it is trusted, not
+        one period at a time."""
+        period = len(self.tokens) - at
+        cycle = self.tokens[at:]
+        return (cycle * (k // period + 1))[:k] if k > period else cycle[:k]
 
 
-@dataclass(slots=True)
-class DraftPolicy:
-    """How many tokens one sequence drafts next: more while drafts are kept whole,
-    fewer after a partial miss, none for a while after two misses in a row (a rest
-    that doubles each time, up to 128 steps), so text with nothing to copy pays for
-    a few rejected rows now and then, not every step."""
-
-    draft_max: int
-    gamma: int = 4
-    misses: int = 0  # drafts in a row of which nothing was kept
-    backoff: int = 0  # rests in a row; each doubles the next
-    cooldown: int = 0  # steps left without drafting
-    kept_rate: float = 0.6  # the share of its draft tokens kept lately (an average with decay)
-
-    def __post_init__(self) -> None:
-        self.gamma = min(self.gamma, self.draft_max)
-
-    def allowance(self) -> int:
-        """This step's γ (0 while resting: the call counts the step)."""
-        if self.cooldown:
-            self.cooldown -= 1
-            return 0
-        return self.gamma
-
-    def pays(self, threshold: float) -> bool:
-        """Whether drafts are kept often enough to pay for their rows (`StepCost`)."""
-        return self.kept_rate >= threshold
-
-    def rest(self) -> None:
-        """Stop drafting for a while, longer each time (a probe follows each rest)."""
-        self.cooldown = 8 << min(self.backoff, 4)
-        self.backoff += 1
-        self.misses = 0
-        self.gamma = max(1, self.draft_max // 2)
-
-    def update(self, kept: int, drafted: int) -> None:
-        self.kept_rate = 0.7 * self.kept_rate + 0.3 * kept / drafted
-        if kept == drafted:
-            self.gamma = min(2 * self.gamma, self.draft_max)
-        elif kept:
-            self.gamma = kept
-        if kept:
-            self.misses = self.backoff = 0
-            return
-        self.misses += 1
-        if self.misses >= 2:
-            self.rest()
+def bucket(length: int) -> int:
+    """Match lengths in doublings: 1, 2-3, 4-7, 8-15, 16-31, 32."""
+    return min(length, MATCH_CAP).bit_length()
 
 
-class StepCost:
-    """A batched step's time as `fixed + per_row * rows`, fitted to the steps as they
-    run (least squares with a decay, so it follows the load and the machine). A draft
-    token costs a row; kept, it saves the sequence a later row and its share of a
-    step's fixed cost. So with n sequences decoding, drafting pays when the share of
-    draft tokens kept exceeds per_row / (fixed / n + per_row): on a CPU, where rows
-    are dear, that is ~0.5 alone and ~0.8 at four (measured here), while on a GPU
-    rows are nearly free and any match pays. Until the steps have varied in size,
-    a row is taken to cost what the fixed part does."""
+class Acceptance:
+    """How often draft tokens are kept, by the length of the match that drafted them:
+    decayed counts of tokens kept and tokens tested. A draft's verification stops at
+    its first rejected token, so the tokens after it were never tested: counting them
+    as rejected would make long drafts look worse than they are."""
 
     def __init__(self, decay: float = 0.98) -> None:
         self.decay = decay
-        self.n = self.x = self.y = self.xx = self.xy = 0.0
+        self.kept = [0.0] * (bucket(MATCH_CAP) + 1)
+        self.tested = [0.0] * (bucket(MATCH_CAP) + 1)
+
+    def rate(self, length: int, prior: float, weight: float) -> float:
+        """The share of tested tokens kept after a match this long, `prior` counting
+        as `weight` tokens of evidence."""
+        b = bucket(length)
+        return (self.kept[b] + weight * prior) / (self.tested[b] + weight)
+
+    def record(self, length: int, kept: int, tested: int) -> None:
+        b = bucket(length)
+        keep = self.decay**tested
+        self.kept[b] = self.kept[b] * keep + kept
+        self.tested[b] = self.tested[b] * keep + tested
+
+
+class StepCost:
+    """What a decode step costs by the number of rows in it: the time of the steps that
+    ran with that many rows (an average with decay, so it follows the load and the
+    machine), between measured sizes a straight line, never less for more rows.
+
+    Measured, not modelled, because it is far from a line on a CPU: on 2 cores,
+    SmolLM2 Q4_1 takes 6 ms for one row, 13 for two, 30 for eight and 52 for
+    sixteen; Qwen2.5-0.5B Q4_K_M 17, 40, 75 and 96 ms. ggml's kernels change with
+    the batch's size, so a short draft can cost more than the tokens it saves and a
+    long one much less per token. Nor is it smooth between sizes: the K-quant
+    kernels take rows in tiles, and on Qwen 14 rows took 152 ms where 16 took 111.
+    So the scheduler times a ladder of sizes at start (`CALIBRATION`: multiples of
+    the tiles past 4) and drafts only to step sizes it has measured (`measured`),
+    timing every decode step after that. The curve (`cost`, for sizes between) is
+    drawn again from the averages every `REDRAW` records."""
+
+    CALIBRATION = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+    REDRAW = 16
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self.weight = weight  # a new step's weight in its size's average
+        self.times: dict[int, float] = {}
+        self._curve: list[float] = []  # seconds by rows, drawn from `times`
+        self._stale = 0
 
     def record(self, rows: int, seconds: float) -> None:
-        d = self.decay
-        self.n, self.x, self.y = d * self.n + 1, d * self.x + rows, d * self.y + seconds
-        self.xx, self.xy = d * self.xx + rows * rows, d * self.xy + rows * seconds
+        old = self.times.get(rows)
+        self.times[rows] = seconds if old is None else old + self.weight * (seconds - old)
+        self._stale += 1
+        if old is None or self._stale >= self.REDRAW:
+            self._curve = []
 
-    def fit(self) -> tuple[float, float] | None:
-        """(fixed, per_row) in seconds, or None while the steps have not varied enough."""
-        if self.n < 8:
-            return None
-        var = self.xx / self.n - (self.x / self.n) ** 2
-        if var < 0.25:
-            return None
-        per_row = (self.xy / self.n - self.x * self.y / self.n**2) / var
-        fixed = self.y / self.n - per_row * self.x / self.n
-        return (fixed, per_row) if fixed > 0 and per_row > 0 else None
+    def measured(self, rows: int) -> float | None:
+        """The average time of steps of exactly `rows` rows, if any ran."""
+        return self.times.get(rows)
 
-    def threshold(self, decoding: int) -> float:
-        fit = self.fit()
-        fixed, per_row = fit if fit is not None else (1.0, 1.0)
-        return per_row / (fixed / max(decoding, 1) + per_row)
+    def cost(self, rows: int) -> float:
+        """Seconds for a step of `rows` rows (1.0 a row while nothing is measured)."""
+        if rows >= len(self._curve):
+            self._draw(max(rows + 1, 2 * len(self._curve), 2 * max(self.times, default=1)))
+        return self._curve[rows]
+
+    def _draw(self, size: int) -> None:
+        self._stale = 0
+        sizes = sorted(self.times)
+        curve = [0.0] * size
+        floor = 0.0  # more rows never cost less
+        for rows in range(1, size):
+            if not sizes:
+                t = float(rows)
+            elif len(sizes) == 1:
+                t = self.times[sizes[0]] * rows / sizes[0]
+            else:
+                i = min(max(bisect.bisect_left(sizes, rows), 1), len(sizes) - 1)  # the segment: below, or past the ends
+                lo, hi = sizes[i - 1], sizes[i]
+                t = self.times[lo] + (self.times[hi] - self.times[lo]) * (rows - lo) / (hi - lo)
+            if rows in self.times:
+                floor = max(floor, self.times[rows])
+            curve[rows] = max(t, floor)
+        self._curve = curve
+
+
+def plan_drafts(candidates: list[tuple[float, int]], rows: int, cost: StepCost) -> list[int]:
+    """How many tokens each decoding sequence drafts this step. `candidates`: for each,
+    the rate its draft tokens are kept at (each if those before it were) and the most
+    it may draft; `rows`: the step's rows without drafts, one per decoding sequence,
+    each a token. A draft of k tokens adds k rows and rate + rate**2 + ... + rate**k
+    expected tokens; sequences are taken surest first, and each drafts the k that
+    gives the step the most expected tokens per second, if that beats the step
+    without it (so none, where rows are dear and drafts uncertain). Only step sizes
+    that have been timed are drafted to (`StepCost`: between them, costs jump)."""
+    plan = [0] * len(candidates)
+    tokens = float(rows)
+    base = cost.cost(rows)
+    for i in sorted(range(len(candidates)), key=lambda i: -candidates[i][0]):
+        rate, cap = candidates[i]
+        best, best_value, expected, gained = 0, tokens / base, 0.0, 0.0
+        p = 1.0
+        for k in range(1, cap + 1):
+            p *= rate
+            expected += p
+            seconds = cost.measured(rows + k)
+            if seconds is not None and (tokens + expected) / seconds > best_value:
+                best, best_value, gained = k, (tokens + expected) / seconds, expected
+        if best:
+            plan[i] = best
+            tokens += gained
+            rows += best
+            base = cost.cost(rows)
+    return plan

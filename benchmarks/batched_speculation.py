@@ -13,7 +13,13 @@ Servers: llama-server without speculation and with each of its n-gram modes (its
 best is the peer), 4 slots, `-t 2`; Lightgate's llamacpp backend with and without
 `speculate: ngram`.
 
-    .venv/bin/python -m benchmarks.batched_speculation --llama-server .cache/llama-server/bin/llama-server
+The model: Qwen2.5-Coder-0.5B (Q4_K_M) by default, which does copy: it returns the
+function renamed. SmolLM2-135M (`--model smollm2`) does not: greedy, it falls into a
+loop of a few tokens within a line or two, so its "copy" workloads measure drafting
+round a loop, not a copy.
+
+    .venv/bin/python -m benchmarks.batched_speculation \
+        --llama-server .cache/llama-server/bin/llama-server [--model smollm2]
 """
 
 from __future__ import annotations
@@ -43,13 +49,13 @@ from loadtest.client import Prompt, RequestSpec, send
 from loadtest.prompts import wikitext
 from loadtest.server_metrics import scrape
 
-VARIANT = "smollm2-135m-instruct-q4_1"
-MODEL = "smollm2-135m"
+VARIANTS = {"qwen0.5b": "qwen2.5-coder-0.5b-instruct-q4_k_m", "smollm2": "smollm2-135m-instruct-q4_1"}
+MODEL = "model"  # the served name, on every server
 SLOTS = 4
 console = Console(stderr=True)
 
 
-def functions(count: int) -> list[str]:
+def functions(count: int, variant: str) -> list[str]:
     """Functions of the standard library without their docstrings, 300-500 tokens: code
     nobody wrote for this benchmark, the same on every machine with this Python."""
     import configparser
@@ -58,7 +64,7 @@ def functions(count: int) -> list[str]:
 
     from backends.llamacpp.engine import LlamaVocab
 
-    vocab = LlamaVocab(str(resolve(VARIANT)))
+    vocab = LlamaVocab(str(resolve(variant)))
     sources = []
     for module in (difflib, textwrap, shutil, configparser, tarfile, zipfile):
         for _, member in sorted(inspect.getmembers(module)):
@@ -78,9 +84,9 @@ def functions(count: int) -> list[str]:
     return sources[:: max(1, len(sources) // count)][:count]
 
 
-def code_edits(count: int) -> list[str]:
+def code_edits(count: int, variant: str) -> list[str]:
     prompts = []
-    for source in functions(count):
+    for source in functions(count, variant):
         name = source.split("def ", 1)[1].split("(", 1)[0]
         prompts.append(
             f"Rename the function `{name}` to `renamed` and change nothing else.\n\n```python\n{source}\n```\n\n"
@@ -89,7 +95,7 @@ def code_edits(count: int) -> list[str]:
     return prompts
 
 
-def rag(count: int) -> list[str]:
+def rag(count: int, variant: str) -> list[str]:
     passages = [p.text for p in wikitext(230, seed=5, count=count).prompts]
     return [
         f"Passage: {p}\n\nQuestion: What does the passage say? Quote it word for word.\n\n"
@@ -98,7 +104,7 @@ def rag(count: int) -> list[str]:
     ]
 
 
-def continuations(count: int) -> list[str]:
+def continuations(count: int, variant: str = "") -> list[str]:
     return [p.text for p in wikitext(60, seed=6, count=count).prompts]
 
 
@@ -127,28 +133,30 @@ async def load(base: str, prompts: list[str], users: int, max_tokens: int) -> di
     return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "failed": failed}
 
 
-def lightgate(options: dict[str, Any]) -> tuple[list[str], int]:
+def lightgate(variant: str, options: dict[str, Any]) -> tuple[list[str], int]:
     port = free_port()
     opts = {"n_ctx": 2048, "n_parallel": SLOTS, "n_threads": 2, **options}
-    config = lightgate_config([{"name": MODEL, "backend": "llamacpp", "variant": VARIANT, "options": opts}])
+    config = lightgate_config([{"name": MODEL, "backend": "llamacpp", "variant": variant, "options": opts}])
     return [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)], port
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llama-server", required=True)
+    parser.add_argument("--model", choices=sorted(VARIANTS), default="qwen0.5b")
     parser.add_argument("--modes", default="ngram-simple,ngram-map-k,ngram-mod", help="llama-server's n-gram modes")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per workload at concurrency 1 (x2 at 4)")
-    parser.add_argument("--out", default="bench-results/batched_speculation.json")
+    parser.add_argument("--out", default="bench-results/batched_speculation-{model}.json")
     args = parser.parse_args()
-    gguf = str(resolve(VARIANT))
+    variant = VARIANTS[args.model]
+    gguf = str(resolve(variant))
     n = args.prompts
-    workloads: dict[str, tuple[Callable[[int], list[str]], int]] = {
+    workloads: dict[str, tuple[Callable[[int, str], list[str]], int]] = {
         "code edits": (code_edits, 400),
         "RAG quotes": (rag, 300),
         "WikiText continuations": (continuations, 128),
     }
-    prompts = {name: make(2 * n) for name, (make, _) in workloads.items()}
+    prompts = {name: make(2 * n, variant) for name, (make, _) in workloads.items()}
 
     def peer(mode: str | None) -> tuple[str, list[str], int, str]:
         port = free_port()
@@ -160,8 +168,8 @@ def main() -> None:
 
     servers = [peer(None), *(peer(m) for m in args.modes.split(","))]
     servers += [
-        ("Lightgate, no speculation", *lightgate({}), "/ready"),
-        ("Lightgate, speculate: ngram", *lightgate({"speculate": "ngram"}), "/ready"),
+        ("Lightgate, no speculation", *lightgate(variant, {}), "/ready"),
+        ("Lightgate, speculate: ngram", *lightgate(variant, {"speculate": "ngram"}), "/ready"),
     ]
     results: dict[str, dict[str, dict[str, float]]] = {}
     drafts: dict[str, dict[str, float]] = {}
@@ -200,11 +208,11 @@ def main() -> None:
             ]
         )
     print_table(["workload", *results, "best peer", "ours / best peer", "ours: with / without speculation"], rows)
-    save_json(args.out, {"results": results, "best_peer": best_peer, "drafts": drafts})
-    plot(results, keys, Path("docs/figures/batched-speculation.png"))
+    save_json(args.out.format(model=args.model), {"results": results, "best_peer": best_peer, "drafts": drafts})
+    plot(results, keys, variant, Path(f"docs/figures/batched-speculation-{args.model}.png"))
 
 
-def plot(results: dict[str, dict[str, dict[str, float]]], keys: list[str], path: Path) -> None:
+def plot(results: dict[str, dict[str, dict[str, float]]], keys: list[str], variant: str, path: Path) -> None:
     from loadtest.plots import png, pyplot
 
     plt = pyplot()
@@ -216,7 +224,7 @@ def plot(results: dict[str, dict[str, dict[str, float]]], keys: list[str], path:
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], keys, fontsize=7)
     ax.set_ylabel("output tokens/s")
     ax.legend(fontsize=7)
-    fig.suptitle("Speculation inside the batcher: SmolLM2-135M Q4_1, 2 cores, 4 slots, beside llama-server")
+    fig.suptitle(f"Speculation inside the batcher: {variant}, 2 cores, 4 slots, beside llama-server")
     path.write_bytes(png(fig))
 
 

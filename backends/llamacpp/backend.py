@@ -65,7 +65,7 @@ class LlamaCppConfig:
     cache_type_k: str = "f16"  # KV cell types, as llama-server's --cache-type-k/-v: f16, q8_0, q4_0, ...
     cache_type_v: str = "f16"  # a quantized V needs flash attention (on for CPU by default)
     speculate: str = "none"  # "ngram": prompt-lookup drafts for every decoding sequence, verified in the batch
-    draft_max: int = 8  # with speculate: the most draft tokens one sequence adds to a step
+    draft_max: int = 64  # with speculate: the most draft tokens a sequence adds to a step (as ngram-mod's 64)
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -174,7 +174,9 @@ class LlamaCppBackend(LlamaTokenizerMethods):
         draft_max = c.draft_max if c.speculate == "ngram" else 0
         store = PromptStore(c.cache_ram_mib * 2**20) if c.cache_ram_mib else None
         self._scheduler = Scheduler(self._engine, c.n_parallel, c.prefix_cache, draft_max, c.prompt_chunk, store)
-        self._scheduler.start()
+        # With speculation the loop first times a ladder of step sizes (SmolLM2 ~0.5 s,
+        # Qwen2.5-0.5B ~2.5 s on 2 cores) to price the first drafts.
+        await asyncio.to_thread(self._scheduler.start)
 
     async def stop(self) -> None:
         if self._scheduler is not None:

@@ -36,11 +36,14 @@ kept so far as history), and drafts are kept while they equal what was sampled. 
 draft from lookup is one token with certainty, and for such a draft this is exactly
 speculative sampling's rule (accept x with probability p(x), else draw from p
 without x), so the output is the sequence's own, greedy or sampled, seed included;
-the first token that differs ends the step and the rejected drafts' cells go. A
-sequence whose drafts keep missing, or are kept too rarely to pay for their rows at
-the present load (`StepCost`: a row's price, fitted to the steps as they run), stops
-drafting for a while (`DraftPolicy`: the rest doubles each time), so text with
-nothing to copy, and a busy CPU, pay almost nothing. Sequences with logits processors
+the first token that differs ends the step and the rejected drafts' cells go. How
+many tokens a sequence drafts is priced each step: a row's cost against a step's
+fixed part (`StepCost`, fitted to the steps as they run) says what share of draft
+tokens must be kept to pay at the present load, and how often tokens were kept
+after a match as long as this one (`Acceptance`: the sequence's own record, over the
+scheduler's for every sequence) says how many of the next tokens clear it. A copy
+under way (a long match) drafts long; text with nothing to copy drafts nothing but
+a token now and then, to keep its record current. Sequences with logits processors
 (grammars) do not draft."""
 
 from __future__ import annotations
@@ -58,12 +61,19 @@ from backends.llamacpp.prompt_store import PromptStore, common_prefix
 from backends.llamacpp.sampler import SamplerChain, sampler_steps
 from backends.llamacpp.sequence import Phase, Sequence
 from backends.logprobs import entry, first_prompt_entry
-from backends.lookup import DraftPolicy, Lookup, StepCost
+from backends.lookup import Acceptance, Lookup, StepCost, plan_drafts
 from backends.sampling import constrain
 from backends.textstream import TextStream
 
 _MIN_REUSE = 8  # a shared prefix shorter than this (a BOS, a word) is not worth a slot's cache
 _MIN_COPY = 64  # the shortest prefix worth a copy of another slot's stream
+# A sequence whose matches are not worth drafting drafts one token every this many of
+# them anyway, so its record follows the text (a copy may begin): at most one
+# two-row step in 64 where nothing is ever kept.
+_PROBE_EVERY = 64
+_PRIOR_WEIGHT = 2.0  # before any evidence, Laplace's rule of succession: a match that
+# held for L tokens holds for the next with probability (L + 1) / (L + 2), worth 2 tokens
+_OWN_WEIGHT = 4.0  # the scheduler-wide rate counts as this many of a sequence's own tokens
 
 
 class Scheduler:
@@ -86,7 +96,8 @@ class Scheduler:
         self.prefix_cache = prefix_cache
         self.draft_max = draft_max  # draft tokens per sequence per step; 0: no speculation
         self.drafts = self.draft_tokens = self.accepted_tokens = 0  # verification passes, drafted, kept
-        self.cost = StepCost()  # what a row costs a step, for whether drafts pay
+        self.cost = StepCost()  # what a step costs by its rows, for whether drafts pay
+        self.acceptance = Acceptance()  # draft tokens kept by match length, every sequence
         # A copy between streams moves a whole stream: worth it past a prefix this long
         # (measured ~60 ms to copy SmolLM2's 2,048 cells on 2 cores, where computing 64
         # prompt tokens takes ~250 ms).
@@ -103,11 +114,17 @@ class Scheduler:
         self._mask_thread: ThreadPoolExecutor | None = None  # started by the first constrained sequence
         self.outbox = Outbox()
         self._thread = threading.Thread(target=self._loop, name="llamacpp-scheduler", daemon=True)
+        self._calibrated = threading.Event()
 
     # -- called from the event loop --------------------------------------------------
 
     def start(self) -> None:
+        """Start the loop; with speculation, return once it has timed its step sizes
+        (`calibrate`, on the loop's own thread: llama.cpp's CPU threads belong to the
+        thread that decodes, and a decode from any other thread left every later
+        step ~25% slower, measured on Qwen2.5-0.5B)."""
         self._thread.start()
+        self._calibrated.wait()
 
     def stop(self) -> None:
         self.jobs.put(None)
@@ -125,6 +142,11 @@ class Scheduler:
     # -- the loop --------------------------------------------------------------------
 
     def _loop(self) -> None:
+        try:
+            if self.draft_max:
+                self._calibrate()
+        finally:
+            self._calibrated.set()
         while not self._stopping:
             self._admit(block=not self.running)
             for seq in [s for s in self.running if s.job.cancelled.is_set()]:
@@ -259,10 +281,9 @@ class Scheduler:
         decoding = [seq for seq in self.running if seq.phase is Phase.DECODE]
         if first_class == 0:  # an interactive prompt: its step is its own and its class's
             decoding = [seq for seq in decoding if seq.job.req.priority == 0]
-        room = e.config.n_batch // 2 - len(decoding)  # drafts may take up to half the step
+        if self.draft_max:
+            self._draft(decoding, e.config.n_batch // 2 - len(decoding))  # drafts may take up to half the step
         for seq in decoding:
-            seq.drafts = self._draft(seq, room, len(decoding)) if self.draft_max and room > 0 else []
-            room -= len(seq.drafts)
             next_rows = [seq.generated[-1], *seq.drafts]
             work[seq.slot] = (seq, next_rows, [True] * len(next_rows))
             sampling.append(seq)
@@ -331,21 +352,53 @@ class Scheduler:
 
         return self._mask_thread.submit(prepare)
 
-    def _draft(self, seq: Sequence, room: int, decoding: int) -> list[int]:
-        """This step's draft tokens for a decoding sequence: what followed the latest
-        earlier occurrence of its last tokens, within its γ and what is left of it."""
-        params = seq.job.req.params
-        if params.logits_processors:
-            return []
-        if seq.policy is None or seq.lookup is None:  # made when first asked
-            seq.policy = DraftPolicy(self.draft_max)
-            seq.lookup = Lookup(seq.prompt + seq.generated)
-        gamma = seq.policy.allowance()
-        if gamma and not seq.policy.pays(self.cost.threshold(decoding)):
-            seq.policy.rest()  # at this load its drafts cost more rows than they save
-            return []
-        left = min(params.max_tokens - len(seq.generated), self.engine.n_ctx_seq - seq.n_cached - 1) - 1
-        return seq.lookup.propose(min(gamma, left, room))
+    def _draft(self, decoding: list[Sequence], room: int) -> None:
+        """This step's draft tokens for each decoding sequence: what followed the latest
+        earlier occurrence of its last tokens, as many as pay (see the module's docstring)."""
+        candidates: list[tuple[Sequence, int, float, int]] = []  # (sequence, where its draft starts, rate, cap)
+        for seq in decoding:
+            seq.drafts = []
+            params = seq.job.req.params
+            if params.logits_processors:
+                continue
+            if seq.lookup is None or seq.acceptance is None:  # made when first asked
+                seq.lookup, seq.acceptance = Lookup(seq.prompt + seq.generated), Acceptance()
+            at, length = seq.lookup.match()
+            left = min(params.max_tokens - len(seq.generated), self.engine.n_ctx_seq - seq.n_cached - 1) - 1
+            if length and left > 0:
+                seq.match = length
+                shared = self.acceptance.rate(length, (length + 1) / (length + 2), _PRIOR_WEIGHT)
+                rate = seq.acceptance.rate(length, shared, _OWN_WEIGHT)
+                candidates.append((seq, at, rate, min(self.draft_max, left)))
+        plan = plan_drafts([(rate, cap) for _, _, rate, cap in candidates], len(decoding), self.cost)
+        for (seq, at, _, cap), k in zip(candidates, plan, strict=True):
+            if not k:
+                seq.unpriced += 1
+                if seq.unpriced < _PROBE_EVERY:
+                    continue
+                k = 1
+            k = min(k, cap, room)
+            if k > 0:
+                assert seq.lookup is not None
+                seq.drafts = seq.lookup.draft(at, k)
+                seq.unpriced = 0
+                room -= k
+
+    def _calibrate(self) -> None:
+        """Time decode steps of a ladder of sizes on an empty slot, before the first
+        job, so the first drafts are priced by this machine's costs (`StepCost`). The
+        first decode, which also sets llama.cpp up, is not timed."""
+        slot, e = 0, self.engine
+        tokens = [e.bos_id if e.bos_id >= 0 else 0] * max(StepCost.CALIBRATION)
+        e.decode(tokens[:1], [0], [slot], [True])
+        e.free_sequence(slot)
+        for rows in StepCost.CALIBRATION:
+            if rows > min(e.config.n_batch, e.n_ctx_seq):
+                break
+            started = time.perf_counter()
+            e.decode(tokens[:rows], list(range(rows)), [slot] * rows, [True] * rows)
+            self.cost.record(rows, time.perf_counter() - started)
+            e.free_sequence(slot)
 
     def _verify(self, seq: Sequence, first: int) -> None:
         """Sample the rows of a sequence's next token and its drafts, in order, keeping
@@ -363,8 +416,11 @@ class Scheduler:
         self.drafts += 1
         self.draft_tokens += len(drafts)
         self.accepted_tokens += kept
-        if seq.policy is not None:
-            seq.policy.update(kept, len(drafts))
+        # Tested: the kept tokens and the one that differed; none past it, nor past the end.
+        tested = kept + (kept < len(drafts) and seq.phase is not Phase.FINISHED)
+        if tested and seq.acceptance is not None:
+            seq.acceptance.record(seq.match, kept, tested)
+            self.acceptance.record(seq.match, kept, tested)
 
     def _advance(self, seq: Sequence, first: int, count: int) -> None:
         """Account for the rows just evaluated, then sample where the sequence needs a token."""

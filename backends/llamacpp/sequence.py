@@ -9,7 +9,7 @@ from enum import Enum, auto
 from backends.base import TokenLogprob
 from backends.engine_thread import Job
 from backends.llamacpp.sampler import SamplerChain
-from backends.lookup import DraftPolicy, Lookup
+from backends.lookup import Acceptance, Lookup
 from backends.textstream import TextStream
 
 
@@ -32,10 +32,13 @@ class Sequence:
     generated: list[int] = field(default_factory=list)  # the last one is not evaluated yet
     prompt_logprobs: list[TokenLogprob] | None = None
     # Prompt-lookup speculation (the scheduler's `draft_max`): the index of the text so
-    # far (made when first asked), how many to draft, and this step's draft tokens.
+    # far and its record of drafts kept (made when first asked), this step's draft
+    # tokens, the length of the match they came from, and matches not drafted since.
     lookup: Lookup | None = None
-    policy: DraftPolicy | None = None
+    acceptance: Acceptance | None = None
     drafts: list[int] = field(default_factory=list)
+    match: int = 0
+    unpriced: int = 0
 
     @property
     def prompt(self) -> list[int]:

@@ -2,7 +2,7 @@
 from a sequence's own text, verified in the step's one batch, give exactly the
 output without speculation, greedy or seeded; a grammar-constrained sequence never
 drafts; drafts past a finish or a cancel leave no cells behind. (When a sequence
-rests from drafting: tests/unit/test_speculative_verify.py; what speculation costs
+drafts and how much: tests/unit/test_speculative_verify.py; what speculation costs
 text with nothing to copy: benchmarks/batched_speculation.py.)"""
 
 from __future__ import annotations

@@ -91,50 +91,83 @@ def test_the_lookup_index_proposes_what_the_scan_finds() -> None:
     assert proposals > 500  # the texts did repeat
 
 
-def test_a_sequence_whose_drafts_miss_rests_longer_each_time_and_one_that_hits_drafts_more() -> None:
-    from backends.lookup import DraftPolicy
+def test_a_match_measures_how_far_back_it_goes_and_a_loop_is_drafted_round() -> None:
+    from backends.lookup import MATCH_CAP, Lookup
 
-    policy = DraftPolicy(draft_max=8)
-    assert policy.allowance() == 4
-    policy.update(4, 4)  # all kept: twice as many
-    assert policy.allowance() == 8
-    policy.update(8, 8)
-    assert policy.allowance() == 8  # at most draft_max
-    policy.update(3, 8)  # a partial miss: what was kept
-    assert policy.allowance() == 3
-    rests = []
-    for _ in range(4):  # two misses in a row, four times over
-        policy.update(0, policy.allowance())
-        policy.update(0, policy.allowance())
-        steps = 0
-        while policy.allowance() == 0:
-            steps += 1
-        rests.append(steps)
-    assert rests == [8, 16, 32, 64]
-    policy.update(1, 4)  # a hit ends the backoff
-    policy.update(0, 1)
-    policy.update(0, 1)
-    assert policy.cooldown == 8
+    index = Lookup([5, 1, 2, 3, 4, 9, 9, 1, 2, 3, 4])
+    at, length = index.match()
+    assert (at, length) == (5, 4)  # "1 2 3 4" before the 9s; the 5 before it differs from the 9
+    assert index.draft(at, 3) == [9, 9, 1]
+    assert Lookup([1, 2, 3]).match() == (0, 0)  # nothing has occurred before
+    loop = Lookup([7, 8, 9] * 4)
+    at, length = loop.match()
+    assert loop.tokens[at - length : at] == loop.tokens[-length:] and length == 9  # back to the first 7
+    assert loop.draft(at, 7) == [7, 8, 9, 7, 8, 9, 7]  # past the text's end, round the loop
+    long = Lookup(list(range(100)) * 2)
+    assert long.match()[1] == MATCH_CAP
 
 
-def test_the_step_cost_fit_finds_a_rows_price_and_when_drafts_pay() -> None:
-    from backends.lookup import DraftPolicy, StepCost
+def test_the_acceptance_record_is_kept_by_match_length() -> None:
+    from backends.lookup import Acceptance
+
+    record = Acceptance()
+    assert record.rate(20, 0.9, 2.0) == pytest.approx(0.9)  # no evidence: the prior
+    for _ in range(50):
+        record.record(20, kept=3, tested=4)  # kept 3, the 4th differed: 3 of 4 tested kept
+    assert record.rate(20, 0.9, 2.0) == pytest.approx(0.75, abs=0.01)
+    assert record.rate(17, 0.9, 2.0) == record.rate(20, 0.9, 2.0)  # 16-31: one bucket
+    assert record.rate(5, 0.9, 2.0) == pytest.approx(0.9)  # another bucket, its own record
+
+
+def test_step_cost_is_the_measured_table_between_and_past_its_sizes() -> None:
+    from backends.lookup import StepCost
+
+    cost = StepCost(weight=0.5)
+    assert cost.cost(4) == 4.0  # nothing measured: a row a unit
+    cost.record(1, 0.010)
+    assert cost.cost(8) == pytest.approx(0.080)  # one size: in proportion
+    cost.record(8, 0.030)
+    assert cost.cost(4) == pytest.approx(0.010 + 0.020 * 3 / 7)  # between two sizes: the line
+    assert cost.cost(16) == pytest.approx(0.030 + 0.020 * 8 / 7)  # past them: the same line
+    cost.record(2, 0.040)  # a size dearer than bigger ones (ggml changes kernels)
+    assert cost.cost(3) >= cost.cost(2) == pytest.approx(0.040)  # more rows never cost less
+    for _ in range(StepCost.REDRAW):
+        cost.record(1, 0.020)
+    assert cost.cost(1) == pytest.approx(0.020, abs=0.0001)  # an average with decay, redrawn now and then
+
+
+def _table(times_ms: dict[int, float]) -> object:
+    from backends.lookup import StepCost
 
     cost = StepCost()
-    for _ in range(20):
-        cost.record(4, 0.05)  # steps all alike: nothing to fit a row's price from
-    assert cost.fit() is None and cost.threshold(1) == 0.5  # a row as dear as the fixed part
-    rng = np.random.default_rng(1)
-    for _ in range(200):
-        rows = int(rng.choice([1, 2, 4, 6, 9]))
-        cost.record(rows, 0.009 + 0.011 * rows + float(rng.normal(0, 0.0005)))
-    fit = cost.fit()
-    assert fit is not None
-    assert fit[0] == pytest.approx(0.009, abs=0.002) and fit[1] == pytest.approx(0.011, abs=0.001)
-    # Alone a draft pays when ~55% of its tokens are kept; beside three others, ~84%.
-    assert cost.threshold(1) == pytest.approx(0.011 / 0.020, abs=0.05)
-    assert cost.threshold(4) == pytest.approx(0.011 / (0.009 / 4 + 0.011), abs=0.05)
-    policy = DraftPolicy(draft_max=8)
-    for _ in range(10):
-        policy.update(3, 4)  # 75% kept
-    assert policy.pays(cost.threshold(1)) and not policy.pays(cost.threshold(4))
+    for rows, ms in times_ms.items():
+        cost.record(rows, ms / 1000)
+    return cost
+
+
+# Decode steps measured on 2 cores by rows (benchmarks/batched_speculation.py's machine).
+QWEN_Q4_K_M = {1: 17.3, 2: 40.2, 4: 55.0, 8: 75.1, 16: 96.5, 32: 183.2, 48: 261.4, 64: 308.4}
+FLAT = {n: 10.0 + n / 64 for n in (1, 2, 4, 8, 16, 32, 65)}  # rows nearly free: a GPU
+
+
+def test_drafts_are_planned_where_they_raise_the_steps_tokens_per_second() -> None:
+    from backends.lookup import StepCost, plan_drafts
+
+    qwen, flat = _table(QWEN_Q4_K_M), _table(FLAT)
+    assert isinstance(qwen, StepCost) and isinstance(flat, StepCost)
+    # A sure copy drafts long where a short draft costs more than it saves (2 rows: 40 ms).
+    (long,) = plan_drafts([(0.99, 64)], 1, qwen)
+    assert long >= 15
+    assert plan_drafts([(0.99, 1)], 1, qwen) == [0]  # capped at one token: a 2-row step does not pay
+    assert long + 1 in QWEN_Q4_K_M  # to a step size that was timed
+    assert plan_drafts([(0.7, 64)], 1, qwen) == [0]  # an unsure one does not draft at all
+    # Where rows are nearly free (a GPU) an unsure match drafts too, until a token's
+    # chance of being kept (0.7**k) is worth less than its row; a sure one drafts all it may.
+    (unsure_on_gpu,) = plan_drafts([(0.7, 64)], 1, flat)
+    assert 7 <= unsure_on_gpu <= 31
+    assert plan_drafts([(0.999, 64)], 1, flat) == [64]
+    # Two sequences: the surer is planned first; the other then adds rows to a step
+    # already long, where a row is cheap, and may draft a token or two, not more.
+    unsure, sure = plan_drafts([(0.5, 64), (0.99, 64)], 2, qwen)
+    assert sure >= 14 and unsure <= 2
+    assert plan_drafts([(0.3, 64), (0.3, 64)], 2, qwen) == [0, 0]
