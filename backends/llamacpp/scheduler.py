@@ -37,11 +37,12 @@ draft from lookup is one token with certainty, and for such a draft this is exac
 speculative sampling's rule (accept x with probability p(x), else draw from p
 without x), so the output is the sequence's own, greedy or sampled, seed included;
 the first token that differs ends the step and the rejected drafts' cells go. How
-many tokens a sequence drafts is priced each step: a row's cost against a step's
-fixed part (`StepCost`, fitted to the steps as they run) says what share of draft
-tokens must be kept to pay at the present load, and how often tokens were kept
-after a match as long as this one (`Acceptance`: the sequence's own record, over the
-scheduler's for every sequence) says how many of the next tokens clear it. A copy
+many tokens a sequence drafts is priced each step: how often tokens were kept after
+a match as long as this one (`Acceptance`: the sequence's own record, over the
+scheduler's for every sequence) gives each draft token's chance, and the measured
+time of steps by their size (`StepCost`: a ladder timed at start on this thread,
+then every step) what its row costs; each sequence, surest first, drafts the length
+that gives the step the most expected tokens per second (`plan_drafts`). A copy
 under way (a long match) drafts long; text with nothing to copy drafts nothing but
 a token now and then, to keep its record current. Sequences with logits processors
 (grammars) do not draft."""
@@ -120,7 +121,7 @@ class Scheduler:
 
     def start(self) -> None:
         """Start the loop; with speculation, return once it has timed its step sizes
-        (`calibrate`, on the loop's own thread: llama.cpp's CPU threads belong to the
+        (`_calibrate`, on the loop's own thread: llama.cpp's CPU threads belong to the
         thread that decodes, and a decode from any other thread left every later
         step ~25% slower, measured on Qwen2.5-0.5B)."""
         self._thread.start()
