@@ -117,53 +117,34 @@ class StepCost:
     kernels take rows in tiles, and on Qwen 14 rows took 152 ms where 16 took 111.
     So the scheduler times a ladder of sizes at start (`CALIBRATION`: multiples of
     the tiles past 4) and drafts only to step sizes it has measured (`measured`),
-    timing every decode step after that. The curve (`cost`, for sizes between) is
-    drawn again from the averages every `REDRAW` records."""
+    timing every decode step after that (`cost` is for the sizes between)."""
 
     CALIBRATION = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
-    REDRAW = 16
 
     def __init__(self, weight: float = 0.2) -> None:
         self.weight = weight  # a new step's weight in its size's average
         self.times: dict[int, float] = {}
-        self._curve: list[float] = []  # seconds by rows, drawn from `times`
-        self._stale = 0
 
     def record(self, rows: int, seconds: float) -> None:
         old = self.times.get(rows)
         self.times[rows] = seconds if old is None else old + self.weight * (seconds - old)
-        self._stale += 1
-        if old is None or self._stale >= self.REDRAW:
-            self._curve = []
 
     def measured(self, rows: int) -> float | None:
         """The average time of steps of exactly `rows` rows, if any ran."""
         return self.times.get(rows)
 
     def cost(self, rows: int) -> float:
-        """Seconds for a step of `rows` rows (1.0 a row while nothing is measured)."""
-        if rows >= len(self._curve):
-            self._draw(max(rows + 1, 2 * len(self._curve), 2 * max(self.times, default=1)))
-        return self._curve[rows]
-
-    def _draw(self, size: int) -> None:
-        self._stale = 0
+        """Seconds for a step of `rows` rows, measured or between measured sizes (1.0 a
+        row while nothing is measured)."""
         sizes = sorted(self.times)
-        curve = [0.0] * size
-        floor = 0.0  # more rows never cost less
-        for rows in range(1, size):
-            if not sizes:
-                t = float(rows)
-            elif len(sizes) == 1:
-                t = self.times[sizes[0]] * rows / sizes[0]
-            else:
-                i = min(max(bisect.bisect_left(sizes, rows), 1), len(sizes) - 1)  # the segment: below, or past the ends
-                lo, hi = sizes[i - 1], sizes[i]
-                t = self.times[lo] + (self.times[hi] - self.times[lo]) * (rows - lo) / (hi - lo)
-            if rows in self.times:
-                floor = max(floor, self.times[rows])
-            curve[rows] = max(t, floor)
-        self._curve = curve
+        if not sizes:
+            return float(rows)
+        if len(sizes) == 1:
+            return self.times[sizes[0]] * rows / sizes[0]
+        i = min(max(bisect.bisect_left(sizes, rows), 1), len(sizes) - 1)  # the segment: below, or past the ends
+        lo, hi = sizes[i - 1], sizes[i]
+        line = self.times[lo] + (self.times[hi] - self.times[lo]) * (rows - lo) / (hi - lo)
+        return max([line, *(self.times[n] for n in sizes[:i] if n <= rows)])  # more rows never cost less
 
 
 def plan_drafts(candidates: list[tuple[float, int]], rows: int, cost: StepCost) -> list[int]:
