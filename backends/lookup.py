@@ -5,7 +5,9 @@ quotes, summaries, RAG answers) is drafted for free; plain prose rarely matches.
 `lookup` scans the text (the speculative backend calls it once per step of one
 sequence). `Lookup` keeps an index of every n-gram's latest follower, updated as
 tokens arrive, so the continuous batcher can ask for every running sequence at
-every step for the price of a dict lookup."""
+every step for the price of a dict lookup. `History` indexes the texts of finished
+requests the same way, so a request sent again (a retry, a regenerate, another user
+with the same question) has its earlier answer drafted."""
 
 from __future__ import annotations
 
@@ -75,30 +77,88 @@ class Lookup:
         return (cycle * (k // period + 1))[:k] if k > period else cycle[:k]
 
 
+class History:
+    """The texts (prompt and output) of recent finished sequences, for drafts across
+    requests: where a sequence's tail matches one of them further back than it
+    matches its own text, the tokens that followed there are its draft. Indexed by
+    n-grams of one size, `n`, long enough that a match is rarely chance (an 8-gram
+    in tens of thousands of tokens); `match` then measures how far back the match
+    goes, as `Lookup.match` does. Bounded: past `capacity` tokens the oldest texts
+    go, and their index entries with them."""
+
+    def __init__(self, capacity: int, n: int = 8) -> None:
+        self.capacity = capacity
+        self.n = n
+        self.texts: dict[int, list[int]] = {}  # by id, oldest first
+        self.size = 0  # tokens in `texts`
+        self.added = 0  # texts ever added: the next one's id
+        self.follower: dict[tuple[int, ...], tuple[int, int]] = {}  # n-gram -> (text, index after it), latest
+
+    def add(self, tokens: list[int]) -> None:
+        if len(tokens) <= self.n or len(tokens) > self.capacity:
+            return
+        text_id, self.added = self.added, self.added + 1
+        self.texts[text_id] = tokens
+        self.size += len(tokens)
+        for end in range(self.n, len(tokens)):
+            self.follower[tuple(tokens[end - self.n : end])] = (text_id, end)
+        while self.size > self.capacity:
+            self.size -= len(self.texts.pop(next(iter(self.texts))))
+        if len(self.follower) > 2 * self.size:  # mostly entries of texts gone: index anew
+            self.follower = {}
+            for text_id, text in self.texts.items():
+                for end in range(self.n, len(text)):
+                    self.follower[tuple(text[end - self.n : end])] = (text_id, end)
+
+    def match(self, tokens: list[int]) -> tuple[int, int, int]:
+        """(the text, where the tokens that followed the latest occurrence of the
+        tail of `tokens` start in it, how many tokens of the tail match, up to
+        MATCH_CAP); (-1, 0, 0) when none of the texts has the tail's last n tokens."""
+        end = len(tokens)
+        found = self.follower.get(tuple(tokens[-self.n :])) if end >= self.n else None
+        if found is None or (text := self.texts.get(found[0])) is None:
+            return -1, 0, 0
+        text_id, at = found
+        length = self.n
+        while length < min(MATCH_CAP, end) and at - length > 0 and text[at - length - 1] == tokens[end - length - 1]:
+            length += 1
+        return text_id, at, length
+
+    def available(self, text_id: int, at: int) -> int:
+        """How many tokens follow `at` in the text (0 once the text has gone)."""
+        text = self.texts.get(text_id)
+        return len(text) - at if text is not None else 0
+
+    def draft(self, text_id: int, at: int, k: int) -> list[int]:
+        return self.texts[text_id][at : at + k]
+
+
 def bucket(length: int) -> int:
     """Match lengths in doublings: 1, 2-3, 4-7, 8-15, 16-31, 32."""
     return min(length, MATCH_CAP).bit_length()
 
 
 class Acceptance:
-    """How often draft tokens are kept, by the length of the match that drafted them:
-    decayed counts of tokens kept and tokens tested. A draft's verification stops at
+    """How often draft tokens are kept, by the length of the match that drafted them
+    and where it was (`SOURCES`): decayed counts of tokens kept and tokens tested. A draft's verification stops at
     its first rejected token, so the tokens after it were never tested: counting them
     as rejected would make long drafts look worse than they are."""
 
+    SOURCES = 2  # where drafts come from: 0 the sequence's own text, 1 the `History`
+
     def __init__(self, decay: float = 0.98) -> None:
         self.decay = decay
-        self.kept = [0.0] * (bucket(MATCH_CAP) + 1)
-        self.tested = [0.0] * (bucket(MATCH_CAP) + 1)
+        self.kept = [0.0] * ((bucket(MATCH_CAP) + 1) * self.SOURCES)
+        self.tested = [0.0] * ((bucket(MATCH_CAP) + 1) * self.SOURCES)
 
-    def rate(self, length: int, prior: float, weight: float) -> float:
-        """The share of tested tokens kept after a match this long, `prior` counting
-        as `weight` tokens of evidence."""
-        b = bucket(length)
+    def rate(self, length: int, prior: float, weight: float, source: int = 0) -> float:
+        """The share of tested tokens kept after a match this long in the source,
+        `prior` counting as `weight` tokens of evidence."""
+        b = bucket(length) + source * (bucket(MATCH_CAP) + 1)
         return (self.kept[b] + weight * prior) / (self.tested[b] + weight)
 
-    def record(self, length: int, kept: int, tested: int) -> None:
-        b = bucket(length)
+    def record(self, length: int, kept: int, tested: int, source: int = 0) -> None:
+        b = bucket(length) + source * (bucket(MATCH_CAP) + 1)
         keep = self.decay**tested
         self.kept[b] = self.kept[b] * keep + kept
         self.tested[b] = self.tested[b] * keep + tested

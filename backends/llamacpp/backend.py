@@ -66,6 +66,10 @@ class LlamaCppConfig:
     cache_type_v: str = "f16"  # a quantized V needs flash attention (on for CPU by default)
     speculate: str = "none"  # "ngram": prompt-lookup drafts for every decoding sequence, verified in the batch
     draft_max: int = 64  # with speculate: the most draft tokens a sequence adds to a step (as ngram-mod's 64)
+    # With speculate: tokens of finished requests' text (prompt and output) kept to draft
+    # from, so a request sent again has its earlier answer drafted; 0: each its own text.
+    # Like the prefix cache it is shared by every request the model serves.
+    speculate_history: int = 65536
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -83,6 +87,8 @@ class LlamaCppConfig:
             raise ValueError("speculate must be none or ngram (prompt lookup)")
         if self.draft_max < 1:
             raise ValueError("draft_max must be >= 1")
+        if self.speculate_history < 0:
+            raise ValueError("speculate_history must be >= 0 (0: no history)")
         for name in ("cache_type_k", "cache_type_v"):
             if getattr(self, name) not in CACHE_TYPES:
                 raise ValueError(f"{name} must be one of {', '.join(CACHE_TYPES)}")
@@ -173,7 +179,9 @@ class LlamaCppBackend(LlamaTokenizerMethods):
         await asyncio.to_thread(self._grammars.warm)
         draft_max = c.draft_max if c.speculate == "ngram" else 0
         store = PromptStore(c.cache_ram_mib * 2**20) if c.cache_ram_mib else None
-        self._scheduler = Scheduler(self._engine, c.n_parallel, c.prefix_cache, draft_max, c.prompt_chunk, store)
+        self._scheduler = Scheduler(
+            self._engine, c.n_parallel, c.prefix_cache, draft_max, c.prompt_chunk, store, c.speculate_history
+        )
         # With speculation the loop first times a ladder of step sizes (+1.4 s to start
         # SmolLM2, +1.9 s Qwen2.5-0.5B, on 2 cores) to price the first drafts.
         await asyncio.to_thread(self._scheduler.start)

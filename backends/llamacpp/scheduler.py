@@ -29,8 +29,9 @@ store in host memory (backends/llamacpp/prompt_store.py), and a new prompt that
 starts with a stored one longer than any slot offers restores it into its slot.
 
 Speculation (`draft_max` > 0): a decoding sequence may add draft tokens after its
-next one, from prompt lookup over its own text (backends/lookup.py), verified in the
-same `llama_decode` as every other sequence's rows. Each row is then sampled as a
+next one, from prompt lookup over its own text (backends/lookup.py), or over the
+history of finished requests' answers where that matches further back (a request
+sent again), verified in the same `llama_decode` as every other sequence's rows. Each row is then sampled as a
 plain step would sample it (its own sampler chain, constrained, with the tokens
 kept so far as history), and drafts are kept while they equal what was sampled. A
 draft from lookup is one token with certainty, and for such a draft this is exactly
@@ -42,7 +43,8 @@ a match as long as this one (`Acceptance`: the sequence's own record, over the
 scheduler's for every sequence) gives each draft token's chance, and the measured
 time of steps by their size (`StepCost`: a ladder timed at start on this thread,
 then every step) what its row costs; each sequence, surest first, drafts the length
-that gives the step the most expected tokens per second (`plan_drafts`). A copy
+that gives the step the most expected tokens per second (`plan_drafts`); drafts from
+the history keep records of their own. A copy
 under way (a long match) drafts long; text with nothing to copy drafts nothing but
 a token now and then, to keep its record current. Sequences with logits processors
 (grammars) do not draft."""
@@ -62,7 +64,7 @@ from backends.llamacpp.prompt_store import PromptStore, common_prefix
 from backends.llamacpp.sampler import SamplerChain, sampler_steps
 from backends.llamacpp.sequence import Phase, Sequence
 from backends.logprobs import entry, first_prompt_entry
-from backends.lookup import Acceptance, Lookup, StepCost, plan_drafts
+from backends.lookup import MATCH_CAP, Acceptance, History, Lookup, StepCost, plan_drafts
 from backends.sampling import constrain
 from backends.textstream import TextStream
 
@@ -86,6 +88,7 @@ class Scheduler:
         draft_max: int = 0,
         prompt_chunk: int = 0,
         store: PromptStore | None = None,
+        history: int = 0,
     ) -> None:
         self.engine = engine
         self.store = store if prefix_cache else None  # prompts' KV in host memory, past the slots
@@ -99,6 +102,8 @@ class Scheduler:
         self.drafts = self.draft_tokens = self.accepted_tokens = 0  # verification passes, drafted, kept
         self.cost = StepCost()  # what a step costs by its rows, for whether drafts pay
         self.acceptance = Acceptance()  # draft tokens kept by match length, every sequence
+        # Finished requests' texts, to draft from when a request comes again (0: off).
+        self.history = History(history) if draft_max and history else None
         # A copy between streams moves a whole stream: worth it past a prefix this long
         # (measured ~60 ms to copy SmolLM2's 2,048 cells on 2 cores, where computing 64
         # prompt tokens takes ~250 ms).
@@ -356,7 +361,8 @@ class Scheduler:
     def _draft(self, decoding: list[Sequence], room: int) -> None:
         """This step's draft tokens for each decoding sequence: what followed the latest
         earlier occurrence of its last tokens, as many as pay (see the module's docstring)."""
-        candidates: list[tuple[Sequence, int, float, int]] = []  # (sequence, where its draft starts, rate, cap)
+        # (sequence, the History text its draft comes from or -1: its own, where the draft starts, rate, cap)
+        candidates: list[tuple[Sequence, int, int, float, int]] = []
         for seq in decoding:
             seq.drafts = []
             params = seq.job.req.params
@@ -365,14 +371,21 @@ class Scheduler:
             if seq.lookup is None or seq.acceptance is None:  # made when first asked
                 seq.lookup, seq.acceptance = Lookup(seq.prompt + seq.generated), Acceptance()
             at, length = seq.lookup.match()
+            text = -1
+            if self.history is not None and length < MATCH_CAP:  # an earlier request may match further back
+                found, found_at, found_length = self.history.match(seq.lookup.tokens)
+                if found_length > length:
+                    text, at, length = found, found_at, found_length
             left = min(params.max_tokens - len(seq.generated), self.engine.n_ctx_seq - seq.n_cached - 1) - 1
+            if text >= 0 and self.history is not None:
+                left = min(left, self.history.available(text, at))
             if length and left > 0:
-                seq.match = length
-                shared = self.acceptance.rate(length, (length + 1) / (length + 2), _PRIOR_WEIGHT)
-                rate = seq.acceptance.rate(length, shared, _OWN_WEIGHT)
-                candidates.append((seq, at, rate, min(self.draft_max, left)))
-        plan = plan_drafts([(rate, cap) for _, _, rate, cap in candidates], len(decoding), self.cost)
-        for (seq, at, _, cap), k in zip(candidates, plan, strict=True):
+                seq.match, seq.history_text, source = length, text, int(text >= 0)
+                shared = self.acceptance.rate(length, (length + 1) / (length + 2), _PRIOR_WEIGHT, source)
+                rate = seq.acceptance.rate(length, shared, _OWN_WEIGHT, source)
+                candidates.append((seq, text, at, rate, min(self.draft_max, left)))
+        plan = plan_drafts([(rate, cap) for *_, rate, cap in candidates], len(decoding), self.cost)
+        for (seq, text, at, _, cap), k in zip(candidates, plan, strict=True):
             if not k:
                 seq.unpriced += 1
                 if seq.unpriced < _PROBE_EVERY:
@@ -381,7 +394,10 @@ class Scheduler:
             k = min(k, cap, room)
             if k > 0:
                 assert seq.lookup is not None
-                seq.drafts = seq.lookup.draft(at, k)
+                if text >= 0 and self.history is not None:
+                    seq.drafts = self.history.draft(text, at, k)
+                else:
+                    seq.drafts = seq.lookup.draft(at, k)
                 seq.unpriced = 0
                 room -= k
 
@@ -420,8 +436,9 @@ class Scheduler:
         # Tested: the kept tokens and the one that differed; none past it, nor past the end.
         tested = kept + (kept < len(drafts) and seq.phase is not Phase.FINISHED)
         if tested and seq.acceptance is not None:
-            seq.acceptance.record(seq.match, kept, tested)
-            self.acceptance.record(seq.match, kept, tested)
+            source = int(seq.history_text >= 0)
+            seq.acceptance.record(seq.match, kept, tested, source)
+            self.acceptance.record(seq.match, kept, tested, source)
 
     def _advance(self, seq: Sequence, first: int, count: int) -> None:
         """Account for the rows just evaluated, then sample where the sequence needs a token."""
@@ -479,6 +496,10 @@ class Scheduler:
         seq.phase = Phase.FINISHED
         seq.sampler.close()
         self.running.remove(seq)
+        if self.history is not None and seq.generated:
+            # The output, and enough of the prompt before it to match and measure a
+            # match on: the prompt itself is its sequence's own to draft from.
+            self.history.add(seq.prompt[-MATCH_CAP - 1 :] + seq.generated)
         if keep_cache and self.prefix_cache:
             self.slot_tokens[seq.slot] = seq.cached_tokens
         else:

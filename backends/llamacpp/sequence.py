@@ -33,11 +33,13 @@ class Sequence:
     prompt_logprobs: list[TokenLogprob] | None = None
     # Prompt-lookup speculation (the scheduler's `draft_max`): the index of the text so
     # far and its record of drafts kept (made when first asked), this step's draft
-    # tokens, the length of the match they came from, and matches not drafted since.
+    # tokens, the length of the match they came from and where (the scheduler's
+    # `History` text, -1: its own text), and matches not drafted since.
     lookup: Lookup | None = None
     acceptance: Acceptance | None = None
     drafts: list[int] = field(default_factory=list)
     match: int = 0
+    history_text: int = -1
     unpriced: int = 0
 
     @property

@@ -3,7 +3,8 @@ from a sequence's own text, verified in the step's one batch, give exactly the
 output without speculation, greedy or seeded; a grammar-constrained sequence never
 drafts; drafts past a finish or a cancel leave no cells behind. (When a sequence
 drafts and how much: tests/unit/test_speculative_verify.py; what speculation costs
-text with nothing to copy: benchmarks/batched_speculation.py.)"""
+text with nothing to copy: benchmarks/batched_speculation.py.) A request sent again
+has its earlier answer drafted from the scheduler's history of finished requests."""
 
 from __future__ import annotations
 
@@ -61,6 +62,23 @@ def test_copying_text_is_drafted_and_the_output_is_the_one_without_drafts(
         assert decode_steps < 48  # several tokens came out of some steps
     stats = speculating.stats().speculative
     assert stats is not None and stats.accepted_tokens >= 5 and stats.draft_tokens > stats.accepted_tokens
+
+
+def test_a_request_sent_again_has_its_earlier_answer_drafted(speculating: LlamaCppBackend) -> None:
+    """Prose the model does not copy from its prompt: the first time, few of its steps
+    draft; sent again, the answer it gave is drafted from the history and kept, so the
+    same tokens come out of a handful of steps."""
+    prompt = "Once upon a time, in a small village by the sea, there lived"
+    params = SamplingParams(max_tokens=48, ignore_eos=True, temperature=0)
+    first = _tokens(speculating, prompt, params)
+    first_steps, RecordingEngine.steps = len(RecordingEngine.steps), []
+    before = speculating.stats().speculative
+    again = _tokens(speculating, prompt, params)
+    after = speculating.stats().speculative
+    assert again == first
+    assert before is not None and after is not None
+    assert after.accepted_tokens - before.accepted_tokens >= 40  # nearly all of it drafted and kept
+    assert len(RecordingEngine.steps) < min(12, first_steps // 2)
 
 
 def test_a_constrained_sequence_does_not_draft(speculating: LlamaCppBackend) -> None:

@@ -107,6 +107,27 @@ def test_a_match_measures_how_far_back_it_goes_and_a_loop_is_drafted_round() -> 
     assert long.match()[1] == MATCH_CAP
 
 
+def test_the_history_finds_an_earlier_request_and_forgets_the_oldest() -> None:
+    from backends.lookup import MATCH_CAP, History
+
+    history = History(capacity=100, n=4)
+    answer = list(range(1000, 1040))
+    history.add([1, 2, 3, 4, 5, *answer])  # a prompt's end, then its answer
+    text, at, length = history.match([9, 9, 2, 3, 4, 5])  # the same prompt's end, asked again
+    assert (at, length) == (5, 4)  # before the 4-gram: a 1 in the text, a 9 in the tail
+    assert history.draft(text, at, 3) == answer[:3] and history.available(text, at) == 40
+    _, _, longer = history.match([1, 2, 3, 4, 5, *answer[:30]])
+    assert longer == MATCH_CAP  # 35 tokens match: capped
+    assert history.match([7, 7, 7, 7, 7]) == (-1, 0, 0)
+    history.add(list(range(2000, 2070)))  # past 100 tokens: the first text goes
+    assert history.match([2, 3, 4, 5]) == (-1, 0, 0)
+    assert history.size == 70 and history.available(text, at) == 0
+    for k in range(10):  # texts come and go: the index is rebuilt, never more than twice the texts
+        history.add(list(range(3000 + 100 * k, 3060 + 100 * k)))
+        assert len(history.follower) <= 2 * history.size
+    assert history.match(list(range(3900, 3910)))[1:] == (10, 10)  # the latest text, matched back to its start
+
+
 def test_the_acceptance_record_is_kept_by_match_length() -> None:
     from backends.lookup import Acceptance
 
@@ -117,6 +138,7 @@ def test_the_acceptance_record_is_kept_by_match_length() -> None:
     assert record.rate(20, 0.9, 2.0) == pytest.approx(0.75, abs=0.01)
     assert record.rate(17, 0.9, 2.0) == record.rate(20, 0.9, 2.0)  # 16-31: one bucket
     assert record.rate(5, 0.9, 2.0) == pytest.approx(0.9)  # another bucket, its own record
+    assert record.rate(20, 0.9, 2.0, source=1) == pytest.approx(0.9)  # drafts from the history: their own
 
 
 def test_step_cost_is_the_measured_table_between_and_past_its_sizes() -> None:
