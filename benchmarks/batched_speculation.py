@@ -12,7 +12,9 @@ another, nor the warm-up's: a server that remembers earlier answers, as llama-se
 ngram-mod and Lightgate's history do, would otherwise draft them); then the WikiText
 continuations of concurrency 4 sent again, which is what such a memory is for (a
 retry, a regenerate, another user with the same question). Output tokens/s over
-the run.
+the run; with `--repeats`, every server that many times, interleaved, in reverse
+order every other time (so drift and position fall on every server alike), tokens
+and seconds summed over the repeats.
 
 Servers: llama-server without speculation and with each of its n-gram modes (its
 best is the peer), 4 slots, `-t 2`; Lightgate's llamacpp backend with and without
@@ -138,6 +140,16 @@ async def load(base: str, prompts: list[str], users: int, max_tokens: int) -> di
     return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "failed": failed}
 
 
+def add(figures: dict[str, dict[str, Any]], key: str, run: dict[str, float]) -> None:
+    """One repeat's run into a server's figures: tokens and seconds summed, each
+    repeat's tokens/s kept."""
+    total = figures.setdefault(key, {"tokens": 0, "wall_s": 0.0, "failed": 0, "repeats_tokens_per_s": []})
+    for field in ("tokens", "wall_s", "failed"):
+        total[field] += run[field]
+    total["tokens_per_s"] = total["tokens"] / total["wall_s"]
+    total["repeats_tokens_per_s"].append(run["tokens_per_s"])
+
+
 def lightgate(variant: str, options: dict[str, Any]) -> tuple[list[str], int]:
     port = free_port()
     opts = {"n_ctx": 2048, "n_parallel": SLOTS, "n_threads": 2, **options}
@@ -151,6 +163,7 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(VARIANTS), default="qwen0.5b")
     parser.add_argument("--modes", default="ngram-simple,ngram-map-k,ngram-mod", help="llama-server's n-gram modes")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per workload at concurrency 1 (x2 at 4)")
+    parser.add_argument("--repeats", type=int, default=1, help="run every server this many times, interleaved")
     parser.add_argument("--out", default="bench-results/batched_speculation-{model}.json")
     args = parser.parse_args()
     variant = VARIANTS[args.model]
@@ -178,31 +191,34 @@ def main() -> None:
         ("Lightgate, no speculation", *lightgate(variant, {}), "/ready"),
         ("Lightgate, speculate: ngram", *lightgate(variant, {"speculate": "ngram"}), "/ready"),
     ]
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
     drafts: dict[str, dict[str, float]] = {}
     with Progress(console=console) as progress:
-        task = progress.add_task("servers x workloads", total=len(servers) * (len(workloads) * 2 + 1))
+        task = progress.add_task("servers x workloads", total=len(servers) * (len(workloads) * 2 + 1) * args.repeats)
         warm_up = [p.text for p in wikitext(60, seed=7, count=2).prompts]  # in no workload
-        for name, cmd, port, ready in servers:
-            with server_process(cmd, port, ready) as (base, _pid):
-                asyncio.run(load(base, warm_up, 1, 16))
-                for workload, (_, max_tokens) in workloads.items():
-                    for users in (1, SLOTS):
-                        batch = prompts[workload][sets[users]]
-                        key = f"{workload}, c{users}"
-                        results.setdefault(name, {})[key] = asyncio.run(load(base, batch, users, max_tokens))
-                        progress.advance(task)
-                batch, max_tokens = prompts[again][sets[SLOTS]], workloads[again][1]
-                key = f"{again} again, c{SLOTS}"
-                results[name][key] = asyncio.run(load(base, batch, SLOTS, max_tokens))
-                progress.advance(task)
-                if name.startswith("Lightgate, speculate"):
-                    with httpx.Client(base_url=base) as client:
-                        spec = scrape(client, MODEL) or {}
-                    drafted = spec.get("lightgate_spec_decode_draft_tokens_total", 0.0)
-                    kept = spec.get("lightgate_spec_decode_accepted_tokens_total", 0.0)
-                    console.print(f"{name}: {kept:.0f} of {drafted:.0f} draft tokens kept")
-                    drafts[name] = {"draft_tokens": drafted, "accepted_tokens": kept}
+        for repeat in range(args.repeats):
+            for name, cmd, port, ready in servers if repeat % 2 == 0 else servers[::-1]:
+                runs = {}
+                with server_process(cmd, port, ready) as (base, _pid):
+                    asyncio.run(load(base, warm_up, 1, 16))
+                    for workload, (_, max_tokens) in workloads.items():
+                        for users in (1, SLOTS):
+                            batch = prompts[workload][sets[users]]
+                            runs[f"{workload}, c{users}"] = asyncio.run(load(base, batch, users, max_tokens))
+                            progress.advance(task)
+                    batch, max_tokens = prompts[again][sets[SLOTS]], workloads[again][1]
+                    runs[f"{again} again, c{SLOTS}"] = asyncio.run(load(base, batch, SLOTS, max_tokens))
+                    progress.advance(task)
+                    if name.startswith("Lightgate, speculate"):
+                        with httpx.Client(base_url=base) as client:
+                            spec = scrape(client, MODEL) or {}
+                        mine = drafts.setdefault(name, {"draft_tokens": 0.0, "accepted_tokens": 0.0})
+                        mine["draft_tokens"] += spec.get("lightgate_spec_decode_draft_tokens_total", 0.0)
+                        mine["accepted_tokens"] += spec.get("lightgate_spec_decode_accepted_tokens_total", 0.0)
+                for key, run in runs.items():
+                    add(results.setdefault(name, {}), key, run)
+        for name, mine in drafts.items():
+            console.print(f"{name}: {mine['accepted_tokens']:.0f} of {mine['draft_tokens']:.0f} draft tokens kept")
     keys = [*(f"{w}, c{u}" for w in workloads for u in (1, SLOTS)), f"{again} again, c{SLOTS}"]
     peers = [s for s in results if s.startswith("llama-server")]
     best_peer = {k: max(peers, key=lambda s: results[s][k]["tokens_per_s"]) for k in keys}
@@ -216,15 +232,20 @@ def main() -> None:
                 *(f"{results[s][k]['tokens_per_s']:.1f}" for s in results),
                 best_peer[k].removeprefix("llama-server, "),
                 f"{ours['tokens_per_s'] / bp['tokens_per_s']:.2f}",
+                " ".join(
+                    f"{a / b:.2f}"
+                    for a, b in zip(ours["repeats_tokens_per_s"], bp["repeats_tokens_per_s"], strict=True)
+                ),
                 f"{ours['tokens_per_s'] / plain['tokens_per_s']:.2f}",
             ]
         )
-    print_table(["workload", *results, "best peer", "ours / best peer", "ours: with / without speculation"], rows)
+    columns = ["workload", *results, "best peer", "ours / best peer", "by repeat", "ours: with / without speculation"]
+    print_table(columns, rows)
     save_json(args.out.format(model=args.model), {"results": results, "best_peer": best_peer, "drafts": drafts})
     plot(results, keys, variant, Path(f"docs/figures/batched-speculation-{args.model}.png"))
 
 
-def plot(results: dict[str, dict[str, dict[str, float]]], keys: list[str], variant: str, path: Path) -> None:
+def plot(results: dict[str, dict[str, dict[str, Any]]], keys: list[str], variant: str, path: Path) -> None:
     from loadtest.plots import png, pyplot
 
     plt = pyplot()
