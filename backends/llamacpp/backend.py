@@ -182,8 +182,8 @@ class LlamaCppBackend(LlamaTokenizerMethods):
         self._scheduler = Scheduler(
             self._engine, c.n_parallel, c.prefix_cache, draft_max, c.prompt_chunk, store, c.speculate_history
         )
-        # With speculation the loop first times a ladder of step sizes (+1.4 s to start
-        # SmolLM2, +1.9 s Qwen2.5-0.5B, on 2 cores) to price the first drafts.
+        # With speculation the loop first times a ladder of step sizes (+1.5 s to start
+        # SmolLM2, +3.3 s Qwen2.5-0.5B, on 2 cores) to price the first drafts.
         await asyncio.to_thread(self._scheduler.start)
 
     async def stop(self) -> None:
