@@ -78,13 +78,19 @@ class Lookup:
 
 
 class History:
-    """The texts (prompt and output) of recent finished sequences, for drafts across
-    requests: where a sequence's tail matches one of them further back than it
-    matches its own text, the tokens that followed there are its draft. Indexed by
+    """The texts of recent finished sequences (the scheduler adds each one's output
+    and the prompt's last tokens before it), for drafts across requests: where a
+    sequence's tail matches one of them further back than it matches its own text,
+    the tokens that followed there are its draft. Indexed by
     n-grams of one size, `n`, long enough that a match is rarely chance (an 8-gram
     in tens of thousands of tokens); `match` then measures how far back the match
     goes, as `Lookup.match` does. Bounded: past `capacity` tokens the oldest texts
-    go, and their index entries with them."""
+    go, and their index entries with them (each text's n-grams are added and taken
+    away once, so neither costs more than its own tokens): ~300 bytes a token, the
+    token ids, texts and index, measured with tracemalloc (`TOKEN_BYTES`, the memory
+    budget's figure, has room above that)."""
+
+    TOKEN_BYTES = 360
 
     def __init__(self, capacity: int, n: int = 8) -> None:
         self.capacity = capacity
@@ -102,13 +108,14 @@ class History:
         self.size += len(tokens)
         for end in range(self.n, len(tokens)):
             self.follower[tuple(tokens[end - self.n : end])] = (text_id, end)
-        while self.size > self.capacity:
-            self.size -= len(self.texts.pop(next(iter(self.texts))))
-        if len(self.follower) > 2 * self.size:  # mostly entries of texts gone: index anew
-            self.follower = {}
-            for text_id, text in self.texts.items():
-                for end in range(self.n, len(text)):
-                    self.follower[tuple(text[end - self.n : end])] = (text_id, end)
+        while self.size > self.capacity:  # the oldest go, with the entries that still point to them
+            old_id = next(iter(self.texts))
+            old = self.texts.pop(old_id)
+            self.size -= len(old)
+            for end in range(self.n, len(old)):
+                key = tuple(old[end - self.n : end])
+                if self.follower.get(key, (-1, 0))[0] == old_id:  # a text may hold an n-gram twice
+                    del self.follower[key]
 
     def match(self, tokens: list[int]) -> tuple[int, int, int]:
         """(the text, where the tokens that followed the latest occurrence of the
@@ -140,9 +147,10 @@ def bucket(length: int) -> int:
 
 class Acceptance:
     """How often draft tokens are kept, by the length of the match that drafted them
-    and where it was (`SOURCES`): decayed counts of tokens kept and tokens tested. A draft's verification stops at
-    its first rejected token, so the tokens after it were never tested: counting them
-    as rejected would make long drafts look worse than they are."""
+    and where it was (`SOURCES`): decayed counts of tokens kept and tokens tested. A
+    draft's verification stops at its first rejected token, so the tokens after it
+    were never tested: counting them as rejected would make long drafts look worse
+    than they are."""
 
     SOURCES = 2  # where drafts come from: 0 the sequence's own text, 1 the `History`
 

@@ -29,6 +29,7 @@ from backends.llamacpp.engine import CACHE_TYPES, EngineConfig, LlamaEngine, Lla
 from backends.llamacpp.prompt_store import PromptStore
 from backends.llamacpp.scheduler import Scheduler
 from backends.llamacpp.tokenizer import LlamaTokenizer, LlamaTokenizerMethods, chat_template_of, grammar_index
+from backends.lookup import History
 from backends.memory import CUDA_CONTEXT_BYTES, peak_rss_bytes
 from backends.structured import Grammars, constrained
 
@@ -66,9 +67,10 @@ class LlamaCppConfig:
     cache_type_v: str = "f16"  # a quantized V needs flash attention (on for CPU by default)
     speculate: str = "none"  # "ngram": prompt-lookup drafts for every decoding sequence, verified in the batch
     draft_max: int = 64  # with speculate: the most draft tokens a sequence adds to a step (as ngram-mod's 64)
-    # With speculate: tokens of finished requests' text (prompt and output) kept to draft
-    # from, so a request sent again has its earlier answer drafted; 0: each its own text.
-    # Like the prefix cache it is shared by every request the model serves.
+    # With speculate: tokens of finished requests' answers (each with its prompt's last
+    # tokens) kept to draft from, so a request sent again has its earlier answer drafted;
+    # 0: each its own text. Like the prefix cache it is shared by every request the model
+    # serves. ~300 bytes a token: 19 MiB at the default.
     speculate_history: int = 65536
     verbose: bool = False
 
@@ -118,7 +120,8 @@ class LlamaCppBackend(LlamaTokenizerMethods):
         budget's first guess): the weights (mapped, all read), every slot's KV cells
         (llama.cpp clears them at start, so all are resident), the logits of a full
         batch (the compute buffer is mostly those) and of one row per slot, the
-        libraries, and the prompt store's budget (it fills as prompts come and go).
+        libraries, the prompt store's budget (it fills as prompts come and go), and
+        with speculation its history of answers (it fills as requests finish).
         SmolLM2 Q4_1 with the defaults, the store aside: 615 MiB estimated, 574 MiB
         peak RSS measured after a generation (benchmarks/memory_estimate.py)."""
         c = engine_config(LlamaCppConfig, "llamacpp", dict(options), path=path)
@@ -129,7 +132,9 @@ class LlamaCppBackend(LlamaTokenizerMethods):
             vocab.close()
         logits = (c.n_batch + c.n_parallel) * n_vocab * 4
         store = c.cache_ram_mib * 2**20 if c.prefix_cache else 0
-        return Path(path).stat().st_size + c.n_parallel * c.n_ctx * cell + logits + store + _WORKER_LIBRARIES
+        history = c.speculate_history * History.TOKEN_BYTES if c.speculate == "ngram" else 0
+        kv = c.n_parallel * c.n_ctx * cell
+        return Path(path).stat().st_size + kv + logits + store + history + _WORKER_LIBRARIES
 
     @staticmethod
     def gpu_memory_estimate(path: str, options: dict[str, object]) -> dict[int, int]:

@@ -31,9 +31,9 @@ starts with a stored one longer than any slot offers restores it into its slot.
 Speculation (`draft_max` > 0): a decoding sequence may add draft tokens after its
 next one, from prompt lookup over its own text (backends/lookup.py), or over the
 history of finished requests' answers where that matches further back (a request
-sent again), verified in the same `llama_decode` as every other sequence's rows. Each row is then sampled as a
-plain step would sample it (its own sampler chain, constrained, with the tokens
-kept so far as history), and drafts are kept while they equal what was sampled. A
+sent again), verified in the same `llama_decode` as every other sequence's rows.
+Each row is then sampled as a plain step would sample it (its own sampler chain,
+constrained, with the tokens kept so far as history), and drafts are kept while they equal what was sampled. A
 draft from lookup is one token with certainty, and for such a draft this is exactly
 speculative sampling's rule (accept x with probability p(x), else draw from p
 without x), so the output is the sequence's own, greedy or sampled, seed included;
@@ -44,10 +44,9 @@ scheduler's for every sequence) gives each draft token's chance, and the measure
 time of steps by their size (`StepCost`: a ladder timed at start on this thread,
 then every step) what its row costs; each sequence, surest first, drafts the length
 that gives the step the most expected tokens per second (`plan_drafts`); drafts from
-the history keep records of their own. A copy
-under way (a long match) drafts long; text with nothing to copy drafts nothing but
-a token now and then, to keep its record current. Sequences with logits processors
-(grammars) do not draft."""
+the history keep records of their own. A copy under way (a long match) drafts long;
+text with nothing to copy drafts nothing but a token now and then, to keep its
+record current. Sequences with logits processors (grammars) do not draft."""
 
 from __future__ import annotations
 

@@ -84,3 +84,31 @@ def test_a_gguf_with_layers_on_a_gpu_counts_their_share_there() -> None:
     assert LlamaCppBackend.gpu_memory_estimate(path, options | {"n_gpu_layers": 99}) == whole
     half = LlamaCppBackend.gpu_memory_estimate(path, options | {"n_gpu_layers": 15})
     assert half == {0: size * 15 // 31 + 4 * 512 * cell // 2 + logits + CUDA_CONTEXT_BYTES}
+
+
+def test_with_speculation_the_history_of_answers_is_counted_and_bounds_what_it_holds() -> None:
+    """The llamacpp estimate adds `speculate_history` tokens at `History.TOKEN_BYTES`
+    with speculation (none without), and a full History holds no more than that."""
+    import random
+    import tracemalloc
+
+    from backends.llamacpp.backend import LlamaCppBackend
+    from backends.lookup import History
+    from compressed_models.catalog import resolve
+
+    path = str(resolve("smollm2-135m-instruct-q4_1"))
+    plain = LlamaCppBackend.memory_estimate(path, {"speculate": "none"})
+    assert LlamaCppBackend.memory_estimate(path, {"speculate": "ngram", "speculate_history": 0}) == plain
+    speculating = LlamaCppBackend.memory_estimate(path, {"speculate": "ngram", "speculate_history": 20_000})
+    assert speculating == plain + 20_000 * History.TOKEN_BYTES
+
+    rng = random.Random(0)
+    texts = [[rng.randrange(150_000) for _ in range(500)] for _ in range(50)]  # a vocabulary's worth of ids
+    tracemalloc.start()
+    history = History(20_000)
+    for text in texts:
+        history.add(text)
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert history.size == 20_000
+    assert held <= history.size * History.TOKEN_BYTES

@@ -122,10 +122,16 @@ def test_the_history_finds_an_earlier_request_and_forgets_the_oldest() -> None:
     history.add(list(range(2000, 2070)))  # past 100 tokens: the first text goes
     assert history.match([2, 3, 4, 5]) == (-1, 0, 0)
     assert history.size == 70 and history.available(text, at) == 0
-    for k in range(10):  # texts come and go: the index is rebuilt, never more than twice the texts
+    for k in range(10):  # texts come and go, and their index entries with them
         history.add(list(range(3000 + 100 * k, 3060 + 100 * k)))
-        assert len(history.follower) <= 2 * history.size
+        assert len(history.follower) == sum(len(t) - history.n for t in history.texts.values())
     assert history.match(list(range(3900, 3910)))[1:] == (10, 10)  # the latest text, matched back to its start
+    history.add([*range(3900, 3904), 1, 2])  # a later text takes over an n-gram of a kept one...
+    history.add([7, 8, 9, 10] * 15)  # ...whose eviction (and this loop's, later) leaves the later one's entry
+    assert history.match([3900, 3901, 3902, 3903])[1:] == (4, 4)
+    history.add(list(range(6000, 6060)))  # the loop goes: its n-grams, each held many times, go once
+    assert history.match([7, 8, 9, 10]) == (-1, 0, 0)
+    assert len(history.follower) == sum(len(t) - history.n for t in history.texts.values())
 
 
 def test_the_acceptance_record_is_kept_by_match_length() -> None:
