@@ -12,6 +12,7 @@ with the same question) has its earlier answer drafted."""
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 
 
 def lookup(context: list[int], gamma: int, ngram: int) -> list[int]:
@@ -80,8 +81,8 @@ class Lookup:
 class History:
     """The texts of recent finished sequences (the scheduler adds each one's output
     and the prompt's last tokens before it), for drafts across requests: where a
-    sequence's tail matches one of them further back than it matches its own text,
-    the tokens that followed there are its draft. Indexed by
+    sequence's tail matches one of them, the tokens that followed there may be its
+    draft (`pick_source` weighs it against the sequence's own text). Indexed by
     n-grams of one size, `n`, long enough that a match is rarely chance (an 8-gram
     in tens of thousands of tokens); `match` then measures how far back the match
     goes, as `Lookup.match` does. Bounded: past `capacity` tokens the oldest texts
@@ -138,6 +139,27 @@ class History:
 
     def draft(self, text_id: int, at: int, k: int) -> list[int]:
         return self.texts[text_id][at : at + k]
+
+
+def pick_source(
+    own: tuple[int, int], found: tuple[int, int, int], rate: Callable[[int, int], float]
+) -> tuple[int, int, int, float]:
+    """Where a sequence drafts from: its own text's match (`own`: `Lookup.match`) or
+    the history's (`found`: `History.match`), whichever promises the surer draft by
+    its record (`rate(length, source)`), the longer on a tie, its own on an exact tie.
+    Not simply the longer: both cap at MATCH_CAP, and a code edit sent again matches
+    its prompt's function as far back as its earlier answer, but only the answer has
+    the edits in it. Returns (the history text, -1 for its own; where the draft
+    starts; the match's length, 0 for none; the rate)."""
+    at, length = own
+    text, found_at, found_length = found
+    options = [(rate(length, 0), length, -1, at)] if length else []
+    if found_length:
+        options.append((rate(found_length, 1), found_length, text, found_at))
+    if not options:
+        return -1, 0, 0, 0.0
+    best_rate, best_length, best_text, best_at = max(options, key=lambda o: (o[0], o[1]))  # first of equals: own
+    return best_text, best_at, best_length, best_rate
 
 
 def bucket(length: int) -> int:

@@ -30,10 +30,11 @@ starts with a stored one longer than any slot offers restores it into its slot.
 
 Speculation (`draft_max` > 0): a decoding sequence may add draft tokens after its
 next one, from prompt lookup over its own text (backends/lookup.py), or over the
-history of finished requests' answers where that matches further back (a request
-sent again), verified in the same `llama_decode` as every other sequence's rows.
-Each row is then sampled as a plain step would sample it (its own sampler chain,
-constrained, with the tokens kept so far as history), and drafts are kept while they equal what was sampled. A
+history of finished requests' answers (a request sent again), whichever source's
+record promises the surer draft at its match's length (`pick_source`), verified in
+the same `llama_decode` as every other sequence's rows. Each row is then sampled as
+a plain step would sample it (its own sampler chain, constrained, with the tokens
+kept so far as history), and drafts are kept while they equal what was sampled. A
 draft from lookup is one token with certainty, and for such a draft this is exactly
 speculative sampling's rule (accept x with probability p(x), else draw from p
 without x), so the output is the sequence's own, greedy or sampled, seed included;
@@ -55,6 +56,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 
 from backends.base import BackendError, Chunk, Preparable
 from backends.engine_thread import Job, Outbox
@@ -63,7 +65,7 @@ from backends.llamacpp.prompt_store import PromptStore, common_prefix
 from backends.llamacpp.sampler import SamplerChain, sampler_steps
 from backends.llamacpp.sequence import Phase, Sequence
 from backends.logprobs import entry, first_prompt_entry
-from backends.lookup import MATCH_CAP, Acceptance, History, Lookup, StepCost, plan_drafts
+from backends.lookup import MATCH_CAP, Acceptance, History, Lookup, StepCost, pick_source, plan_drafts
 from backends.sampling import constrain
 from backends.textstream import TextStream
 
@@ -369,19 +371,13 @@ class Scheduler:
                 continue
             if seq.lookup is None or seq.acceptance is None:  # made when first asked
                 seq.lookup, seq.acceptance = Lookup(seq.prompt + seq.generated), Acceptance()
-            at, length = seq.lookup.match()
-            text = -1
-            if self.history is not None and length < MATCH_CAP:  # an earlier request may match further back
-                found, found_at, found_length = self.history.match(seq.lookup.tokens)
-                if found_length > length:
-                    text, at, length = found, found_at, found_length
+            found = self.history.match(seq.lookup.tokens) if self.history is not None else (-1, 0, 0)
+            text, at, length, rate = pick_source(seq.lookup.match(), found, partial(self._rate, seq))
             left = min(params.max_tokens - len(seq.generated), self.engine.n_ctx_seq - seq.n_cached - 1) - 1
             if text >= 0 and self.history is not None:
                 left = min(left, self.history.available(text, at))
             if length and left > 0:
-                seq.match, seq.history_text, source = length, text, int(text >= 0)
-                shared = self.acceptance.rate(length, (length + 1) / (length + 2), _PRIOR_WEIGHT, source)
-                rate = seq.acceptance.rate(length, shared, _OWN_WEIGHT, source)
+                seq.match, seq.history_text = length, text
                 candidates.append((seq, text, at, rate, min(self.draft_max, left)))
         plan = plan_drafts([(rate, cap) for *_, rate, cap in candidates], len(decoding), self.cost)
         for (seq, text, at, _, cap), k in zip(candidates, plan, strict=True):
@@ -399,6 +395,13 @@ class Scheduler:
                     seq.drafts = seq.lookup.draft(at, k)
                 seq.unpriced = 0
                 room -= k
+
+    def _rate(self, seq: Sequence, length: int, source: int) -> float:
+        """The chance a draft token is kept after a match this long in this source: the
+        sequence's own record over the scheduler's, over Laplace's rule."""
+        assert seq.acceptance is not None
+        shared = self.acceptance.rate(length, (length + 1) / (length + 2), _PRIOR_WEIGHT, source)
+        return seq.acceptance.rate(length, shared, _OWN_WEIGHT, source)
 
     def _calibrate(self) -> None:
         """Time decode steps of a ladder of sizes on an empty slot, before the first

@@ -198,3 +198,24 @@ def test_drafts_are_planned_where_they_raise_the_steps_tokens_per_second() -> No
     unsure, sure = plan_drafts([(0.5, 64), (0.99, 64)], 2, qwen)
     assert sure >= 14 and unsure <= 2
     assert plan_drafts([(0.3, 64), (0.3, 64)], 2, qwen) == [0, 0]
+
+
+def test_a_draft_comes_from_the_source_whose_record_is_surer() -> None:
+    """Own text or history: the surer by its record at its match's length, the longer
+    where records agree, its own text where even the lengths do; none when neither
+    matches."""
+    from backends.lookup import pick_source
+
+    def laplace(length: int, source: int) -> float:
+        return (length + 1) / (length + 2)
+
+    own, found = (10, 5), (3, 40, 12)  # own: at 10, 5 long; history: text 3, at 40, 12 long
+    assert pick_source(own, found, laplace)[:3] == (3, 40, 12)  # no record yet: the longer
+    assert pick_source((10, 12), found, laplace)[:3] == (-1, 10, 12)  # as long: its own
+    history_kept = {0: 0.6, 1: 0.99}
+    assert pick_source((10, 32), found, lambda n, src: history_kept[src])[:3] == (3, 40, 12)  # surer though shorter
+    own_kept = {0: 0.99, 1: 0.6}
+    assert pick_source(own, found, lambda n, src: own_kept[src]) == (-1, 10, 5, 0.99)
+    assert pick_source((0, 0), found, laplace)[:3] == (3, 40, 12)
+    assert pick_source(own, (-1, 0, 0), laplace) == (-1, 10, 5, 6 / 7)
+    assert pick_source((0, 0), (-1, 0, 0), laplace) == (-1, 0, 0, 0.0)
