@@ -29,7 +29,7 @@ from backends.llamacpp.engine import CACHE_TYPES, EngineConfig, LlamaEngine, Lla
 from backends.llamacpp.prompt_store import PromptStore
 from backends.llamacpp.scheduler import Scheduler
 from backends.llamacpp.tokenizer import LlamaTokenizer, LlamaTokenizerMethods, chat_template_of, grammar_index
-from backends.lookup import History
+from backends.lookup import History, StepCost
 from backends.memory import CUDA_CONTEXT_BYTES, peak_rss_bytes
 from backends.structured import Grammars, constrained
 
@@ -204,6 +204,14 @@ class LlamaCppBackend(LlamaTokenizerMethods):
         if self._engine is None:
             raise BackendError("the llamacpp backend is not started")
         return self._engine
+
+    @property
+    def step_cost(self) -> StepCost | None:
+        """What this backend's decode steps cost by their rows on this machine, as its
+        speculation prices drafts (benchmarks/lookup_ceiling.py reads it); None before
+        start or without speculation."""
+        sched = self._scheduler
+        return sched.cost if sched is not None and sched.draft_max else None
 
     # -- the interface the gateway uses ---------------------------------------------
 

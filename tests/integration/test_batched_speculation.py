@@ -108,3 +108,11 @@ def test_drafts_past_the_end_leave_no_cells(speculating: LlamaCppBackend) -> Non
 
     asyncio.run(cancel())
     assert wait_until(lambda: speculating.stats().running == 0 and speculating.stats().kv_cache_usage == 0)
+
+
+def test_the_step_costs_drafts_are_priced_by_can_be_read(plain: LlamaCppBackend, speculating: LlamaCppBackend) -> None:
+    """Timed at start (a ladder of sizes), what benchmarks/lookup_ceiling.py prices by."""
+    assert plain.step_cost is None
+    cost = speculating.step_cost
+    assert cost is not None and cost.measured(1) is not None and cost.measured(8) is not None
+    assert cost.cost(8) >= cost.cost(1) > 0
