@@ -167,6 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llama-server", required=True)
     parser.add_argument("--model", choices=sorted(VARIANTS), default="qwen0.5b")
+    parser.add_argument("--variant", help="a catalog variant in place of --model's (say, a `models build-gguf` one)")
     parser.add_argument("--modes", default="ngram-simple,ngram-map-k,ngram-mod", help="llama-server's n-gram modes")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per workload at concurrency 1 (x2 at 4)")
     parser.add_argument("--repeats", type=int, default=1, help="run every server this many times, interleaved")
@@ -175,7 +176,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench-results/batched_speculation-{model}.json")
     parser.add_argument("--plot", default="docs/figures/batched-speculation-{model}.png")
     args = parser.parse_args()
-    variant = VARIANTS[args.model]
+    variant = args.variant or VARIANTS[args.model]
     gguf = str(resolve(variant))
     n = args.prompts
     workloads: dict[str, tuple[Callable[[int, str], list[str]], int]] = {
