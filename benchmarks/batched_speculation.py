@@ -167,7 +167,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llama-server", required=True)
     parser.add_argument("--model", choices=sorted(VARIANTS), default="qwen0.5b")
-    parser.add_argument("--variant", help="a catalog variant in place of --model's (say, a `models build-gguf` one)")
+    parser.add_argument(
+        "--variant", help="a catalog variant in place of --model's (a `models build-gguf` one); names --out, --plot"
+    )
     parser.add_argument("--modes", default="ngram-simple,ngram-map-k,ngram-mod", help="llama-server's n-gram modes")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per workload at concurrency 1 (x2 at 4)")
     parser.add_argument("--repeats", type=int, default=1, help="run every server this many times, interleaved")
@@ -176,6 +178,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench-results/batched_speculation-{model}.json")
     parser.add_argument("--plot", default="docs/figures/batched-speculation-{model}.png")
     args = parser.parse_args()
+    label = args.variant or args.model  # what {model} in --out and --plot stands for
     variant = args.variant or VARIANTS[args.model]
     gguf = str(resolve(variant))
     n = args.prompts
@@ -185,6 +188,9 @@ def main() -> None:
         "WikiText continuations": (continuations, 128),
     }
     if args.workloads:
+        unknown = set(args.workloads.split(",")) - set(workloads)
+        if unknown:
+            parser.error(f"--workloads: no {', '.join(sorted(unknown))}; there are {', '.join(workloads)}")
         workloads = {name: workloads[name] for name in args.workloads.split(",")}
     prompts = {name: make(3 * n, variant) for name, (make, _) in workloads.items()}
     sets = {1: slice(0, n), SLOTS: slice(n, 3 * n)}  # each concurrency its own prompts
@@ -207,6 +213,8 @@ def main() -> None:
     ]
     if args.servers:
         servers = [s for s in servers if any(part in s[0] for part in args.servers.split(","))]
+        if not any(name.startswith("llama-server") for name, *_ in servers):
+            parser.error("--servers must keep at least one llama-server: the peer every ratio is against")
     results: dict[str, dict[str, dict[str, Any]]] = {}
     drafts: dict[str, dict[str, float]] = {}
     with Progress(console=console) as progress:
@@ -270,8 +278,8 @@ def main() -> None:
     columns = ["workload", *results, "best peer", "ours / best peer", "by repeat", "ours: with / without speculation"]
     columns.append("ceiling / best peer")
     print_table(columns, rows)
-    save_json(args.out.format(model=args.model), {"results": results, "best_peer": best_peer, "drafts": drafts})
-    plot(results, keys, variant, Path(args.plot.format(model=args.model)))
+    save_json(args.out.format(model=label), {"results": results, "best_peer": best_peer, "drafts": drafts})
+    plot(results, keys, variant, Path(args.plot.format(model=label)))
 
 
 def plot(results: dict[str, dict[str, dict[str, Any]]], keys: list[str], variant: str, path: Path) -> None:

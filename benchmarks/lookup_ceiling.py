@@ -115,13 +115,16 @@ def peers(llama_server: str, variant: str, n: int, modes: list[str]) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(VARIANTS), default="qwen0.5b")
-    parser.add_argument("--variant", help="a catalog variant in place of --model's (say, a `models build-gguf` one)")
+    parser.add_argument(
+        "--variant", help="a catalog variant in place of --model's (a `models build-gguf` one); names --out, --plot"
+    )
     parser.add_argument("--prompts", type=int, default=4, help="as batched_speculation's --prompts")
     parser.add_argument("--llama-server", required=True)
     parser.add_argument("--modes", default="none,ngram-simple,ngram-map-k,ngram-mod", help="llama-server's")
     parser.add_argument("--out", default="bench-results/lookup_ceiling-{model}.json")
     parser.add_argument("--plot", default="docs/figures/lookup-ceiling-{model}.png")
     args = parser.parse_args()
+    label = args.variant or args.model  # what {model} in --out and --plot stands for
     variant, modes = args.variant or VARIANTS[args.model], args.modes.split(",")
     before = peers(args.llama_server, variant, args.prompts, modes)
     answers, cost = asyncio.run(run(variant, args.prompts))
@@ -162,8 +165,8 @@ def main() -> None:
     columns = ["workload, c1", "answer tokens", "first tokens, s", "drafted and kept", "no drafts, tok/s"]
     columns += ["ceiling, tok/s", "best peer, tok/s (mode)", "ceiling / best peer"]
     print_table(columns, rows)
-    save_json(args.out.format(model=args.model), {"workloads": out, "step_ms": steps, "peers": pooled})
-    plot(out, pooled, variant, Path(args.plot.format(model=args.model)))
+    save_json(args.out.format(model=label), {"workloads": out, "step_ms": steps, "peers": pooled})
+    plot(out, pooled, variant, Path(args.plot.format(model=label)))
 
 
 def plot(out: dict[str, dict[str, Any]], peers: dict[str, float], variant: str, path: Path) -> None:
