@@ -17,7 +17,7 @@ class PromptStore:
     def __init__(self, budget_bytes: int) -> None:
         self.budget = budget_bytes
         self.used = 0
-        self._entries: OrderedDict[tuple[int, ...], bytes] = OrderedDict()  # oldest use first
+        self._entries: OrderedDict[tuple[int, ...], bytearray] = OrderedDict()  # oldest use first
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -25,7 +25,7 @@ class PromptStore:
     def __contains__(self, tokens: list[int]) -> bool:
         return tuple(tokens) in self._entries
 
-    def put(self, tokens: list[int], state: bytes) -> None:
+    def put(self, tokens: list[int], state: bytearray) -> None:
         """Keep `state`, the KV of `tokens`, dropping the least recently used beyond the budget."""
         if len(state) > self.budget:
             return
@@ -39,7 +39,7 @@ class PromptStore:
             _, dropped = self._entries.popitem(last=False)
             self.used -= len(dropped)
 
-    def longest(self, prompt: list[int]) -> tuple[int, bytes] | None:
+    def longest(self, prompt: list[int]) -> tuple[int, bytearray] | None:
         """The entry sharing the longest prefix with `prompt`: (that length, its state)."""
         best, found, wanted = 0, None, tuple(prompt)
         for key in self._entries:

@@ -195,7 +195,7 @@ def test_a_restore_that_finds_no_room_computes_the_prompt_whole(monkeypatch: pyt
     slot then holds nothing, and the prompt is computed from its start, not from
     cells that are gone."""
 
-    def no_room(self: LlamaEngine, state: bytes, seq_id: int) -> bool:
+    def no_room(self: LlamaEngine, state: bytearray, seq_id: int) -> bool:
         self.free_sequence(seq_id)
         return False
 

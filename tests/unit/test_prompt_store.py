@@ -10,24 +10,24 @@ from backends.llamacpp.prompt_store import PromptStore, common_prefix
 
 def test_the_entry_with_the_longest_shared_prefix_is_found() -> None:
     store = PromptStore(budget_bytes=100)
-    store.put([1, 2, 3, 4], b"abcd")
-    store.put([1, 2, 9], b"xyz")
-    assert store.longest([1, 2, 3, 7, 8]) == (3, b"abcd")
-    assert store.longest([1, 2, 9, 9]) == (3, b"xyz")
+    store.put([1, 2, 3, 4], bytearray(b"abcd"))
+    store.put([1, 2, 9], bytearray(b"xyz"))
+    assert store.longest([1, 2, 3, 7, 8]) == (3, bytearray(b"abcd"))
+    assert store.longest([1, 2, 9, 9]) == (3, bytearray(b"xyz"))
     assert store.longest([5, 6]) is None
 
 
 def test_the_least_recently_used_go_first_past_the_budget() -> None:
     store = PromptStore(budget_bytes=10)
-    store.put([1], b"aaaa")
-    store.put([2], b"bbbb")
+    store.put([1], bytearray(b"aaaa"))
+    store.put([2], bytearray(b"bbbb"))
     assert store.longest([1, 0]) is not None  # [1] is now the most recently used
-    store.put([3], b"cccc")  # 12 bytes: [2] goes
+    store.put([3], bytearray(b"cccc"))  # 12 bytes: [2] goes
     assert [1] in store and [3] in store and [2] not in store
     assert store.used == 8
-    store.put([4], b"x" * 11)  # larger than the whole budget: not kept, nothing dropped
+    store.put([4], bytearray(b"x" * 11))  # larger than the whole budget: not kept, nothing dropped
     assert len(store) == 2 and [4] not in store
-    store.put([1], b"a")  # replaced, not counted twice
+    store.put([1], bytearray(b"a"))  # replaced, not counted twice
     assert store.used == 5
 
 
