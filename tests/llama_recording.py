@@ -4,6 +4,7 @@ the scheduler puts in a batch (chunked prefill, slot order, a prefix computed on
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -14,11 +15,19 @@ from compressed_models.catalog import resolve
 
 
 class RecordingEngine(LlamaEngine):
-    """Each step as {slot: tokens it evaluated}."""
+    """Each step as {slot: tokens it evaluated}. While `gate` is set to an unset event,
+    the next step waits for it (`held` says when one does), so that requests sent
+    meanwhile reach the scheduler together."""
 
     steps: list[dict[int, int]]
+    gate: threading.Event | None = None
+    held = threading.Event()
 
     def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int], want_logits: list[bool]) -> None:
+        gate = RecordingEngine.gate
+        if gate is not None:
+            RecordingEngine.held.set()
+            gate.wait()
         per_slot: dict[int, int] = {}
         for slot in seq_ids:
             per_slot[slot] = per_slot.get(slot, 0) + 1
@@ -35,6 +44,8 @@ def recording_backend(monkeypatch: pytest.MonkeyPatch, **options: object) -> Ite
     """SmolLM2 on the llamacpp backend with a recording engine, started, then stopped."""
     monkeypatch.setattr("backends.llamacpp.backend.LlamaEngine", RecordingEngine)
     RecordingEngine.steps = []
+    RecordingEngine.gate = None
+    RecordingEngine.held.clear()
     backend = LlamaCppBackend(str(resolve("smollm2-135m-instruct-q4_1")), n_ctx=512, **options)
     asyncio.run(backend.start())
     yield backend

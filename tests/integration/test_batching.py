@@ -6,6 +6,7 @@ shared prefix is reused."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -152,6 +153,50 @@ def test_other_prompts_take_prompt_chunk_and_an_interactive_one_a_step_of_its_ow
     assert any(s.get(1, 0) > 1 for s in steps[:first_urgent]) and any(s.get(1, 0) > 1 for s in steps[first_urgent:])
     with pytest.raises(ValueError, match="prompt_chunk"):
         LlamaCppBackend(str(resolve("smollm2-135m-instruct-q4_1")), prompt_chunk=-1)
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["cpu", "prompts-share-steps"])
+def test_prompts_that_arrive_together_get_first_tokens_a_step_apart_on_a_cpu(
+    small_batches: LlamaCppBackend, share: bool
+) -> None:
+    """Three short prompts reach the scheduler together, while a step is held. On a
+    CPU each is read in a step of its own, so the first gets its first token after
+    one prompt's compute, not after all three; where steps are nearly free in their
+    rows (a GPU: `prompts_share_steps`), one step takes all three."""
+    backend = small_batches
+    scheduler = backend._scheduler
+    assert scheduler is not None and scheduler.prompts_share_steps is False  # the weights are on the CPU
+    scheduler.prompts_share_steps = share
+    holder = GenerationRequest("holder", backend.tokenize("Hi"), SamplingParams(max_tokens=30, ignore_eos=True))
+    prompts = [backend.tokenize(p) for p in PROMPTS[:3]]
+    assert sum(len(p) for p in prompts) + 1 <= 32  # all three fit in one step's budget
+
+    async def run() -> None:
+        first = asyncio.create_task(_collect(backend.generate(holder)))
+        while backend.stats().generated_tokens < 3:
+            await asyncio.sleep(0.001)
+        RecordingEngine.gate = threading.Event()
+        await asyncio.to_thread(RecordingEngine.held.wait)  # a step waits: the three queue behind it
+        RecordingEngine.steps = []
+        params = SamplingParams(max_tokens=2, temperature=0)
+        tasks = [
+            asyncio.create_task(_collect(backend.generate(GenerationRequest(f"p{i}", p, params))))
+            for i, p in enumerate(prompts)
+        ]
+        while backend.stats().waiting + backend.stats().running < 4:
+            await asyncio.sleep(0.001)
+        gate, RecordingEngine.gate = RecordingEngine.gate, None
+        gate.set()
+        await asyncio.gather(first, *tasks)
+
+    asyncio.run(run())
+    reading = [[slot for slot, n in step.items() if slot != 0 and n > 1] for step in RecordingEngine.steps]
+    reading = [slots for slots in reading if slots]
+    if share:
+        assert reading == [[1, 2, 3]], reading
+    else:
+        assert reading == [[1], [2], [3]], reading
+        assert all(step.get(0) == 1 for step in RecordingEngine.steps[1:4])  # each beside the holder's decode
 
 
 def test_slots_stay_packed_and_batches_list_them_in_slot_order(small_batches: LlamaCppBackend) -> None:
