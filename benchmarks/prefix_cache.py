@@ -55,12 +55,12 @@ class Turn:
     text: str
 
 
-async def chat(client: Client, messages: list[dict[str, str]]) -> Turn:
+async def chat(client: Client, messages: list[dict[str, str]], max_tokens: int = ANSWER) -> Turn:
     """One streamed chat completion: time to the first content, the answer and its usage."""
     body = {
         "model": MODEL,
         "messages": messages,
-        "max_tokens": ANSWER,
+        "max_tokens": max_tokens,
         "temperature": 0,
         "ignore_eos": True,
         "stream": True,
@@ -186,6 +186,13 @@ def lightgate(options: dict[str, Any]) -> tuple[list[str], int]:
     return [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)], port
 
 
+def peer_command(llama_server: str) -> tuple[list[str], int]:
+    """llama-server in its best set-up for this traffic (see the module's docstring)."""
+    port = free_port()
+    cmd = [llama_server, "-m", str(resolve(VARIANT)), "--port", str(port), "-np", "8", "-c", str(8 * 2048), "-t", "2"]
+    return [*cmd, "--kv-unified", "--cache-ram", "4096", "--cache-reuse", "256", "--jinja"], port
+
+
 def hit_rate(base: str) -> float | None:
     """Of the prompt tokens the server was sent since start, those whose KV it reused."""
     with httpx.Client(base_url=base) as client:
@@ -216,12 +223,8 @@ def main() -> None:
     system_short = wikitext(70, seed=2, count=1).prompts[0].text  # ~100 tokens
     questions = [p.text for p in wikitext(22, seed=3, count=64).prompts]  # ~32 tokens
     user_turns = [p.text for p in wikitext(70, seed=4, count=64).prompts]  # ~100 tokens
-    gguf = str(resolve(VARIANT))
-    port = free_port()
-    peer = [args.llama_server, "-m", gguf, "--port", str(port), "-np", "8", "-c", str(8 * 2048), "-t", "2"]
-    peer += ["--kv-unified", "--cache-ram", "4096", "--cache-reuse", "256", "--jinja"]
     servers: list[tuple[str, list[str], int, str, dict[str, str]]] = [
-        ("llama-server (best)", peer, port, "/health", {}),
+        ("llama-server (best)", *peer_command(args.llama_server), "/health", {}),
         ("Lightgate", *lightgate({}), "/ready", {}),
         ("Lightgate, kv_unified", *lightgate({"kv_unified": True}), "/ready", {}),
     ]
