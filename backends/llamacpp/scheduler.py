@@ -31,25 +31,26 @@ store in host memory (backends/llamacpp/prompt_store.py), and a new prompt that
 starts with a stored one longer than any slot offers restores it into its slot.
 
 Speculation (`draft_max` > 0): a decoding sequence may add draft tokens after its
-next one, from prompt lookup over its own text (backends/lookup.py), or over the
-history of finished requests' answers (a request sent again), whichever source's
-record promises the surer draft at its match's length (`pick_source`), verified in
-the same `llama_decode` as every other sequence's rows. Each row is then sampled as
-a plain step would sample it (its own sampler chain, constrained, with the tokens
-kept so far as history), and drafts are kept while they equal what was sampled. A
-draft from lookup is one token with certainty, and for such a draft this is exactly
-speculative sampling's rule (accept x with probability p(x), else draw from p
-without x), so the output is the sequence's own, greedy or sampled, seed included;
-the first token that differs ends the step and the rejected drafts' cells go. How
-many tokens a sequence drafts is priced each step: how often tokens were kept after
-a match as long as this one (`Acceptance`: the sequence's own record, over the
-scheduler's for every sequence) gives each draft token's chance, and the measured
-time of steps by their size (`StepCost`: a ladder timed at start on this thread,
-then every step) what its row costs; each sequence, surest first, drafts the length
-that gives the step the most expected tokens per second (`plan_drafts`); drafts from
-the history keep records of their own. A copy under way (a long match) drafts long;
-text with nothing to copy drafts nothing but a token now and then, to keep its
-record current. Sequences with logits processors (grammars) do not draft."""
+next one, from prompt lookup over its own text (backends/lookup.py, which follows a
+copy through the changes it makes consistently, such as a renamed identifier), or
+over the history of finished requests' answers (a request sent again), whichever
+source's record promises the surer draft at its match's length (`pick_source`),
+verified in the same `llama_decode` as every other sequence's rows. Each row is then
+sampled as a plain step would sample it (its own sampler chain, constrained, with
+the tokens kept so far as history), and drafts are kept while they equal what was
+sampled. A draft from lookup is one token with certainty, and for such a draft this
+is exactly speculative sampling's rule (accept x with probability p(x), else draw
+from p without x), so the output is the sequence's own, greedy or sampled, seed
+included; the first token that differs ends the step and the rejected drafts' cells
+go. How many tokens a sequence drafts is priced each step: how often tokens were
+kept after a match as long as this one (`Acceptance`: the sequence's own record,
+over the scheduler's for every sequence) gives each draft token's chance, and the
+measured time of steps by their size (`StepCost`: a ladder timed at start on this
+thread, then every step) what its row costs; each sequence, surest first, drafts the
+length that gives the step the most expected tokens per second (`plan_drafts`);
+drafts from the history keep records of their own. A copy under way (a long match)
+drafts long; text with nothing to copy drafts nothing but a token now and then, to
+keep its record current. Sequences with logits processors (grammars) do not draft."""
 
 from __future__ import annotations
 
@@ -388,7 +389,7 @@ class Scheduler:
             if params.logits_processors:
                 continue
             if seq.lookup is None or seq.acceptance is None:  # made when first asked
-                seq.lookup, seq.acceptance = Lookup(seq.prompt + seq.generated), Acceptance()
+                seq.lookup, seq.acceptance = Lookup(seq.prompt + seq.generated, substitutions=True), Acceptance()
             found = self.history.match(seq.lookup.tokens) if self.history is not None else (-1, 0, 0)
             text, at, length, rate = pick_source(seq.lookup.match(), found, partial(self._rate, seq))
             left = min(params.max_tokens - len(seq.generated), self.engine.n_ctx_seq - seq.n_cached - 1) - 1

@@ -219,3 +219,42 @@ def test_a_draft_comes_from_the_source_whose_record_is_surer() -> None:
     assert pick_source((0, 0), found, laplace)[:3] == (3, 40, 12)
     assert pick_source(own, (-1, 0, 0), laplace) == (-1, 10, 5, 6 / 7)
     assert pick_source((0, 0), (-1, 0, 0), laplace) == (-1, 0, 0, 0.0)
+
+
+def test_a_copy_is_followed_through_a_renamed_token() -> None:
+    """A code edit that writes 99 for every 7 of the text it copies: the first change
+    breaks the copy; once the token after it equals the text's again, the change is
+    learnt, the copy goes on, and drafts write 99 where the text has 7."""
+    from backends.lookup import Lookup
+
+    source = [1, 2, 7, 3, 4, 5, 7, 6, 8, 9, 10, 7, 11, 12]
+    index = Lookup([*source, 0, 1, 2, 7, 3], substitutions=True)
+    assert index.match() == (4, 4)  # "1 2 7 3": a copy under way, its place followed
+    index.extend([4, 5, 99, 6])  # the copy, a change, the copy again
+    assert index.subs == {7: 99}
+    at, length = index.match()
+    assert (at, length) == (8, 8)  # "1 2 7 3 4 5 99 6" is "1 2 7 3 4 5 7 6", with the change
+    assert index.draft(at, 5) == [8, 9, 10, 99, 11]
+    plain = Lookup(index.tokens)
+    assert plain.match()[1] == 0  # without substitutions the copy was lost at 99
+    index.extend([8, 9, 10, 7])  # the text's own token after all: the change is forgotten
+    assert index.subs == {}
+    assert index.draft(index.match()[0], 4) == [11, 12, 0, 1]
+
+
+def test_substitutions_leave_a_text_without_changes_as_plain_lookup_drafts_it() -> None:
+    from backends.lookup import Lookup
+
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        text = [int(t) for t in rng.integers(0, 50, size=60)]
+        copied = text + text[:30]  # a faithful copy: nothing to learn
+        a, b = Lookup(copied[:61]), Lookup(copied[:61], substitutions=True)
+        for end in range(62, len(copied) + 1):
+            a.extend(copied[end - 1 : end])
+            b.extend(copied[end - 1 : end])
+            assert b.subs == {}
+            at_a, length_a = a.match()
+            at_b, _ = b.match()
+            if length_a >= 4:
+                assert a.draft(at_a, 5) == b.draft(at_b, 5)
