@@ -54,7 +54,7 @@ import httpx
 from rich.console import Console
 from rich.progress import Progress
 
-from benchmarks.common import lightgate_config, print_table, save_json
+from benchmarks.common import baseline_env, lightgate_config, print_table, save_json
 from compressed_models.catalog import resolve
 from leanhttp.client import Client
 from leanhttp.local import free_port, server_process
@@ -175,6 +175,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="run every server this many times, interleaved")
     parser.add_argument("--workloads", help="only these workloads, comma-separated (default: all three)")
     parser.add_argument("--servers", help="only servers whose name contains one of these, comma-separated")
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="another checkout (a git worktree of an earlier commit): its `speculate: ngram` beside this one's",
+    )
     parser.add_argument("--out", default="bench-results/batched_speculation-{model}.json")
     parser.add_argument("--plot", default="docs/figures/batched-speculation-{model}.png")
     args = parser.parse_args()
@@ -196,21 +201,26 @@ def main() -> None:
     sets = {1: slice(0, n), SLOTS: slice(n, 3 * n)}  # each concurrency its own prompts
     again = "WikiText continuations"
 
-    def peer(mode: str | None) -> tuple[str, list[str], int, str]:
+    def peer(mode: str | None) -> tuple[str, list[str], int, str, dict[str, str]]:
         port = free_port()
         cmd = [args.llama_server, "-m", gguf, "--port", str(port), "-np", str(SLOTS), "-c", str(SLOTS * 2048)]
         cmd += ["-t", "2", "--no-webui"]
         if mode:
             cmd += ["--spec-type", mode]
-        return (f"llama-server, {mode or 'no speculation'}", cmd, port, "/health")
+        return (f"llama-server, {mode or 'no speculation'}", cmd, port, "/health", {})
 
     servers = [peer(None), *(peer(m) for m in args.modes.split(","))]
     ceiling = "Lightgate, answers known (ceiling)"
     servers += [
-        ("Lightgate, no speculation", *lightgate(variant, {}), "/ready"),
-        ("Lightgate, speculate: ngram", *lightgate(variant, {"speculate": "ngram"}), "/ready"),
-        (ceiling, *lightgate(variant, {"speculate": "ngram", "prefix_cache": False}), "/ready"),
+        ("Lightgate, no speculation", *lightgate(variant, {}), "/ready", {}),
+        ("Lightgate, speculate: ngram", *lightgate(variant, {"speculate": "ngram"}), "/ready", {}),
+        (ceiling, *lightgate(variant, {"speculate": "ngram", "prefix_cache": False}), "/ready", {}),
     ]
+    if args.baseline:  # the same server on an earlier checkout's code, in the same run
+        env = baseline_env(args.baseline)
+        servers.append(
+            ("Lightgate@baseline, speculate: ngram", *lightgate(variant, {"speculate": "ngram"}), "/ready", env)
+        )
     if args.servers:
         servers = [s for s in servers if any(part in s[0] for part in args.servers.split(","))]
         if not any(name.startswith("llama-server") for name, *_ in servers):
@@ -222,9 +232,9 @@ def main() -> None:
         task = progress.add_task("servers x workloads", total=len(servers) * per_server * args.repeats)
         warm_up = [p.text for p in wikitext(60, seed=7, count=2).prompts]  # in no workload
         for repeat in range(args.repeats):
-            for name, cmd, port, ready in servers if repeat % 2 == 0 else servers[::-1]:
+            for name, cmd, port, ready, env in servers if repeat % 2 == 0 else servers[::-1]:
                 runs = {}
-                with server_process(cmd, port, ready) as (base, _pid):
+                with server_process(cmd, port, ready, env) as (base, _pid):
                     asyncio.run(load(base, warm_up, 1, 16))
                     for workload, (_, max_tokens) in workloads.items():
                         for users in (1, SLOTS):
@@ -237,7 +247,7 @@ def main() -> None:
                         batch, max_tokens = prompts[again][sets[SLOTS]], workloads[again][1]
                         runs[f"{again} again, c{SLOTS}"] = asyncio.run(load(base, batch, SLOTS, max_tokens))
                         progress.advance(task)
-                    if name.startswith("Lightgate, speculate"):
+                    if "speculate" in name:
                         with httpx.Client(base_url=base) as client:
                             spec = scrape(client, MODEL) or {}
                         mine = drafts.setdefault(name, {"draft_tokens": 0.0, "accepted_tokens": 0.0})

@@ -6,7 +6,8 @@ answered once, alone, greedy, by Lightgate's llamacpp backend with `speculate: n
 (so the step costs below are the scheduler's own table, calibrated at start and
 measured on every step after), timing each prompt's first token. Then each answer
 is decoded again on paper, alone, as the batcher would: prompt lookup over the prompt
-and the answer so far (`Lookup`, as the scheduler keeps it) proposes a draft, and an
+and the answer so far (`Lookup`, as the scheduler keeps it, following a copy through
+its consistent changes) proposes a draft, and an
 oracle prices it, drafting exactly the tokens that would be kept (none where lookup
 is wrong; fewer where a shorter step yields more tokens a second). No pricing of
 lookup's drafts does better on this text with these step costs; a drafter does
@@ -51,7 +52,7 @@ def oracle(prompt: list[int], answer: list[int], cost: StepCost) -> tuple[float,
     """(seconds, steps, tokens drafted and kept) to decode `answer` after its first
     token, alone, with lookup's drafts priced by an oracle. A step's rows are the last
     token and the draft; it yields the drafts kept and one token more."""
-    lookup = Lookup(prompt + answer[:1])
+    lookup = Lookup(prompt + answer[:1], substitutions=True)
     i, seconds, steps, kept_total = 1, 0.0, 0, 0
     while i < len(answer):
         at, length = lookup.match()
