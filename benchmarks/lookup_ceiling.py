@@ -7,9 +7,9 @@ answered once, alone, greedy, by Lightgate's llamacpp backend with `speculate: n
 measured on every step after), timing each prompt's first token. Then each answer
 is decoded again on paper, alone, as the batcher would: prompt lookup over the prompt
 and the answer so far (`Lookup`, as the scheduler keeps it, following a copy through
-its consistent changes) proposes a draft, and an
-oracle prices it, drafting exactly the tokens that would be kept (none where lookup
-is wrong; fewer where a shorter step yields more tokens a second). No pricing of
+its consistent changes) proposes a draft, and an oracle prices it, drafting exactly
+the tokens that would be kept (none where lookup is wrong; fewer where a shorter
+step yields more tokens a second). No pricing of
 lookup's drafts does better on this text with these step costs; a drafter does
 better only with tokens that are in neither the prompt nor the answer so far (the
 history of answers, for a request sent again).

@@ -44,7 +44,7 @@ async def bursts(base: str, system: str, questions: list[str], count: int) -> di
         return await chat(client, messages, ANSWER)
 
     await ask(questions[-1])
-    ttfts: list[list[float]] = []  # per burst, in order of arrival
+    ttfts: list[list[float]] = []  # per burst, sorted: the k-th is its k-th first token
     walls: list[float] = []
     for b in range(count):
         began = time.perf_counter()
@@ -105,16 +105,16 @@ def main() -> None:
 
 def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Every burst of every repeat as one sample."""
-    bursts = [b for r in runs for b in r["ttfts_by_burst_s"]]
+    each = [b for r in runs for b in r["ttfts_by_burst_s"]]
     walls = [w for r in runs for w in r["burst_wall_s"]]
-    every = [t for b in bursts for t in b]
+    every = [t for b in each for t in b]
     return {
-        "bursts": len(bursts),
+        "bursts": len(each),
         "ttft_p50_s": percentile(every, 50),
         "ttft_mean_s": statistics.fmean(every),
         "ttft_max_s": percentile(every, 100),
         "burst_wall_median_s": statistics.median(walls),
-        "ttfts_by_burst_s": bursts,
+        "ttfts_by_burst_s": each,
     }
 
 

@@ -175,18 +175,19 @@ def test_prompts_that_arrive_together_get_first_tokens_a_step_apart_on_a_cpu(
         first = asyncio.create_task(_collect(backend.generate(holder)))
         while backend.stats().generated_tokens < 3:
             await asyncio.sleep(0.001)
-        RecordingEngine.gate = threading.Event()
-        await asyncio.to_thread(RecordingEngine.held.wait)  # a step waits: the three queue behind it
-        RecordingEngine.steps = []
-        params = SamplingParams(max_tokens=2, temperature=0)
-        tasks = [
-            asyncio.create_task(_collect(backend.generate(GenerationRequest(f"p{i}", p, params))))
-            for i, p in enumerate(prompts)
-        ]
-        while backend.stats().waiting + backend.stats().running < 4:
-            await asyncio.sleep(0.001)
-        gate, RecordingEngine.gate = RecordingEngine.gate, None
-        gate.set()
+        gate = RecordingEngine.gate = threading.Event()
+        try:
+            assert await asyncio.to_thread(RecordingEngine.held.wait, 30)  # a step waits: the three queue behind it
+            RecordingEngine.steps = []
+            params = SamplingParams(max_tokens=2, temperature=0)
+            tasks = [
+                asyncio.create_task(_collect(backend.generate(GenerationRequest(f"p{i}", p, params))))
+                for i, p in enumerate(prompts)
+            ]
+            assert await asyncio.to_thread(wait_until, lambda: backend.stats().waiting == 3)
+        finally:  # a failure here must not leave the engine's thread waiting forever
+            RecordingEngine.gate = None
+            gate.set()
         await asyncio.gather(first, *tasks)
 
     asyncio.run(run())
