@@ -18,7 +18,17 @@ from compressed_models.catalog import cache_dir, manifest, register, resolve, sh
 LADDER = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
 
 
-def quantize(src: Path, dst: Path, gguf_type: str, *, allow_requantize: bool = False, threads: int = 0) -> None:
+def quantize(
+    src: Path,
+    dst: Path,
+    gguf_type: str,
+    *,
+    output_type: str | None = None,
+    allow_requantize: bool = False,
+    threads: int = 0,
+) -> None:
+    """`src` quantized to `gguf_type`; the output layer (the token embedding, where the
+    model ties them) to `output_type` where given, else to llama.cpp's choice for the type."""
     import llama_cpp
 
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{gguf_type.upper()}", None)
@@ -26,6 +36,11 @@ def quantize(src: Path, dst: Path, gguf_type: str, *, allow_requantize: bool = F
         raise ValueError(f"unknown GGUF type {gguf_type!r}; llama.cpp knows e.g. {', '.join(LADDER)}, F16")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
+    if output_type is not None:
+        tensor_type = getattr(llama_cpp, f"GGML_TYPE_{output_type.upper()}", None)
+        if tensor_type is None:
+            raise ValueError(f"unknown tensor type {output_type!r} for the output layer; e.g. Q4_0, IQ4_NL, Q8_0")
+        params.output_tensor_type = tensor_type
     params.allow_requantize = allow_requantize
     params.nthread = threads
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -53,9 +68,23 @@ def parameter_count(path: Path) -> int:
 
 
 def build_ladder(
-    base: str, types: list[str], *, threads: int = 0, step: Callable[[str], None] | None = None
+    base: str,
+    types: list[str],
+    *,
+    output_type: str | None = None,
+    threads: int = 0,
+    step: Callable[[str], None] | None = None,
 ) -> list[str]:
-    """Quantize catalog variant `base` to each of `types`; returns the new variants' names."""
+    """Quantize catalog variant `base` to each of `types`; returns the new variants' names.
+
+    `output_type` sets the output layer's type, which llama.cpp otherwise picks
+    (Q6_K, or Q8_0 where rows are not a multiple of 256 wide, as SmolLM2's and
+    Qwen2.5-0.5B's are). On a CPU that choice decides what a step of a few rows
+    costs: ggml interleaves the rows of Q4_0 and IQ4_NL tensors for its batched
+    kernels, not Q8_0's, and Qwen2.5-0.5B's output layer (151,936 x 896) is a
+    third of its weights. Its Q4_0 GGUF with a Q4_0 output layer steps 4 rows in
+    15 ms against 31 (docs/benchmarks.md); the variant's name says it
+    (`...-q4_0-output-q4_0-from-...`)."""
     entry = manifest(base)
     if entry["format"] != "gguf":
         raise ValueError(f"the GGUF ladder starts from a GGUF variant; {base!r} is {entry['format']}")
@@ -66,9 +95,10 @@ def build_ladder(
     n_params = parameter_count(f16)
     made = []
     for gguf_type in types:
-        name = f"{stem}-{gguf_type.lower()}-from-{entry['method'].lower()}"
+        output = f"-output-{output_type.lower()}" if output_type else ""
+        name = f"{stem}-{gguf_type.lower()}{output}-from-{entry['method'].lower()}"
         path = cache_dir() / f"{name}.gguf"
-        quantize(f16, path, gguf_type, threads=threads)
+        quantize(f16, path, gguf_type, output_type=output_type, threads=threads)
         size = path.stat().st_size
         variant = {
             "name": name,
@@ -82,8 +112,10 @@ def build_ladder(
             "sha256": sha256_of(path),
             "licence": entry["licence"],
             "provenance": (
-                f"llama.cpp's quantizer, {gguf_type.upper()} from an F16 dequantization of the catalog variant "
-                f"{base} ({entry['method']}): it keeps at most {base}'s precision"
+                f"llama.cpp's quantizer, {gguf_type.upper()}"
+                + (f" with the output layer {output_type.upper()}" if output_type else "")
+                + f" from an F16 dequantization of the catalog variant {base} ({entry['method']}):"
+                f" it keeps at most {base}'s precision"
             ),
         }
         made.append(register(variant))

@@ -33,6 +33,10 @@ def add_parser(sub: Any) -> None:
     build = models.add_parser("build-gguf", help="the GGUF ladder from a catalog variant, through llama.cpp")
     build.add_argument("base", help="a GGUF catalog variant")
     build.add_argument("--types", nargs="+", default=list(LADDER), help=f"GGUF types (default: {' '.join(LADDER)})")
+    build.add_argument(
+        "--output-type",
+        help="the output layer's tensor type (e.g. Q4_0, IQ4_NL); default llama.cpp's choice for each type",
+    )
     build.add_argument("--threads", type=int, default=0)
     build.set_defaults(func=_build)
     export = models.add_parser("export-hf", help="a GGUF variant as a Hugging Face folder (bf16 safetensors)")
@@ -117,7 +121,13 @@ def _build(args: argparse.Namespace) -> int:
     console = Console()
     with Progress(console=console) as progress:
         task = progress.add_task(f"GGUF ladder from {args.base}", total=len(args.types))
-        made = build_ladder(args.base, args.types, threads=args.threads, step=lambda _: progress.advance(task))
+        made = build_ladder(
+            args.base,
+            args.types,
+            output_type=args.output_type,
+            threads=args.threads,
+            step=lambda _: progress.advance(task),
+        )
     for name in made:
         m = catalog.manifest(name)
         console.print(f"{name}: {m['bits_per_weight']} bits/weight, {m['size_bytes'] / 1e6:,.1f} MB")

@@ -43,6 +43,27 @@ def test_the_ladder_makes_checked_catalog_entries(ladder: list[str]) -> None:
         assert catalog.verify(name).is_file()  # size and sha256 as recorded
 
 
+def test_the_output_layer_takes_the_type_asked_for(ladder: list[str]) -> None:
+    """llama.cpp picks Q8_0 for SmolLM2's output layer (its rows, 576 wide, are not a
+    multiple of K-quants' 256); asked for Q4_0, the layer (the token embedding, which
+    SmolLM2 ties to it) is Q4_0, and the variant's name and provenance say so."""
+    import gguf
+
+    [default] = build_ladder(BASE, ["Q4_0"])
+    [asked] = build_ladder(BASE, ["Q4_0"], output_type="Q4_0")
+    assert asked == "smollm2-135m-instruct-q4_0-output-q4_0-from-q4_1"
+    assert "output layer Q4_0" in catalog.manifest(asked)["provenance"]
+
+    def output_layer(name: str) -> str:
+        tensors = {t.name: t.tensor_type.name for t in gguf.GGUFReader(catalog.resolve(name)).tensors}
+        return tensors.get("output.weight", tensors["token_embd.weight"])
+
+    assert (output_layer(default), output_layer(asked)) == ("Q8_0", "Q4_0")
+    assert catalog.manifest(asked)["size_bytes"] < catalog.manifest(default)["size_bytes"]
+    with pytest.raises(ValueError, match="Q9_9"):
+        build_ladder(BASE, ["Q4_0"], output_type="Q9_9")
+
+
 def test_a_rung_is_served_by_name_and_answers(ladder: list[str]) -> None:
     settings = Settings(models=[ModelConfig(name="q2", variant=ladder[1], options={"n_ctx": 256, "n_parallel": 1})])
     with serve(settings) as server:
