@@ -170,7 +170,11 @@ def main() -> None:
     parser.add_argument(
         "--variant", help="a catalog variant in place of --model's (a `models build-gguf` one); names --out, --plot"
     )
-    parser.add_argument("--modes", default="ngram-simple,ngram-map-k,ngram-mod", help="llama-server's n-gram modes")
+    parser.add_argument(
+        "--modes",
+        default="ngram-simple,ngram-map-k,ngram-mod",
+        help="llama-server's n-gram modes (none: no speculation); MODE:unified with --kv-unified",
+    )
     parser.add_argument("--prompts", type=int, default=4, help="prompts per workload at concurrency 1 (x2 at 4)")
     parser.add_argument("--repeats", type=int, default=1, help="run every server this many times, interleaved")
     parser.add_argument("--workloads", help="only these workloads, comma-separated (default: all three)")
@@ -202,12 +206,19 @@ def main() -> None:
     again = "WikiText continuations"
 
     def peer(mode: str | None) -> tuple[str, list[str], int, str, dict[str, str]]:
+        """llama-server in `mode` (an n-gram mode, or none); "MODE:unified" with one KV
+        stream for its slots (--kv-unified), where a drafting slot's rows do not split
+        the step into another weight pass."""
         port = free_port()
         cmd = [args.llama_server, "-m", gguf, "--port", str(port), "-np", str(SLOTS), "-c", str(SLOTS * 2048)]
         cmd += ["-t", "2", "--no-webui"]
-        if mode:
-            cmd += ["--spec-type", mode]
-        return (f"llama-server, {mode or 'no speculation'}", cmd, port, "/health", {})
+        spec, _, kv = (mode or "none").partition(":")
+        if spec != "none":
+            cmd += ["--spec-type", spec]
+        if kv == "unified":
+            cmd += ["--kv-unified"]
+        name = "no speculation" if spec == "none" else spec
+        return (f"llama-server, {name}" + (", kv-unified" if kv else ""), cmd, port, "/health", {})
 
     servers = [peer(None), *(peer(m) for m in args.modes.split(","))]
     ceiling = "Lightgate, answers known (ceiling)"

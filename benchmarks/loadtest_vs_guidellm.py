@@ -17,45 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import lightgate_config, print_table, save_json
+from benchmarks.common import guidellm, lightgate_config, print_table, save_json
 from leanhttp.local import free_port, server
 
 BIN = Path(sys.executable).parent
 # About 16 SmolLM2 tokens, as GuideLLM's prompts below: the synthetic backend counts bytes.
 PROMPT = "The history of the city begins with a small village on the river, long before the bridge."
-
-
-def guidellm(exe: str, tokenizer: str, base: str, args: argparse.Namespace) -> dict[str, float]:
-    out = Path(tempfile.mkdtemp()) / "guidellm.json"
-    cmd = [exe, "run", "--backend", f"kind=openai_http,target={base},model=timed"]
-    cmd += ["--profile", f"kind=concurrent,streams={args.users}"]
-    cmd += ["--constraint", f"kind=max_requests,count={args.requests}"]
-    cmd += ["--tokenizer", f"kind=hf_auto,model={tokenizer}"]
-    cmd += ["--data", f"kind=synthetic_text,prompt_tokens=16,output_tokens={args.tokens}"]
-    cmd += ["--output", f"kind=json,path={out}", "--disable-progress", "--disable-console"]
-    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    metrics = json.loads(out.read_text())["benchmarks"][0]["metrics"]
-
-    def ok(name: str) -> Any:
-        return metrics[name]["successful"]
-
-    return {
-        "ttft_median_ms": ok("time_to_first_token_ms")["median"],
-        "ttft_mean_ms": ok("time_to_first_token_ms")["mean"],
-        "itl_median_ms": ok("inter_token_latency_ms")["median"],
-        "itl_mean_ms": ok("inter_token_latency_ms")["mean"],
-        "requests": ok("time_to_first_token_ms")["count"],
-    }
 
 
 def lightgate(base: str, args: argparse.Namespace) -> dict[str, float]:
@@ -93,7 +68,17 @@ def main() -> None:
     with server(cmd, port, "/ready", {"LIGHTGATE_ACCESS_LOG": "false"}) as base:
         for _ in range(args.rounds):
             runs["lightgate bench run"].append(lightgate(base, args))
-            runs["GuideLLM (peer)"].append(guidellm(args.guidellm, args.tokenizer, base, args))
+            data = f"kind=synthetic_text,prompt_tokens=16,output_tokens={args.tokens}"
+            g = guidellm(args.guidellm, args.tokenizer, base, "timed", data, args.users, args.requests)
+            runs["GuideLLM (peer)"].append(
+                {
+                    "ttft_median_ms": g["ttft_p50_ms"],
+                    "ttft_mean_ms": g["ttft_mean_ms"],
+                    "itl_median_ms": g["itl_p50_ms"],
+                    "itl_mean_ms": g["itl_mean_ms"],
+                    "requests": g["requests"],
+                }
+            )
     keys = ["ttft_median_ms", "ttft_mean_ms", "itl_median_ms", "itl_mean_ms"]
     medians = {tool: {k: statistics.median(r[k] for r in rs) for k in keys} for tool, rs in runs.items()}
     ours, peer = medians["lightgate bench run"], medians["GuideLLM (peer)"]

@@ -15,44 +15,16 @@ SmolLM2 has one).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
-from typing import Any
 
-from benchmarks.common import lightgate_config, print_table, save_json
+from benchmarks.common import guidellm, lightgate_config, print_table, save_json
 from compressed_models.catalog import resolve
 from leanhttp.local import free_port, server_process
 
 VARIANT = "smollm2-135m-instruct-q4_1"
 TOKENIZER = "smollm2-135m-instruct-bf16-from-q4_1"  # the same vocabulary as a Hugging Face folder
 MODEL = "smollm2-135m"
-
-
-def guidellm(exe: str, tokenizer: str, base: str, requests: int) -> dict[str, float]:
-    out = Path(tempfile.mkdtemp()) / "guidellm.json"
-    data = "kind=synthetic_text,prompt_tokens=32,output_tokens=128,prefix_tokens=1000,prefix_count=1"
-    cmd = [exe, "run", "--backend", f"kind=openai_http,target={base},model={MODEL}"]
-    cmd += ["--profile", "kind=concurrent,streams=8", "--constraint", f"kind=max_requests,count={requests}"]
-    cmd += ["--tokenizer", f"kind=hf_auto,model={tokenizer}", "--data", data]
-    cmd += ["--output", f"kind=json,path={out}", "--disable-progress", "--disable-console"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode != 0:
-        raise RuntimeError(f"guidellm failed: {done.stderr[-2000:]}")
-    metrics = json.loads(out.read_text())["benchmarks"][0]["metrics"]
-
-    def ok(name: str) -> Any:
-        return metrics[name]["successful"]
-
-    return {
-        "requests": ok("time_to_first_token_ms")["count"],
-        "ttft_p50_ms": ok("time_to_first_token_ms")["median"],
-        "ttft_p99_ms": ok("time_to_first_token_ms")["percentiles"]["p99"],
-        "output_tokens_per_s": ok("output_tokens_per_second")["mean"],
-    }
+DATA = "kind=synthetic_text,prompt_tokens=32,output_tokens=128,prefix_tokens=1000,prefix_count=1"
 
 
 def main() -> None:
@@ -74,7 +46,7 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     for name, cmd, p, ready in [("llama-server (best)", peer, port, "/health"), ("Lightgate", ours, lg_port, "/ready")]:
         with server_process(cmd, p, ready) as (base, _pid):
-            results[name] = guidellm(args.guidellm, tokenizer, base, args.requests)
+            results[name] = guidellm(args.guidellm, tokenizer, base, MODEL, DATA, 8, args.requests)
             print(name, results[name], flush=True)
     peer_r = results["llama-server (best)"]
     rows = [
