@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from backends.base import GenerationRequest, SamplingParams
-from backends.llamacpp.backend import LlamaCppBackend
+from backends.llamacpp.backend import LlamaCppBackend, LlamaCppConfig
 from compressed_models.catalog import resolve
 from tests.llama_recording import RecordingEngine, collect_chunks, recording_backend
 from tests.logits_processors import AllowOnly, digit_tokens
@@ -116,3 +116,14 @@ def test_the_step_costs_drafts_are_priced_by_can_be_read(plain: LlamaCppBackend,
     cost = speculating.step_cost
     assert cost is not None and cost.measured(1) is not None and cost.measured(8) is not None
     assert cost.cost(8) >= cost.cost(1) > 0
+
+
+def test_speculation_runs_in_one_kv_stream_unless_told_otherwise(speculating: LlamaCppBackend) -> None:
+    """With a stream per slot, llama.cpp splits a batch whose sequences bring unequal
+    rows (one drafting, the others not) into several weight passes; one stream takes
+    the step in one. So `kv_unified` left unset is on with speculation, off without,
+    and what a config says is kept."""
+    assert speculating._engine is not None and speculating._engine.config.kv_unified is True
+    assert LlamaCppConfig(PATH).kv_unified is False
+    assert LlamaCppConfig(PATH, speculate="ngram", kv_unified=False).kv_unified is False
+    assert LlamaCppConfig(PATH, kv_unified=True).kv_unified is True
