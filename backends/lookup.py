@@ -274,30 +274,17 @@ class StepCost:
     kernels take rows in tiles, and on Qwen 14 rows took 152 ms where 16 took 111.
     So the scheduler times a ladder of sizes at start (`CALIBRATION`: multiples of
     the tiles past 4) and drafts only to step sizes it has measured (`measured`),
-    timing every decode step after that (`cost` is for the sizes between).
-
-    A step's time also grows with the context its rows attend to, and the ladder is
-    timed at none: four code edits at c4 (~850 tokens each, Qwen2.5-0.5B) stepped 4
-    rows in 23 ms against 15 at start, 64 in 273 against 198. The sizes steps run at
-    follow that on their own; the others, drafted to rarely, would stay at their
-    start's price and be drafted to when they no longer pay. So a step's time moves
-    every other size's too, by `follow` of the change it makes to its own."""
+    timing every decode step after that (`cost` is for the sizes between)."""
 
     CALIBRATION = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 
-    def __init__(self, weight: float = 0.2, follow: float = 0.5) -> None:
+    def __init__(self, weight: float = 0.2) -> None:
         self.weight = weight  # a new step's weight in its size's average
-        self.follow = follow  # the share of that change every other size takes
         self.times: dict[int, float] = {}
 
     def record(self, rows: int, seconds: float) -> None:
         old = self.times.get(rows)
-        if old is None:
-            self.times[rows] = seconds
-            return
-        change = self.weight * (seconds / old - 1)  # its own size's: the average's step towards it
-        for n in self.times:
-            self.times[n] *= 1 + (change if n == rows else self.follow * change)
+        self.times[rows] = seconds if old is None else old + self.weight * (seconds - old)
 
     def measured(self, rows: int) -> float | None:
         """The average time of steps of exactly `rows` rows, if any ran."""

@@ -163,24 +163,6 @@ def test_step_cost_is_the_measured_table_between_and_past_its_sizes() -> None:
     assert cost.cost(1) == pytest.approx(0.015)  # an average with decay
 
 
-def test_a_steps_time_moves_the_sizes_not_run_by_a_share_of_its_change() -> None:
-    """Steps grow dearer as contexts grow; a size drafted to rarely follows the sizes
-    that run, so it is not drafted to at the price it had at start."""
-    from backends.lookup import StepCost
-
-    cost = StepCost(weight=0.5, follow=0.5)
-    cost.record(4, 0.020)
-    cost.record(64, 0.200)
-    cost.record(4, 0.040)  # twice the time: its average moves half-way, +50%
-    assert cost.measured(4) == pytest.approx(0.030)
-    assert cost.measured(64) == pytest.approx(0.250)  # half of that change: +25%
-    for _ in range(30):
-        cost.record(64, 0.200)  # the size's own steps still decide its price
-    assert cost.measured(64) == pytest.approx(0.200, rel=1e-3)
-    four = cost.measured(4)
-    assert four is not None and four < 0.030  # and pull the others with them
-
-
 def _table(times_ms: dict[int, float]) -> object:
     from backends.lookup import StepCost
 
