@@ -28,10 +28,23 @@ class ClientDisconnected(Exception):
     pass
 
 
+# Characters JSON may carry raw that Python's str.splitlines (and httpx's aiter_lines,
+# which GuideLLM reads events with) take for line ends, cutting an event's data line
+# in two: generated text does hold them. Their UTF-8 bytes occur only inside JSON
+# strings, where the escape means the same character.
+_LINE_BREAKS = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"), (b"\xc2\x85", b"\\u0085"))
+
+
+def _one_line(data: bytes) -> bytes:
+    for raw, escaped in _LINE_BREAKS:
+        data = data.replace(raw, escaped)
+    return data
+
+
 def sse(payload: BaseModel | bytes) -> bytes:
     """One event; bytes are JSON already (an upstream's, forwarded as it came)."""
     data = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
-    return b"data: " + data + b"\n\n"
+    return b"data: " + _one_line(data) + b"\n\n"
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
@@ -64,7 +77,7 @@ def named_sse(payload: BaseModel | bytes) -> bytes:
         return b"event: error\ndata: " + json.dumps(data).encode() + b"\n\n"
     body = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
     kind = payload.type if isinstance(payload, BaseModel) else json.loads(body)["type"]  # type: ignore[attr-defined]
-    return f"event: {kind}\n".encode() + b"data: " + body + b"\n\n"
+    return f"event: {kind}\n".encode() + b"data: " + _one_line(body) + b"\n\n"
 
 
 async def event_stream(
