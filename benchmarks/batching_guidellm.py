@@ -40,6 +40,13 @@ def main() -> None:
     parser.add_argument("--servers", nargs="+", default=["lightgate", "llama-server", "vllm"])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="GuideLLM's niceness: on a machine as small as the servers' threads, its worker processes "
+        "take cores the server's threads wait for at every step",
+    )
     parser.add_argument("--out", default="bench-results/batching_guidellm.json")
     args = parser.parse_args()
     # batching.servers reads these of its own arguments; the rest it is not asked for here.
@@ -55,7 +62,9 @@ def main() -> None:
         with server(cmd, port, ready, env) as base:
             asyncio.run(run_level(base, "m", SLOTS, 8, 120.0, tag="warm-up "))
             for c in args.concurrency:
-                results[f"{name} c{c}"] = guidellm(args.guidellm, args.hf_model, base, "m", DATA, c, max(4 * c, 8))
+                results[f"{name} c{c}"] = guidellm(
+                    args.guidellm, args.hf_model, base, "m", DATA, c, max(4 * c, 8), args.nice
+                )
                 console.print(name, c, results[f"{name} c{c}"])
     rows = []
     for c in args.concurrency:

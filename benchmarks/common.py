@@ -63,14 +63,15 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 
 
 def guidellm(
-    exe: str, tokenizer: str, base: str, model: str, data: str, streams: int, requests: int
+    exe: str, tokenizer: str, base: str, model: str, data: str, streams: int, requests: int, nice: int = 0
 ) -> dict[str, float]:
     """One GuideLLM run (`exe`, its own venv: it is not a project dependency) against
     `base`: `streams` concurrent streams of its synthetic requests (`data`, GuideLLM's
     syntax) until `requests` are done; its own figures of the successful requests.
-    `tokenizer`: a Hugging Face folder with the served model's vocabulary."""
+    `tokenizer`: a Hugging Face folder with the served model's vocabulary. `nice`: the
+    client's scheduling niceness, where it shares the server's few cores."""
     out = Path(tempfile.mkdtemp()) / "guidellm.json"
-    cmd = [exe, "run", "--backend", f"kind=openai_http,target={base},model={model}"]
+    cmd = ["nice", "-n", str(nice), exe, "run", "--backend", f"kind=openai_http,target={base},model={model}"]
     cmd += ["--profile", f"kind=concurrent,streams={streams}", "--constraint", f"kind=max_requests,count={requests}"]
     cmd += ["--tokenizer", f"kind=hf_auto,model={tokenizer}", "--data", data]
     cmd += ["--output", f"kind=json,path={out}", "--disable-progress", "--disable-console"]
