@@ -3,7 +3,7 @@ client, so the comparison beside vLLM does not rest on our own client alone:
 GuideLLM's synthetic completions, ~32-token prompts, 128-token answers, C concurrent
 streams until 4 x C requests (at least 8) are done, on the servers batching.py starts
 (the same commands: 16 slots of 512 cells, the same threads), one after the other.
-Each server first answers a warm-up of 8 requests at C = 16 from batching.py's client,
+Each server first answers batching.py's warm-up (32 requests of 8 tokens at C = 16),
 as there, since an engine's first batch of a new shape costs more than the rest.
 
 GuideLLM is not a project dependency (torch, transformers): give its executable. The

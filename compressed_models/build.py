@@ -37,10 +37,7 @@ def quantize(
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     if output_type is not None:
-        tensor_type = getattr(llama_cpp, f"GGML_TYPE_{output_type.upper()}", None)
-        if tensor_type is None:
-            raise ValueError(f"unknown tensor type {output_type!r} for the output layer; e.g. Q4_0, IQ4_NL, Q8_0")
-        params.output_tensor_type = tensor_type
+        params.output_tensor_type = tensor_type(output_type)
     params.allow_requantize = allow_requantize
     params.nthread = threads
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -49,6 +46,16 @@ def quantize(
         partial.unlink(missing_ok=True)
         raise RuntimeError(f"llama.cpp could not quantize {src} to {gguf_type}")
     partial.rename(dst)
+
+
+def tensor_type(name: str) -> int:
+    """llama.cpp's id of a tensor type by name (Q4_0, IQ4_NL, ...)."""
+    import llama_cpp
+
+    found = getattr(llama_cpp, f"GGML_TYPE_{name.upper()}", None)
+    if found is None:
+        raise ValueError(f"unknown tensor type {name!r} for the output layer; e.g. Q4_0, IQ4_NL, Q8_0")
+    return int(found)
 
 
 def parameter_count(path: Path) -> int:
@@ -85,6 +92,8 @@ def build_ladder(
     third of its weights. Its Q4_0 GGUF with a Q4_0 output layer steps 4 rows in
     15 ms against 31 (docs/benchmarks.md); the variant's name says it
     (`...-q4_0-output-q4_0-from-...`)."""
+    if output_type is not None:
+        tensor_type(output_type)  # a misspelt type fails before the F16 base is written
     entry = manifest(base)
     if entry["format"] != "gguf":
         raise ValueError(f"the GGUF ladder starts from a GGUF variant; {base!r} is {entry['format']}")
