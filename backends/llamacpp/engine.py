@@ -289,21 +289,25 @@ class LlamaEngine(LlamaVocab):
         """Drop a sequence's KV cells from `start` on."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, start, -1)
 
-    def save_sequence(self, seq_id: int) -> bytearray:
-        """A sequence's KV cells as llama.cpp serializes them (positions, keys, values):
-        what `restore_sequence` puts back, in this slot or another. llama.cpp writes
-        straight into the buffer that is returned: a save runs on the scheduler's
-        thread between steps, and a second copy of its tens of megabytes (SmolLM2 at
-        1,000 tokens: 24 MB) took 5-15 ms more there."""
-        size = llama_cpp.llama_state_seq_get_size(self.ctx, seq_id)
-        state = bytearray(size)
-        view = (ctypes.c_uint8 * size).from_buffer(state)
-        n = llama_cpp.llama_state_seq_get_data(self.ctx, view, size, seq_id)
-        del view  # the export ends, so the buffer may shrink to what was written
-        del state[n:]
-        return state
+    def state_size(self, seq_id: int) -> int:
+        """The bytes `save_sequence` needs for this sequence."""
+        return int(llama_cpp.llama_state_seq_get_size(self.ctx, seq_id))
 
-    def restore_sequence(self, state: bytearray, seq_id: int) -> bool:
+    def save_sequence(self, seq_id: int, into: bytearray | None = None) -> memoryview:
+        """A sequence's KV cells as llama.cpp serializes them (positions, keys, values):
+        what `restore_sequence` puts back, in this slot or another; written into `into`
+        when it is large enough (pages already touched: see prompt_store.py), else into
+        a new buffer. llama.cpp writes straight into the buffer: a save runs on the
+        scheduler's thread between steps, and a second copy of its tens of megabytes
+        (SmolLM2 at 1,000 tokens: 24 MB) took 5-15 ms more there."""
+        size = self.state_size(seq_id)
+        buffer = into if into is not None and len(into) >= size else bytearray(size)
+        view = (ctypes.c_uint8 * size).from_buffer(buffer)
+        n = llama_cpp.llama_state_seq_get_data(self.ctx, view, size, seq_id)
+        del view
+        return memoryview(buffer)[:n]
+
+    def restore_sequence(self, state: bytearray | memoryview, seq_id: int) -> bool:
         """Replace a sequence's cells with saved ones; False when llama.cpp found no room."""
         self.free_sequence(seq_id)
         buf = (ctypes.c_uint8 * len(state)).from_buffer(state)  # read in place, not copied

@@ -64,7 +64,7 @@ from functools import partial
 from backends.base import BackendError, Chunk, Preparable
 from backends.engine_thread import Job, Outbox
 from backends.llamacpp.engine import LlamaEngine
-from backends.llamacpp.prompt_store import PromptStore, common_prefix
+from backends.llamacpp.prompt_store import PromptStore, State, common_prefix
 from backends.llamacpp.sampler import SamplerChain, sampler_steps
 from backends.llamacpp.sequence import Phase, Sequence
 from backends.logprobs import entry, first_prompt_entry
@@ -202,7 +202,15 @@ class Scheduler:
                 self._stopping = True
                 return
             if not job.cancelled.is_set():
-                self.running.append(self._place(job))
+                free = list(self.free_slots)
+                try:
+                    self.running.append(self._place(job))
+                except Exception as exc:  # a failure placing a request ends it, not the thread
+                    for slot in set(free) - set(self.free_slots):  # cells it may have half written
+                        self.engine.free_sequence(slot)
+                        self.slot_tokens[slot] = []
+                    self.free_slots = deque(free)
+                    self.outbox.put(job, BackendError(f"llama.cpp failed: {exc}"))
 
     def _place(self, job: Job) -> Sequence:
         """A slot for the job: the one whose cached tokens share the longest prefix
@@ -223,7 +231,7 @@ class Scheduler:
                 slot, reuse = packed, 0
         stored = self.store.longest(prompt) if self.store is not None and self._cacheable(job) else None
         self.free_slots.remove(slot)
-        self._store(slot, reuse)
+        self._store(slot, reuse, reading=stored[1] if stored is not None else None)
         if stored is not None and stored[0] >= reuse + _MIN_REUSE:
             # A restore replaces the slot's cells: when llama.cpp finds no room for it
             # (one unified stream, full), the slot holds nothing any more.
@@ -243,13 +251,16 @@ class Scheduler:
             self.cache_hits += reuse
         return seq
 
-    def _store(self, slot: int, keep: int) -> None:
+    def _store(self, slot: int, keep: int, *, reading: State | None = None) -> None:
         """Save what a slot holds to the prompt store before a new prompt overwrites
-        its cells past `keep` (nothing when that is too little, or stored already)."""
+        its cells past `keep` (nothing when that is too little, or stored already);
+        `reading`: the stored state the new prompt restores next, whose buffer this save
+        must not be written into."""
         tokens = self.slot_tokens[slot]
         if self.store is None or len(tokens) - keep < _MIN_REUSE or tokens in self.store:
             return
-        self.store.put(tokens, self.engine.save_sequence(slot))
+        spare = self.store.reserve(self.engine.state_size(slot), keep=reading)
+        self.store.put(tokens, self.engine.save_sequence(slot, spare))
 
     def _cacheable(self, job: Job) -> bool:
         # Prompt logprobs need every prompt token's logits: such a prompt is computed whole.

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from backends.base import GenerationRequest, SamplingParams
+from backends.base import BackendError, GenerationRequest, SamplingParams
 from backends.llamacpp.backend import LlamaCppBackend
 from backends.llamacpp.engine import EngineConfig, LlamaEngine
+from backends.llamacpp.prompt_store import PromptStore, State
 from compressed_models.catalog import resolve
 from tests.llama_recording import RecordingEngine, collect_chunks, prefilled, recording_backend
 from tests.server import wait_until
@@ -190,6 +191,32 @@ def test_a_prompt_whose_slot_was_taken_comes_back_from_the_prompt_store(
             assert computed == len(first) and again == computed_whole
 
 
+def test_a_save_written_over_a_displaced_entry_restores_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store with room for one saved prompt (1 MiB; SmolLM2 keeps ~23 KB a token):
+    B's save displaces A's and is written into A's buffer, whose pages are touched
+    already. B then comes back from that buffer (C's save, which displaces it, takes
+    a new one): one token computed, the answer the slot gave, logprobs bit for bit."""
+    spares: list[bytearray | None] = []
+    reserve = PromptStore.reserve
+
+    def recorded(self: PromptStore, size: int, keep: State | None = None) -> bytearray | None:
+        spares.append(reserve(self, size, keep))
+        return spares[-1]
+
+    monkeypatch.setattr(PromptStore, "reserve", recorded)
+    for backend in recording_backend(monkeypatch, n_parallel=1, cache_ram_mib=1):
+        a = backend.tokenize(SYSTEM)[:30]  # with its answer, 39 cells: ~0.9 MB
+        b, c = backend.tokenize(QUESTIONS[1] * 8)[:25], backend.tokenize(QUESTIONS[2] * 8)[:20]
+        _greedy(backend, [a])
+        _greedy(backend, [b])  # A saved: a new buffer
+        from_slot = _greedy(backend, [b])
+        _greedy(backend, [c])  # B saved into A's buffer, A gone
+        RecordingEngine.steps = []
+        again = _greedy(backend, [b])  # C's save displaces B, but not into B's buffer: B is read next
+        assert sum(n for n in RecordingEngine.steps[0].values()) == 1 and again == from_slot
+    assert [spare is not None for spare in spares] == [False, True, False], spares
+
+
 def test_a_restore_that_finds_no_room_computes_the_prompt_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     """llama.cpp may find no room for a stored sequence (one unified stream, full): the
     slot then holds nothing, and the prompt is computed from its start, not from
@@ -206,4 +233,29 @@ def test_a_restore_that_finds_no_room_computes_the_prompt_whole(monkeypatch: pyt
         _greedy(backend, [first[:40] + backend.tokenize(QUESTIONS[1] * 8, bos=False)])  # keeps 40, stores the rest
         RecordingEngine.steps = []
         assert _greedy(backend, [first]) == computed_whole
+        assert sum(n for n in RecordingEngine.steps[0].values()) == len(first)
+
+
+def test_a_failure_while_placing_a_request_ends_that_request_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save that fails as a prompt takes its slot (here the host store's) is that
+    request's error; the slot is freed and emptied, and the next request is served."""
+    calls: list[int] = []
+    reserve = PromptStore.reserve
+
+    def fails_once(self: PromptStore, size: int, keep: State | None = None) -> bytearray | None:
+        calls.append(size)
+        if len(calls) == 1:
+            raise MemoryError("no room")
+        return reserve(self, size, keep)
+
+    monkeypatch.setattr(PromptStore, "reserve", fails_once)
+    for backend in recording_backend(monkeypatch, n_parallel=1, cache_ram_mib=16):
+        first, other = backend.tokenize(SYSTEM + QUESTIONS[0]), backend.tokenize(QUESTIONS[1] * 8)
+        computed_whole = _greedy(backend, [first])
+        request = GenerationRequest("r", other, SamplingParams(max_tokens=4))
+        with pytest.raises(BackendError, match="no room"):  # the slot's prompt is saved first: that fails
+            asyncio.run(collect_chunks(backend.generate(request)))
+        assert backend.stats().running == 0
+        RecordingEngine.steps = []
+        assert _greedy(backend, [first]) == computed_whole  # the emptied slot: computed whole again
         assert sum(n for n in RecordingEngine.steps[0].values()) == len(first)

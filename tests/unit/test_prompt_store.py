@@ -40,3 +40,32 @@ def test_common_prefix_agrees_with_a_plain_loop() -> None:
         while n < min(len(a), len(b)) and a[n] == b[n]:
             n += 1
         assert common_prefix(a, b) == n == common_prefix(tuple(a), tuple(b))
+
+
+def test_a_save_reuses_the_buffer_of_the_entry_it_displaces() -> None:
+    """Room for a new state is made before it is written, and the smallest dropped
+    buffer it fits in comes back for it to be written into (its pages are touched
+    already); the entry then holds, and is charged for, that whole buffer."""
+    store = PromptStore(budget_bytes=20)
+    big, small = bytearray(b"b" * 8), bytearray(b"s" * 6)
+    store.put([1], memoryview(big)[:7])
+    store.put([2], small)
+    store.put([3], bytearray(b"c" * 4))
+    assert store.used == 18 and store.reserve(2) is None  # room already: nothing dropped
+    spare = store.reserve(5)  # 23 > 20: [1] goes, then 15 + 5 fits
+    assert spare is big and [1] not in store and store.used == 10
+    spare[:5] = b"new!!"
+    store.put([4], memoryview(spare)[:5])
+    assert store.used == 18  # the whole 8-byte buffer, not the 5 bytes written
+    found = store.longest([4, 0])
+    assert found is not None and found[0] == 1 and bytes(found[1]) == b"new!!"
+    assert store.reserve(30) is None and len(store) == 0 and store.used == 0  # too large: everything went, none fits
+
+
+def test_a_buffer_about_to_be_read_is_never_handed_out() -> None:
+    store = PromptStore(budget_bytes=10)
+    store.put([1], bytearray(8))
+    found = store.longest([1, 2])
+    assert found is not None
+    assert store.reserve(6, keep=found[1]) is None  # it fits, but the caller restores from it next
+    assert [1] not in store and store.used == 0  # dropped all the same: the old behaviour
