@@ -111,6 +111,10 @@ CASES = {
     ),
     "min_tokens bans EOS, min_p": SamplingParams(temperature=0.9, min_p=0.02, min_tokens=10),
     "greedy after bias": SamplingParams(temperature=0, logit_bias={2: 1.5}),
+    "top-k and top-p, no bias": SamplingParams(temperature=0.8, top_k=6, top_p=0.9),
+    # Without bias, penalties or top-k the chain is numpy's (`Filtered`).
+    "top-p alone": SamplingParams(temperature=1.1, top_p=0.75),
+    "min_tokens bans EOS, top-p": SamplingParams(temperature=0.9, top_p=0.8, min_tokens=10),
 }
 
 
@@ -137,3 +141,29 @@ def test_llamacpp_chain_draws_from_the_reference_distribution(case: str) -> None
     want = draws * expected[support]
     chi2 = float((((counts[support] - want) ** 2) / want).sum())
     assert chi2 < CHI2_CRITICAL[int(support.sum()) - 1], (case, counts, want, chi2)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1.0, top_p=0.95),
+        SamplingParams(temperature=0.7, top_p=0.9, min_p=0.001),
+        SamplingParams(temperature=2.0),
+    ],
+    ids=["top-p", "top-p-min-p", "temperature"],
+)
+def test_the_numpy_chain_keeps_the_reference_distribution_on_a_large_vocabulary(params: SamplingParams) -> None:
+    """On a 152k-token row as flat as a small model's at a high temperature (the
+    nucleus holds thousands of tokens), the tokens `Filtered` may draw and their
+    weights are the reference's `warp`."""
+    row = (np.random.default_rng(3).standard_normal(151_936) * 1.5).astype(np.float32)
+    chain = SamplerChain(sampler_steps(params, penalty_window=64), row.shape[0])
+    assert chain.filtered is not None
+    ids, weights = chain.filtered.probs(row)
+    expected = warp(row, params)
+    got = np.zeros_like(expected)
+    got[ids] = weights / weights.sum(dtype=np.float64)
+    assert set(ids.tolist()) == set(np.flatnonzero(expected).tolist())
+    assert len(ids) > 1_000
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-12)
+    chain.close()
