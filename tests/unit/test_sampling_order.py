@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 
 from backends.base import SamplingParams
-from backends.llamacpp.sampler import SamplerChain, sampler_steps
+from backends.llamacpp.sampler import SamplerChain, _pick, sampler_steps
 from backends.sampling import adjust, constrain, distribution, draw, filters, warp
 
 # The chi-square statistic's critical values at p = 0.001, by degrees of freedom.
@@ -167,3 +167,14 @@ def test_the_numpy_chain_keeps_the_reference_distribution_on_a_large_vocabulary(
     assert len(ids) > 1_000
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-12)
     chain.close()
+
+
+def test_a_draw_never_gives_a_token_of_weight_zero() -> None:
+    """Banned tokens (weight 0) sit at block edges and between the only positive ones;
+    draws land on positive weights only, in proportion to them."""
+    weights = np.zeros(5000, dtype=np.float32)
+    weights[[0, 1023, 1024, 4999]] = [1.0, 2.0, 1e-30, 1.0]
+    rng = np.random.default_rng(0)
+    counts = np.bincount([_pick(weights, rng) for _ in range(4000)], minlength=5000)
+    assert set(np.flatnonzero(counts)) <= {0, 1023, 1024, 4999}
+    assert abs(counts[1023] / 4000 - 0.5) < 0.04 and abs(counts[0] / 4000 - 0.25) < 0.04
