@@ -69,10 +69,10 @@ class Filtered:
     """The filters and draw of a chain without bias, penalties or top-k (the usual
     request: a temperature, perhaps top-p / min-p), in numpy. llama.cpp's chain turns
     the whole row into a candidate list, and its top-p sorts all of it: on Qwen's
-    152k vocabulary a draw cost 2.6 ms at temperature 1 and 13 ms with top_p 0.95,
-    once per sequence per step on the scheduler's thread, while ggml's threads wait
-    (16 sequences: 40-200 ms a step). Here top-p sorts only the tokens at the
-    nucleus's edge (`_nucleus`)."""
+    152k vocabulary a draw cost 1.4 ms at temperature 1 and 11 ms with top_p 0.95
+    (benchmarks/sampler_cost.py), once per sequence per step on the scheduler's thread,
+    while ggml's threads wait (16 sequences: 20-180 ms a step). Here top-p sorts only
+    the tokens at the nucleus's edge (`_nucleus`)."""
 
     temperature: float
     top_p: float
@@ -83,10 +83,11 @@ class Filtered:
         """The tokens a draw may give and their weights (not normalized): the
         reference's `warp` (backends/sampling.py), computed on candidates only."""
         x = logits / np.float32(self.temperature)
+        x -= x.max()  # the most likely token weighs 1
         ids = np.arange(x.shape[0])
-        p = np.exp(x - x.max())  # the most likely token weighs 1
+        p = np.exp(x)
         if self.top_p < 1.0:
-            keep = _nucleus(x - x.max(), p, self.top_p)
+            keep = _nucleus(x, p, self.top_p)
             ids, p = ids[keep], p[keep]
         if self.min_p > 0.0:
             kept = p >= self.min_p * p.max()
