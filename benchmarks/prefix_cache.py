@@ -53,6 +53,7 @@ class Turn:
     e2e: float
     tokens: int
     text: str
+    id: str = ""  # the completion's id: the gateway's engine requests are named after it
 
 
 async def chat(client: Client, messages: list[dict[str, str]], max_tokens: int = ANSWER) -> Turn:
@@ -70,6 +71,7 @@ async def chat(client: Client, messages: list[dict[str, str]], max_tokens: int =
     first: list[float] = []
     parts: list[str] = []
     usage: dict[str, int] = {}
+    ids: list[str] = []
     pending = b""
 
     def feed(data: bytes, arrived: float) -> None:
@@ -81,6 +83,8 @@ async def chat(client: Client, messages: list[dict[str, str]], max_tokens: int =
             event = json.loads(line[6:])
             if event.get("usage"):
                 usage.update(event["usage"])
+            if not ids and event.get("id"):
+                ids.append(event["id"])
             for choice in event.get("choices") or ():
                 content = (choice.get("delta") or {}).get("content")
                 if content:
@@ -91,7 +95,8 @@ async def chat(client: Client, messages: list[dict[str, str]], max_tokens: int =
     status, error = await client.post("/v1/chat/completions", json.dumps(body).encode(), feed)
     if status != 200 or not first:
         raise RuntimeError(f"HTTP {status}: {error[:200]!r}")
-    return Turn(first[0] - began, time.perf_counter() - began, usage.get("completion_tokens", 0), "".join(parts))
+    e2e, text = time.perf_counter() - began, "".join(parts)
+    return Turn(first[0] - began, e2e, usage.get("completion_tokens", 0), text, ids[0] if ids else "")
 
 
 async def shared_system(base: str, system: str, questions: list[str], rounds: int) -> dict[str, Any]:

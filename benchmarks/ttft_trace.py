@@ -3,6 +3,8 @@
 scheduler's methods wrapped to record timestamps in memory (written out when it
 exits), and each request's parts are read off them, the client's send and first
 byte on the same monotonic clock (`time.perf_counter`, one clock for every process).
+A request and its job are paired by the completion's id, which names the job
+(`<id>-<choice>`), so requests sent close together are never paired crosswise.
 
 Parts, per request after the first wave: reaching the scheduler (HTTP, chat template,
 tokenizing), waiting for the step under way, placing it in a slot (with the save of
@@ -39,7 +41,7 @@ def traced_serve(config: str, port: int, out: str) -> int:
     from backends.llamacpp.scheduler import Scheduler
     from gateway.cli import main
 
-    events: list[tuple[str, float, float, int, int]] = []
+    events: list[tuple[str, float, float, str, int]] = []
     now = time.perf_counter
 
     def wrap(cls: type, name: str, record: Any) -> None:
@@ -53,13 +55,13 @@ def traced_serve(config: str, port: int, out: str) -> int:
 
         setattr(cls, name, traced)
 
-    wrap(Scheduler, "submit", lambda s, t, a, r: events.append(("submit", t, t, id(a[0]), 0)))
-    wrap(Scheduler, "_place", lambda s, t, a, r: events.append(("place", t, now(), id(a[0]), r.n_cached)))
-    wrap(LlamaEngine, "decode", lambda s, t, a, r: events.append(("decode", t, now(), 0, len(a[0]))))
+    wrap(Scheduler, "submit", lambda s, t, a, r: events.append(("submit", t, t, a[0].req.request_id, 0)))
+    wrap(Scheduler, "_place", lambda s, t, a, r: events.append(("place", t, now(), a[0].req.request_id, 0)))
+    wrap(LlamaEngine, "decode", lambda s, t, a, r: events.append(("decode", t, now(), "", len(a[0]))))
 
     def first(s: Scheduler, t: float, a: Any, r: Any) -> None:
         if len(a[0].generated) == 1:
-            events.append(("first", now(), now(), id(a[0].job), 0))
+            events.append(("first", now(), now(), a[0].job.req.request_id, 0))
 
     wrap(Scheduler, "_sample", first)
     atexit.register(lambda: Path(out).write_text(json.dumps(events)))
@@ -71,7 +73,7 @@ async def workload(base: str, rounds: int) -> list[dict[str, float]]:
     system = wikitext(700, seed=1, count=1).prompts[0].text
     questions = [p.text for p in wikitext(22, seed=3, count=64).prompts]
     client = Client(base, timeout_s=600)
-    sent: list[dict[str, float]] = []
+    sent: list[dict[str, Any]] = []
 
     async def user(u: int) -> None:
         for r in range(rounds):
@@ -81,24 +83,23 @@ async def workload(base: str, rounds: int) -> list[dict[str, float]]:
             ]
             began = time.perf_counter()
             turn = await chat(client, messages)
-            sent.append({"round": r, "send": began, "first": began + turn.ttft})
+            sent.append({"round": r, "send": began, "first": began + turn.ttft, "job": f"{turn.id}-0"})
 
     await asyncio.gather(*(user(u) for u in range(USERS)))
     client.close()
     return sent
 
 
-def parts(events: list[list[Any]], sent: list[dict[str, float]]) -> list[dict[str, float]]:
-    """Each request's parts: its job is the first submitted after it was sent."""
-    submits = sorted((e[1], e[3]) for e in events if e[0] == "submit")
+def parts(events: list[list[Any]], sent: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Each request's parts, read off the events of its job (named by the completion's id)."""
+    submits = {e[3]: e[1] for e in events if e[0] == "submit"}
     placed = {e[3]: (e[1], e[2]) for e in events if e[0] == "place"}
     firsts = {e[3]: e[1] for e in events if e[0] == "first"}
     decodes = sorted((e[1], e[2], e[4]) for e in events if e[0] == "decode")
-    taken: set[int] = set()
     rows = []
     for request in sorted(sent, key=lambda r: r["send"]):
-        submitted, job = next((t, j) for t, j in submits if t >= request["send"] and j not in taken)
-        taken.add(job)
+        job = request["job"]
+        submitted = submits[job]
         place_start, place_end = placed[job]
         step_start, step_end, step_rows = max((d for d in decodes if d[1] <= firsts[job]), key=lambda d: d[1])
         rows.append(
