@@ -220,7 +220,9 @@ def main() -> None:
         name = "no speculation" if spec == "none" else spec
         return (f"llama-server, {name}" + (", kv-unified" if kv else ""), cmd, port, "/health", {})
 
-    servers = [peer(None), *(peer(m) for m in args.modes.split(","))]
+    # Without speculation always, first; a mode named twice (or "none") runs once, as
+    # two servers of one name would pool their repeats.
+    servers = list({s[0]: s for s in map(peer, [None, *args.modes.split(",")])}.values())
     ceiling = "Lightgate, answers known (ceiling)"
     servers += [
         ("Lightgate, no speculation", *lightgate(variant, {}), "/ready", {}),
@@ -273,6 +275,7 @@ def main() -> None:
     peers = [s for s in results if s.startswith("llama-server")]
     known = results.get(ceiling)
     best_peer = {k: max(peers, key=lambda s: results[s][k]["tokens_per_s"]) for k in keys}
+    save_json(args.out.format(model=label), {"results": results, "best_peer": best_peer, "drafts": drafts})
     rows = []
     speculating, plain = results.get("Lightgate, speculate: ngram"), results.get("Lightgate, no speculation")
 
@@ -299,7 +302,6 @@ def main() -> None:
     columns = ["workload", *results, "best peer", "ours / best peer", "by repeat", "ours: with / without speculation"]
     columns.append("ceiling / best peer")
     print_table(columns, rows)
-    save_json(args.out.format(model=label), {"results": results, "best_peer": best_peer, "drafts": drafts})
     plot(results, keys, variant, Path(args.plot.format(model=label)))
 
 
