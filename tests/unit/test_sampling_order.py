@@ -178,3 +178,28 @@ def test_a_draw_never_gives_a_token_of_weight_zero() -> None:
     counts = np.bincount([_pick(weights, rng) for _ in range(4000)], minlength=5000)
     assert set(np.flatnonzero(counts)) <= {0, 1023, 1024, 4999}
     assert abs(counts[1023] / 4000 - 0.5) < 0.04 and abs(counts[0] / 4000 - 0.25) < 0.04
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9], ids=["temperature", "top-p"])
+def test_sequences_drawing_in_turn_on_one_thread_draw_what_each_would_alone(top_p: float) -> None:
+    """The numpy draw writes into scratch rows kept per thread: two sequences drawing in
+    turn (as the scheduler draws a step's rows) get the tokens each gets alone with its
+    seed, and neither's logits row is written to."""
+    gen = np.random.default_rng(5)
+    rows = [(gen.standard_normal(151_936) * 2).astype(np.float32) for _ in range(2)]
+    before = [row.copy() for row in rows]
+
+    def chains() -> list[SamplerChain]:
+        params = [SamplingParams(temperature=0.9, top_p=top_p, seed=seed) for seed in (11, 12)]
+        return [SamplerChain(sampler_steps(p, penalty_window=64), 151_936) for p in params]
+
+    alone = [[chain.draw(row) for _ in range(40)] for chain, row in zip(chains(), rows, strict=True)]
+    in_turn: list[list[int]] = [[], []]
+    turns = chains()
+    for _ in range(40):
+        for i in (0, 1):
+            in_turn[i].append(turns[i].draw(rows[i]))
+    assert in_turn == alone
+    assert len(set(alone[0])) > 1 and alone[0] != alone[1]  # real draws, not one token over and over
+    for row, copy in zip(rows, before, strict=True):
+        np.testing.assert_array_equal(row, copy)
