@@ -304,31 +304,92 @@ class StepCost:
         return max([line, *(self.times[n] for n in sizes[:i] if n <= rows)])  # more rows never cost less
 
 
-def plan_drafts(candidates: list[tuple[float, int]], rows: int, cost: StepCost) -> list[int]:
-    """How many tokens each decoding sequence drafts this step. `candidates`: for each,
-    the rate its draft tokens are kept at (each if those before it were) and the most
-    it may draft; `rows`: the step's rows without drafts, one per decoding sequence,
-    each a token. A draft of k tokens adds k rows and rate + rate**2 + ... + rate**k
-    expected tokens; sequences are taken surest first, and each drafts the k that
-    gives the step the most expected tokens per second, if that beats the step
-    without it (so none, where rows are dear and drafts uncertain). Only step sizes
-    that have been timed are drafted to (`StepCost`: between them, costs jump)."""
-    plan = [0] * len(candidates)
-    tokens = float(rows)
-    base = cost.cost(rows)
-    for i in sorted(range(len(candidates)), key=lambda i: -candidates[i][0]):
-        rate, cap = candidates[i]
-        best, best_value, expected, gained = 0, tokens / base, 0.0, 0.0
-        p = 1.0
-        for k in range(1, cap + 1):
-            p *= rate
-            expected += p
-            seconds = cost.measured(rows + k)
-            if seconds is not None and (tokens + expected) / seconds > best_value:
-                best, best_value, gained = k, (tokens + expected) / seconds, expected
-        if best:
-            plan[i] = best
-            tokens += gained
-            rows += best
-            base = cost.cost(rows)
-    return plan
+def passes(counts: list[int], slots: list[int] | None) -> list[int]:
+    """The weight passes a decode step takes, the rows of each, for `counts` rows of
+    each sequence in `slots` (ascending). In one KV stream (`slots` None) any rows are
+    one pass. With a stream per sequence llama.cpp splits the batch
+    (`split_equal(sequential=true)`) into micro-batches of sequences with consecutive
+    ids, the same number of rows from each: four sequences of a row each are one pass,
+    one of them drafting 8 tokens adds a pass of 8 rows, all four drafting 8 is one
+    pass of 36."""
+    if slots is None:
+        return [sum(counts)]
+    left = [n for _, n in sorted(zip(slots, counts, strict=True))]
+    ids = sorted(slots)
+    out: list[int] = []
+    while True:
+        run: list[int] = []  # indices into ids: the first sequence with rows left, then its consecutive ids
+        for i, n in enumerate(left):
+            if run and (n == 0 or ids[i] != ids[run[-1]] + 1):
+                break
+            if n:
+                run.append(i)
+        if not run:
+            return out
+        m = min(left[i] for i in run)
+        for i in run:
+            left[i] -= m
+        out.append(m * len(run))
+
+
+def plan_drafts(candidates: list[tuple[float, int]], cost: StepCost, slots: list[int] | None = None) -> list[int]:
+    """How many tokens each decoding sequence drafts this step. `candidates`: for each
+    decoding sequence, the rate its draft tokens are kept at (each if those before it
+    were) and the most it may draft (0: none); `slots`: their KV streams, or None for
+    one unified stream (see `passes`). A draft of k tokens adds k rows and rate +
+    rate**2 + ... + rate**k expected tokens. Two plans are weighed: sequences taken
+    surest first, each drafting the k that gives the step the most expected tokens per
+    second so far; and every sequence drafting the same k (as far as its cap allows),
+    which keeps a step with a stream per sequence in one pass. The better one is
+    taken if it beats the step without drafts (so none, where rows are dear and drafts
+    uncertain). Only passes of sizes that have been timed are drafted to (`StepCost`:
+    between them, costs jump)."""
+    n = len(candidates)
+    if not n:
+        return []
+    gains = [_gains(rate, cap) for rate, cap in candidates]  # expected tokens of a k-token draft, by k
+
+    def seconds(plan: list[int]) -> float | None:
+        total = 0.0
+        for rows in passes([1 + k for k in plan], slots):
+            timed = cost.measured(rows)
+            if timed is None:
+                return None
+            total += timed
+        return total
+
+    def value(plan: list[int]) -> float:
+        took = seconds(plan)
+        return 0.0 if took is None else (n + sum(g[k] for g, k in zip(gains, plan, strict=True))) / took
+
+    none = [0] * n
+    best, best_value = none, n / sum(cost.cost(rows) for rows in passes([1] * n, slots))
+    timed = sorted(cost.times)
+    greedy = none.copy()
+    for i in sorted(range(n), key=lambda i: -candidates[i][0]):
+        # The k worth trying: those that make a timed size of the step's one pass (one
+        # stream), of a pass of this sequence alone, or join another's pass (a stream
+        # each); every other k prices a pass that was never timed.
+        others = n + sum(greedy) - greedy[i]
+        ks = {s - others for s in timed} | {s - 1 for s in timed} | set(greedy)
+        pick, pick_value = 0, value(greedy) if any(greedy) else best_value
+        for k in sorted(k for k in ks if 1 <= k <= candidates[i][1]):
+            greedy[i] = k
+            if (v := value(greedy)) > pick_value:
+                pick, pick_value = k, v
+        greedy[i] = pick
+    longest = max((cap for _, cap in candidates), default=0)
+    uniform = ([min(k, cap) for _, cap in candidates] for k in range(1, longest + 1))
+    for plan in [greedy, *uniform]:
+        if any(plan) and (v := value(plan)) > best_value:
+            best, best_value = plan, v
+    return best
+
+
+def _gains(rate: float, cap: int) -> list[float]:
+    """Expected tokens kept of a draft of k tokens, for k from 0 to `cap`."""
+    out, p = [0.0], 1.0
+    for _ in range(cap):
+        p *= rate
+        out.append(out[-1] + p)
+    return out

@@ -46,9 +46,12 @@ go. How many tokens a sequence drafts is priced each step: how often tokens were
 kept after a match as long as this one (`Acceptance`: the sequence's own record,
 over the scheduler's for every sequence) gives each draft token's chance, and the
 measured time of steps by their size (`StepCost`: a ladder timed at start on this
-thread, then every step) what its row costs; each sequence, surest first, drafts the
-length that gives the step the most expected tokens per second (`plan_drafts`);
-drafts from the history keep records of their own. A copy under way (a long match)
+thread, then every step of one weight pass) what its rows cost. The step takes the
+plan with the most expected tokens per second (`plan_drafts`): each sequence, surest
+first, drafting the length that most raises it, or every sequence drafting alike,
+each plan priced by the weight passes it makes (with a stream per slot, sequences
+that bring different numbers of rows split the step: `passes`); drafts from the
+history keep records of their own. A copy under way (a long match)
 drafts long; text with nothing to copy drafts nothing but a token now and then, to
 keep its record current. Sequences with logits processors (grammars) do not draft."""
 
@@ -68,7 +71,7 @@ from backends.llamacpp.prompt_store import PromptStore, State, common_prefix
 from backends.llamacpp.sampler import SamplerChain, sampler_steps
 from backends.llamacpp.sequence import Phase, Sequence
 from backends.logprobs import entry, first_prompt_entry
-from backends.lookup import MATCH_CAP, Acceptance, History, Lookup, StepCost, pick_source, plan_drafts
+from backends.lookup import MATCH_CAP, Acceptance, History, Lookup, StepCost, passes, pick_source, plan_drafts
 from backends.sampling import constrain
 from backends.textstream import TextStream
 
@@ -366,8 +369,12 @@ class Scheduler:
             masks.result()
         for seq, first, count in rows:
             self._advance(seq, first, count)
-        if self.draft_max and len(work) == len(decoding):  # decode rows only: prompt chunks run cheaper per row
-            self.cost.record(len(tokens), time.perf_counter() - started)
+        # Timed by its rows: a step of decode rows only (prompt chunks run cheaper per row)
+        # in one weight pass (with a stream per slot, slots whose rows differ split it).
+        if self.draft_max and len(work) == len(decoding):
+            streams = None if e.config.kv_unified else sorted(work)
+            if len(passes([count for _, _, count in rows], streams)) == 1:
+                self.cost.record(len(tokens), time.perf_counter() - started)
 
     def _prepare_masks(self, sampling: list[Sequence]) -> Future[None] | None:
         """Grammar masks for this step's draws, computed on a helper thread while
@@ -392,10 +399,12 @@ class Scheduler:
     def _draft(self, decoding: list[Sequence], room: int) -> None:
         """This step's draft tokens for each decoding sequence: what followed the latest
         earlier occurrence of its last tokens, as many as pay (see the module's docstring)."""
-        # (sequence, the History text its draft comes from or -1: its own, where the draft starts, rate, cap)
-        candidates: list[tuple[Sequence, int, int, float, int]] = []
+        # For each: the History text its draft comes from or -1 (its own), where the
+        # draft starts, the rate its tokens are kept at, the most it may draft (0: none).
+        candidates: list[tuple[int, int, float, int]] = []
         for seq in decoding:
             seq.drafts = []
+            candidates.append((-1, 0, 0.0, 0))
             params = seq.job.req.params
             if params.logits_processors:
                 continue
@@ -408,9 +417,13 @@ class Scheduler:
                 left = min(left, self.history.available(text, at))
             if length and left > 0:
                 seq.match, seq.history_text = length, text
-                candidates.append((seq, text, at, rate, min(self.draft_max, left)))
-        plan = plan_drafts([(rate, cap) for *_, rate, cap in candidates], len(decoding), self.cost)
-        for (seq, text, at, _, cap), k in zip(candidates, plan, strict=True):
+                candidates[-1] = (text, at, rate, min(self.draft_max, left))
+        # With a stream per slot, slots whose rows differ in number split the step into passes.
+        slots = None if self.engine.config.kv_unified else [seq.slot for seq in decoding]
+        plan = plan_drafts([(rate, cap) for *_, rate, cap in candidates], self.cost, slots)
+        for seq, (text, at, _, cap), k in zip(decoding, candidates, plan, strict=True):
+            if not cap:
+                continue
             if not k:
                 seq.unpriced += 1
                 if seq.unpriced < _PROBE_EVERY:

@@ -127,3 +127,28 @@ def test_speculation_runs_in_one_kv_stream_unless_told_otherwise(speculating: Ll
     assert LlamaCppConfig(PATH).kv_unified is False
     assert LlamaCppConfig(PATH, speculate="ngram", kv_unified=False).kv_unified is False
     assert LlamaCppConfig(PATH, kv_unified=True).kv_unified is True
+
+
+@pytest.fixture
+def speculating_apart(monkeypatch: pytest.MonkeyPatch) -> Iterator[LlamaCppBackend]:
+    yield from recording_backend(monkeypatch, n_parallel=2, speculate="ngram", kv_unified=False)
+
+
+def test_with_a_stream_per_slot_two_copies_drafted_together_are_each_its_own_output(
+    plain: LlamaCppBackend, speculating_apart: LlamaCppBackend
+) -> None:
+    """Over separate KV streams drafts are planned by the weight passes they cause
+    (`lookup.passes`); two copying requests at once still come out as each does alone."""
+    backend = speculating_apart
+    assert backend._engine is not None and backend._engine.config.kv_unified is False
+    params = SamplingParams(max_tokens=40, temperature=0)
+    alone = [_tokens(plain, prompt, params) for prompt in COPY]
+
+    async def both() -> list[list[int]]:
+        requests = [GenerationRequest(f"r{i}", backend.tokenize(p), params) for i, p in enumerate(COPY)]
+        outputs = await asyncio.gather(*(collect_chunks(backend.generate(r)) for r in requests))
+        return [[t for c in chunks for t in c.token_ids] for chunks in outputs]  # type: ignore[attr-defined]
+
+    assert asyncio.run(both()) == alone
+    stats = backend.stats().speculative
+    assert stats is not None and stats.accepted_tokens >= 5

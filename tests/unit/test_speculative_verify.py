@@ -183,21 +183,55 @@ def test_drafts_are_planned_where_they_raise_the_steps_tokens_per_second() -> No
     qwen, flat = _table(QWEN_Q4_K_M), _table(FLAT)
     assert isinstance(qwen, StepCost) and isinstance(flat, StepCost)
     # A sure copy drafts long where a short draft costs more than it saves (2 rows: 40 ms).
-    (long,) = plan_drafts([(0.99, 64)], 1, qwen)
+    (long,) = plan_drafts([(0.99, 64)], qwen)
     assert long >= 15
-    assert plan_drafts([(0.99, 1)], 1, qwen) == [0]  # capped at one token: a 2-row step does not pay
+    assert plan_drafts([(0.99, 1)], qwen) == [0]  # capped at one token: a 2-row step does not pay
     assert long + 1 in QWEN_Q4_K_M  # to a step size that was timed
-    assert plan_drafts([(0.7, 64)], 1, qwen) == [0]  # an unsure one does not draft at all
+    assert plan_drafts([(0.7, 64)], qwen) == [0]  # an unsure one does not draft at all
     # Where rows are nearly free (a GPU) an unsure match drafts too, until a token's
     # chance of being kept (0.7**k) is worth less than its row; a sure one drafts all it may.
-    (unsure_on_gpu,) = plan_drafts([(0.7, 64)], 1, flat)
+    (unsure_on_gpu,) = plan_drafts([(0.7, 64)], flat)
     assert 7 <= unsure_on_gpu <= 31
-    assert plan_drafts([(0.999, 64)], 1, flat) == [64]
+    assert plan_drafts([(0.999, 64)], flat) == [64]
     # Two sequences: the surer is planned first; the other then adds rows to a step
     # already long, where a row is cheap, and may draft a token or two, not more.
-    unsure, sure = plan_drafts([(0.5, 64), (0.99, 64)], 2, qwen)
+    unsure, sure = plan_drafts([(0.5, 64), (0.99, 64)], qwen)
     assert sure >= 14 and unsure <= 2
-    assert plan_drafts([(0.3, 64), (0.3, 64)], 2, qwen) == [0, 0]
+    assert plan_drafts([(0.3, 64), (0.3, 64)], qwen) == [0, 0]
+
+
+def test_a_stream_per_slot_splits_a_step_where_its_slots_bring_different_rows() -> None:
+    """llama.cpp's `split_equal(sequential=true)`: micro-batches of consecutive slot ids,
+    the same rows from each; one unified stream takes any rows in one pass."""
+    from backends.lookup import passes
+
+    assert passes([1, 1, 1, 1], [0, 1, 2, 3]) == [4]
+    assert passes([9, 1, 1, 1], [0, 1, 2, 3]) == [4, 8]  # one drafter: a pass of its own
+    assert passes([9, 9, 1, 1], [0, 1, 2, 3]) == [4, 16]  # two drafters side by side share it
+    assert passes([9, 1, 9, 1], [0, 1, 2, 3]) == [4, 8, 8]  # apart, they do not
+    assert passes([9, 9, 9, 9], [0, 1, 2, 3]) == [36]
+    assert passes([1, 1], [0, 2]) == [1, 1]  # a gap in the ids splits too
+    assert passes([1, 3], [5, 4]) == [2, 2]  # ids are taken in order, whatever the list's
+    assert passes([9, 1, 1, 1], None) == [12]
+
+
+def test_with_a_stream_per_slot_drafts_are_planned_to_keep_the_step_in_one_pass() -> None:
+    """Four sure copies: one unified stream lets each draft what pays; with a stream
+    each, a plan of unequal drafts pays a pass per length, so all draft the same."""
+    from backends.lookup import StepCost, plan_drafts
+
+    qwen = _table(QWEN_Q4_K_M)
+    assert isinstance(qwen, StepCost)
+    sure = [(0.99, 64)] * 4
+    plan = plan_drafts(sure, qwen, [0, 1, 2, 3])
+    assert len(set(plan)) == 1 and plan[0] > 0 and 4 * (plan[0] + 1) in QWEN_Q4_K_M
+    # A likely copy (0.8) among three with nothing to draft: drafting splits the step (4
+    # rows, then the drafter's own pass), which at these prices does not pay; in one
+    # stream it adds rows to the 4-row pass, which does.
+    alone = [(0.8, 64), (0.0, 0), (0.0, 0), (0.0, 0)]
+    assert plan_drafts(alone, qwen, [0, 1, 2, 3]) == [0, 0, 0, 0]
+    (drafted, *rest) = plan_drafts(alone, qwen, None)
+    assert drafted > 0 and rest == [0, 0, 0]
 
 
 def test_a_draft_comes_from_the_source_whose_record_is_surer() -> None:
