@@ -18,13 +18,13 @@ and seconds summed over the repeats.
 
 Servers: llama-server without speculation and with each of its n-gram modes (its
 best is the peer), 4 slots, `-t 2`; Lightgate's llamacpp backend with and without
-`speculate: ngram`. And a ceiling: Lightgate with every answer known in advance,
-which no drafter beats on these kernels. It runs each batch twice and is timed the
-second time, its prefix cache off so every prompt is computed again: its history
-then drafts each answer whole from the first token on (the same greedy answer,
-but where batched verification breaks a near-tie). What is left is the prompt's
-compute and the verification steps' cost, which a goal beside the peer must fit
-under.
+`speculate: ngram` (in one KV stream, its default, and with a stream per slot). And
+a ceiling: Lightgate with every answer known in advance, which no drafter beats on
+these kernels. It runs each batch twice and is timed the second time, its prefix
+cache off so every prompt is computed again: its history then drafts each answer
+whole from the first token on (the same greedy answer, but where batched
+verification breaks a near-tie). What is left is the prompt's compute and the
+verification steps' cost, which a goal beside the peer must fit under.
 
 The model: Qwen2.5-Coder-0.5B (Q4_K_M) by default, which does copy: it returns the
 function renamed. SmolLM2-135M (`--model smollm2`) does not: greedy, it falls into a
@@ -227,6 +227,12 @@ def main() -> None:
     servers += [
         ("Lightgate, no speculation", *lightgate(variant, {}), "/ready", {}),
         ("Lightgate, speculate: ngram", *lightgate(variant, {"speculate": "ngram"}), "/ready", {}),
+        (  # the other KV layout: drafts planned to keep the step's passes few (see backends/lookup.py)
+            "Lightgate, a stream per slot, speculate: ngram",
+            *lightgate(variant, {"speculate": "ngram", "kv_unified": False}),
+            "/ready",
+            {},
+        ),
         (ceiling, *lightgate(variant, {"speculate": "ngram", "prefix_cache": False}), "/ready", {}),
     ]
     if args.baseline:  # the same server on an earlier checkout's code, in the same run

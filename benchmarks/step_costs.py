@@ -27,22 +27,27 @@ SIZES = (1, 2, 3, 4, 6, 8, 16, 32)
 CONTEXT = 200
 
 
+def cpu_engine(path: str, threads: int, sequences: int = 4, unified: bool = False) -> LlamaEngine:
+    """The engine as the llamacpp backend sets it up on a CPU: 2,048 cells a sequence."""
+    config = EngineConfig(
+        path=path,
+        n_ctx_seq=2048,
+        n_batch=512,
+        n_seq_max=sequences,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_gpu_layers=0,
+        use_mmap=True,
+        flash_attn=None,
+        verbose=False,
+        kv_unified=unified,
+    )
+    return LlamaEngine(config)
+
+
 def step_costs(path: str, repeats: int, threads: int) -> dict[int, float]:
     """Seconds per step of each size, the quickest of `repeats`."""
-    engine = LlamaEngine(
-        EngineConfig(
-            path=path,
-            n_ctx_seq=2048,
-            n_batch=512,
-            n_seq_max=4,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_gpu_layers=0,
-            use_mmap=True,
-            flash_attn=None,
-            verbose=False,
-        )
-    )
+    engine = cpu_engine(path, threads)
     token = engine.bos_id if engine.bos_id >= 0 else 0
     context = list(range(CONTEXT))
     engine.decode([token], [0], [0], [True])  # sets llama.cpp up; not timed

@@ -1,0 +1,96 @@
+"""What a step costs in one unified KV stream against a stream per sequence, by the
+context the sequences hold: the price of `kv_unified` on a CPU.
+
+Four sequences each hold `context` cells; then steps of 1, 4 and 9 rows from each
+(a decode step, and steps where every sequence drafts 3 or 8 tokens), and a
+256-token prompt chunk of one sequence beside the other three's cells; the median
+of `--repeats` timings, on llama.cpp through the engine the llamacpp backend drives.
+In one stream every row's attention runs over every sequence's cells, masked: ggml's
+CPU flash attention skips a masked cell's dot product, but still reads and tests its
+mask entry, per row and head and layer. With a stream per sequence a row sees only
+its own cells, but a step whose sequences bring different numbers of rows is split
+into weight passes (backends/lookup.py, `passes`); every step here is one pass in both.
+
+    .venv/bin/python -m benchmarks.kv_layout qwen2.5-coder-0.5b-instruct-iq4_nl-output-iq4_nl-from-q4_k_m
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from rich.progress import track
+
+from backends.llamacpp.engine import LlamaEngine
+from benchmarks.common import print_table
+from benchmarks.step_costs import cpu_engine
+from compressed_models.catalog import resolve
+
+SEQUENCES = 4
+CONTEXTS = (200, 800, 1600)
+ROWS = (1, 4, 9)  # from each sequence: a decode step, drafts of 3 and of 8
+CHUNK = 256  # a prompt chunk of one sequence beside the others
+
+
+def fill(e: LlamaEngine, token: int, context: int) -> None:
+    """`context` cells in every sequence, a chunk at a time."""
+    for seq in range(SEQUENCES):
+        for start in range(0, context, CHUNK):
+            n = min(CHUNK, context - start)
+            e.decode([token] * n, list(range(start, start + n)), [seq] * n, [False] * n)
+
+
+def timings(e: LlamaEngine, token: int, context: int, repeats: int) -> dict[str, float]:
+    """Median seconds of each step, the cells each adds freed after it."""
+    out: dict[str, float] = {}
+    for rows in ROWS:
+        times = []
+        for _ in range(repeats):
+            seqs = [s for s in range(SEQUENCES) for _ in range(rows)]
+            positions = [context + j for _ in range(SEQUENCES) for j in range(rows)]
+            started = time.perf_counter()
+            e.decode([token] * len(seqs), positions, seqs, [True] * len(seqs))
+            times.append(time.perf_counter() - started)
+            for seq in range(SEQUENCES):
+                e.free_sequence(seq, context)
+        out[f"{rows} rows each"] = statistics.median(times)
+    times = []
+    for _ in range(repeats):  # sequence 0 reads a prompt chunk past its cells
+        started = time.perf_counter()
+        e.decode([token] * CHUNK, list(range(context, context + CHUNK)), [0] * CHUNK, [False] * (CHUNK - 1) + [True])
+        times.append(time.perf_counter() - started)
+        e.free_sequence(0, context)
+    out[f"{CHUNK}-token prompt chunk"] = statistics.median(times)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variant", help="a catalog variant (GGUF)")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    path = str(resolve(args.variant))
+    results: dict[tuple[int, bool], dict[str, float]] = {}
+    for context, unified in track([(c, u) for c in CONTEXTS for u in (False, True)], description="layouts"):
+        e = cpu_engine(path, args.threads, SEQUENCES, unified)
+        try:
+            token = e.bos_id if e.bos_id >= 0 else 0
+            e.decode([token], [0], [0], [True])  # sets llama.cpp up; not timed
+            e.free_sequence(0)
+            fill(e, token, context)
+            results[(context, unified)] = timings(e, token, context, args.repeats)
+        finally:
+            e.close()
+    rows = []
+    for context in CONTEXTS:
+        apart, one = results[(context, False)], results[(context, True)]
+        for step, seconds in apart.items():
+            cells = [f"{seconds * 1000:.1f}", f"{one[step] * 1000:.1f}", f"{one[step] / seconds:.2f}"]
+            rows.append([f"{SEQUENCES} x {context} cells", step, *cells])
+    print_table(["context", "step", "a stream each, ms", "one unified stream, ms", "unified / streams"], rows)
+
+
+if __name__ == "__main__":
+    main()
