@@ -274,7 +274,9 @@ class StepCost:
     kernels take rows in tiles, and on Qwen 14 rows took 152 ms where 16 took 111.
     So the scheduler times a ladder of sizes at start (`CALIBRATION`: multiples of
     the tiles past 4) and drafts only to step sizes it has measured (`measured`),
-    timing every decode step after that (`cost` is for the sizes between)."""
+    timing every decode step of one weight pass after that (a step split into passes,
+    `passes`, would be recorded under rows it did not run together; `cost` is for
+    the sizes between)."""
 
     CALIBRATION = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 
