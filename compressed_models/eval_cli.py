@@ -38,6 +38,12 @@ def add_parser(sub: Any) -> None:
     kv = "GGUF on the engine: the KV cache's {} type (f16, q8_0, q4_0, ...: llama-perplexity's -ct{})"
     p.add_argument("--cache-type-k", default="f16", help=kv.format("K", "k"))
     p.add_argument("--cache-type-v", default="f16", help=kv.format("V", "v"))
+    p.add_argument(
+        "--flash-attn",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="flash attention, as llama-perplexity's -fa (auto: llama.cpp's choice, on for a CPU)",
+    )
     p.add_argument("--base-url", help="score through this OpenAI-compatible server instead of the engine")
     p.add_argument("--model", help="the server's model name (with --base-url)")
     p.add_argument("--out", type=Path, help="results JSON (default: bench-results/ppl-<variant>-<protocol>.json)")
@@ -47,10 +53,13 @@ def add_parser(sub: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     console = Console()
     types = (args.cache_type_k, args.cache_type_v)
-    if types != ("f16", "f16"):
-        # Only the GGUF engine path sets cell types: a server or PyTorch would ignore them.
+    flash_attn = {"auto": None, "on": True, "off": False}[args.flash_attn]
+    if types != ("f16", "f16") or flash_attn is not None:
+        # Only the GGUF engine path sets these: a server or PyTorch would ignore them.
         if args.base_url or catalog.manifest(args.variant)["format"] == "hf-safetensors":
-            console.print("[red]--cache-type-k/-v apply to a GGUF variant scored on the engine only[/red]")
+            console.print(
+                "[red]--cache-type-k/-v and --flash-attn apply to a GGUF variant scored on the engine only[/red]"
+            )
             return 2
         from backends.llamacpp.engine import CACHE_TYPES  # the engine's own list of names
 
@@ -79,7 +88,9 @@ def main(args: argparse.Namespace) -> int:
             where = f"transformers: {folder}"
         else:
             path = str(catalog.resolve(args.variant))
-            result = perplexity.with_engine(path, text, protocol, args.max_chunks, args.threads, step, types)
+            result = perplexity.with_engine(
+                path, text, protocol, args.max_chunks, args.threads, step, types, flash_attn
+            )
             where = path
     seconds = time.perf_counter() - started
     console.print(
@@ -90,14 +101,14 @@ def main(args: argparse.Namespace) -> int:
         ""
         if (args.cache_type_k, args.cache_type_v) == ("f16", "f16")
         else f"-kv-{args.cache_type_k}-{args.cache_type_v}"
-    )
+    ) + ("" if flash_attn is None else f"-fa-{args.flash_attn}")
     out = args.out or Path("bench-results") / f"ppl-{args.variant}-{protocol.name}{kv}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"variant": args.variant, "where": where, "text": str(args.text), "ppl": result.ppl, "seconds": seconds}
     record.update(protocol=result.protocol, n_ctx=result.n_ctx, chunks=result.chunks, tokens=result.tokens_scored)
-    record.update(cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v)
+    record.update(cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v, flash_attn=args.flash_attn)
     out.write_text(json.dumps(record, indent=2))
-    if kv:  # the variant's own figure (bench compare's) is with the default f16 cache
+    if kv:  # the variant's own figure (bench compare's) is with the default f16 cache and flash attention
         console.print(f"wrote {out}")
         return 0
     kept = results.save(args.variant, record)

@@ -109,16 +109,18 @@ def with_engine(
     threads: int = 0,
     step: Callable[[int, int], None] | None = None,
     cache_types: tuple[str, str] = ("f16", "f16"),
+    flash_attn: bool | None = None,
 ) -> Perplexity:
     """From the engine's own logits, one chunk per decode; `cache_types`: the KV cells'
-    types for K and V (llama-perplexity's -ctk/-ctv): a chunk's attention reads them."""
+    types for K and V (llama-perplexity's -ctk/-ctv): a chunk's attention reads them;
+    `flash_attn` llama-perplexity's -fa (None: llama.cpp's choice, on for a CPU)."""
     n_threads = threads or len(os.sched_getaffinity(0))
     n_ctx, first = protocol.n_ctx, protocol.first_scored
     from backends.llamacpp.engine import CACHE_TYPES, EngineConfig, LlamaEngine  # only for GGUF scoring
 
     type_k, type_v = (CACHE_TYPES[name] for name in cache_types)
     config = EngineConfig(
-        path, n_ctx, n_ctx, 1, n_threads, n_threads, 0, True, None, False, type_k=type_k, type_v=type_v
+        path, n_ctx, n_ctx, 1, n_threads, n_threads, 0, True, flash_attn, False, type_k=type_k, type_v=type_v
     )
     engine = LlamaEngine(config)
 

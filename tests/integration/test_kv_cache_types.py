@@ -82,6 +82,13 @@ def test_perplexity_reads_the_cache_type_and_keeps_the_variants_own_figure(
     assert lightgate([*args, "--cache-type-k", "q8_0", "--cache-type-v", "q8_0", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert (record["cache_type_k"], record["cache_type_v"]) == ("q8_0", "q8_0") and record["ppl"] > 1
+    by_fa = {}
+    for fa in ("on", "off"):  # off: as the backend runs on a CPU with a stream per slot
+        assert lightgate([*args, "--flash-attn", fa, "--out", str(out)]) == 0
+        by_fa[fa] = json.loads(out.read_text())
+        assert by_fa[fa]["flash_attn"] == fa
+    on, off = by_fa["on"]["ppl"], by_fa["off"]["ppl"]
+    assert on != off and abs(on - off) < 0.05 * on  # another order of sums, not another model
     assert results.load("smollm2-135m-instruct-q4_1") == {}  # bench compare's figure is the f16 cache's
 
 
@@ -91,6 +98,7 @@ def test_perplexity_reads_the_cache_type_and_keeps_the_variants_own_figure(
         ("smollm2-135m-instruct-q4_1", ["--cache-type-k", "q3_k"]),  # not a cell type llama.cpp takes
         ("smollm2-135m-instruct-q4_1", ["--cache-type-v", "q8_0", "--base-url", "http://127.0.0.1:9"]),  # a server
         ("smollm2-135m-instruct-bf16-from-q4_1", ["--cache-type-k", "q8_0"]),  # PyTorch would ignore it
+        ("smollm2-135m-instruct-q4_1", ["--flash-attn", "off", "--base-url", "http://127.0.0.1:9"]),  # a server
     ],
 )
 def test_eval_ppl_refuses_a_cache_type_it_cannot_honour(variant: str, extra: list[str], tmp_path: Path) -> None:
