@@ -1,15 +1,20 @@
 """What a step costs in one unified KV stream against a stream per sequence, by the
-context the sequences hold: the price of `kv_unified` on a CPU.
+context the sequences hold, with ggml's flash attention and without: the price of
+`kv_unified` and of `flash_attn` on a CPU.
 
 Four sequences each hold `context` cells; then steps of 1, 4 and 9 rows from each
-(a decode step, and steps where every sequence drafts 3 or 8 tokens), and a
-256-token prompt chunk of one sequence beside the other three's cells; the median
-of `--repeats` timings, on llama.cpp through the engine the llamacpp backend drives.
-In one stream every row's attention runs over every sequence's cells, masked: ggml's
-CPU flash attention skips a masked cell's dot product, but still reads and tests its
-mask entry, per row and head and layer. With a stream per sequence a row sees only
-its own cells, but a step whose sequences bring different numbers of rows is split
-into weight passes (backends/lookup.py, `passes`); every step here is one pass in both.
+(a decode step, and steps where every sequence drafts 3 or 8 tokens), a 40-token
+prompt (a chat turn after a cached system prompt) and a 256-token prompt chunk of
+one sequence beside the other three's cells; the median of `--repeats` timings, on
+llama.cpp through the engine the llamacpp backend drives. In one stream every row's
+attention runs over every sequence's cells, masked: ggml's CPU flash attention skips
+a masked cell's dot product, but still reads and tests its mask entry, per row and
+head and layer; without flash attention every row's dot products run over every
+cell. With a stream per sequence a row sees only its own cells, but a step whose
+sequences bring different numbers of rows is split into weight passes
+(backends/lookup.py, `passes`); every step here is one pass in both. Flash attention
+on a CPU takes one query row at a time; without it the scores are a matrix product,
+which ggml tiles over the rows.
 
     .venv/bin/python -m benchmarks.kv_layout qwen2.5-coder-0.5b-instruct-iq4_nl-output-iq4_nl-from-q4_k_m
 """
@@ -31,6 +36,13 @@ SEQUENCES = 4
 CONTEXTS = (200, 800, 1600)
 ROWS = (1, 4, 9)  # from each sequence: a decode step, drafts of 3 and of 8
 CHUNK = 256  # a prompt chunk of one sequence beside the others
+TURN = 40  # a chat turn's prompt after its cached system prompt
+LAYOUTS = {  # (unified, flash attention)
+    "a stream each": (False, True),
+    "a stream each, no flash attention": (False, False),
+    "one unified stream": (True, True),
+    "one unified stream, no flash attention": (True, False),
+}
 
 
 def fill(e: LlamaEngine, token: int, context: int) -> None:
@@ -55,13 +67,14 @@ def timings(e: LlamaEngine, token: int, context: int, repeats: int) -> dict[str,
             for seq in range(SEQUENCES):
                 e.free_sequence(seq, context)
         out[f"{rows} rows each"] = statistics.median(times)
-    times = []
-    for _ in range(repeats):  # sequence 0 reads a prompt chunk past its cells
-        started = time.perf_counter()
-        e.decode([token] * CHUNK, list(range(context, context + CHUNK)), [0] * CHUNK, [False] * (CHUNK - 1) + [True])
-        times.append(time.perf_counter() - started)
-        e.free_sequence(0, context)
-    out[f"{CHUNK}-token prompt chunk"] = statistics.median(times)
+    for n in (TURN, CHUNK):
+        times = []
+        for _ in range(repeats):  # sequence 0 reads a prompt past its cells
+            started = time.perf_counter()
+            e.decode([token] * n, list(range(context, context + n)), [0] * n, [False] * (n - 1) + [True])
+            times.append(time.perf_counter() - started)
+            e.free_sequence(0, context)
+        out[f"{n}-token prompt"] = statistics.median(times)
     return out
 
 
@@ -72,24 +85,30 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     path = str(resolve(args.variant))
-    results: dict[tuple[int, bool], dict[str, float]] = {}
-    for context, unified in track([(c, u) for c in CONTEXTS for u in (False, True)], description="layouts"):
-        e = cpu_engine(path, args.threads, SEQUENCES, unified)
+    results: dict[tuple[int, str], dict[str, float]] = {}
+    for context, layout in track([(c, n) for c in CONTEXTS for n in LAYOUTS], description="layouts"):
+        unified, flash_attn = LAYOUTS[layout]
+        e = cpu_engine(path, args.threads, SEQUENCES, unified, flash_attn)
         try:
             token = e.bos_id if e.bos_id >= 0 else 0
             e.decode([token], [0], [0], [True])  # sets llama.cpp up; not timed
             e.free_sequence(0)
             fill(e, token, context)
-            results[(context, unified)] = timings(e, token, context, args.repeats)
+            results[(context, layout)] = timings(e, token, context, args.repeats)
         finally:
             e.close()
     rows = []
+    first = next(iter(LAYOUTS))
     for context in CONTEXTS:
-        apart, one = results[(context, False)], results[(context, True)]
-        for step, seconds in apart.items():
-            cells = [f"{seconds * 1000:.1f}", f"{one[step] * 1000:.1f}", f"{one[step] / seconds:.2f}"]
+        for step, seconds in results[(context, first)].items():
+            cells = [f"{seconds * 1000:.1f}"]
+            cells += [
+                f"{results[(context, n)][step] * 1000:.1f} ({results[(context, n)][step] / seconds:.2f})"
+                for n in list(LAYOUTS)[1:]
+            ]
             rows.append([f"{SEQUENCES} x {context} cells", step, *cells])
-    print_table(["context", "step", "a stream each, ms", "one unified stream, ms", "unified / streams"], rows)
+    heads = [f"{first}, ms", *(f"{n}, ms (to the first)" for n in list(LAYOUTS)[1:])]
+    print_table(["context", "step", *heads], rows)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,18 +185,19 @@ def pooled(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def lightgate(options: dict[str, Any]) -> tuple[list[str], int]:
+def lightgate(variant: str, options: dict[str, Any]) -> tuple[list[str], int]:
     port = free_port()
-    model = {"name": MODEL, "backend": "llamacpp", "variant": VARIANT, "options": {"n_ctx": 2048, **options}}
+    model = {"name": MODEL, "backend": "llamacpp", "variant": variant, "options": {"n_ctx": 2048, **options}}
     config = lightgate_config([{**model, "max_queue_wait_s": 600}])
     return [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)], port
 
 
-def peer_command(llama_server: str) -> tuple[list[str], int]:
-    """llama-server in its best set-up for this traffic (see the module's docstring)."""
+def peer_command(llama_server: str, variant: str, flash_attn: str = "auto") -> tuple[list[str], int]:
+    """llama-server in its best set-up for this traffic (see the module's docstring);
+    `flash_attn` its `-fa` (auto: on for a CPU)."""
     port = free_port()
-    cmd = [llama_server, "-m", str(resolve(VARIANT)), "--port", str(port), "-np", "8", "-c", str(8 * 2048), "-t", "2"]
-    return [*cmd, "--kv-unified", "--cache-ram", "4096", "--cache-reuse", "256", "--jinja"], port
+    cmd = [llama_server, "-m", str(resolve(variant)), "--port", str(port), "-np", "8", "-c", str(8 * 2048), "-t", "2"]
+    return [*cmd, "--kv-unified", "--cache-ram", "4096", "--cache-reuse", "256", "--jinja", "-fa", flash_attn], port
 
 
 def hit_rate(base: str) -> float | None:
@@ -211,7 +213,17 @@ def main() -> None:
     parser.add_argument("--llama-server", required=True)
     parser.add_argument("--rounds", type=int, default=3, help="requests per user, shared system prompt")
     parser.add_argument("--turns", type=int, default=6)
-    parser.add_argument("--out", default="bench-results/prefix_cache.json")
+    parser.add_argument(
+        "--variant",
+        default=VARIANT,
+        help="another GGUF of SmolLM2-135M (a `models build-gguf` one), for both servers; names --out and the figure",
+    )
+    parser.add_argument(
+        "--flash-attn-off",
+        action="store_true",
+        help="add llama-server with -fa off and Lightgate with flash_attn: false (ratios are to the better peer)",
+    )
+    parser.add_argument("--out", help="default: bench-results/prefix_cache[-VARIANT].json")
     parser.add_argument(
         "--baseline",
         metavar="CHECKOUT",
@@ -221,21 +233,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="run every server this many times, interleaved")
     parser.add_argument("--plot-only", action="store_true", help="redraw the figure from --out")
     args = parser.parse_args()
+    suffix = "" if args.variant == VARIANT else f"-{args.variant}"
+    args.out = args.out or f"bench-results/prefix_cache{suffix}.json"
+    figure = Path(f"docs/figures/prefix-cache{suffix}.png")
     if args.plot_only:
-        plot(json.loads(Path(args.out).read_text()), Path("docs/figures/prefix-cache.png"))
+        plot(json.loads(Path(args.out).read_text()), figure, args.variant)
         return
     system_long = wikitext(700, seed=1, count=1).prompts[0].text  # ~1,000 tokens
     system_short = wikitext(70, seed=2, count=1).prompts[0].text  # ~100 tokens
     questions = [p.text for p in wikitext(22, seed=3, count=64).prompts]  # ~32 tokens
     user_turns = [p.text for p in wikitext(70, seed=4, count=64).prompts]  # ~100 tokens
     servers: list[tuple[str, list[str], int, str, dict[str, str]]] = [
-        ("llama-server (best)", *peer_command(args.llama_server), "/health", {}),
-        ("Lightgate", *lightgate({}), "/ready", {}),
-        ("Lightgate, kv_unified", *lightgate({"kv_unified": True}), "/ready", {}),
+        ("llama-server (best)", *peer_command(args.llama_server, args.variant), "/health", {}),
+        ("Lightgate", *lightgate(args.variant, {}), "/ready", {}),
+        ("Lightgate, kv_unified", *lightgate(args.variant, {"kv_unified": True}), "/ready", {}),
     ]
+    if args.flash_attn_off:  # ggml's CPU flash attention takes a query row at a time: a prompt's rows pay
+        peer_off = peer_command(args.llama_server, args.variant, "off")
+        servers.insert(1, ("llama-server (best), -fa off", *peer_off, "/health", {}))
+        servers.append(("Lightgate, flash_attn off", *lightgate(args.variant, {"flash_attn": False}), "/ready", {}))
     if args.baseline:  # the same defaults on an earlier checkout's code, in the same run
-        servers.append(("Lightgate@baseline", *lightgate({}), "/ready", baseline_env(args.baseline)))
-    servers = [s for s in servers if s[0] == servers[0][0] or not args.servers or s[0] in args.servers]
+        servers.append(("Lightgate@baseline", *lightgate(args.variant, {}), "/ready", baseline_env(args.baseline)))
+    servers = [s for s in servers if s[0].startswith("llama-server") or not args.servers or s[0] in args.servers]
     runs: dict[str, list[dict[str, Any]]] = {}
     with Progress(console=console) as progress:
         task = progress.add_task("servers x workloads", total=2 * len(servers) * args.repeats)
@@ -256,20 +275,27 @@ def main() -> None:
                     f"multi-turn {turns['ttft_p50_s']:.2f} s"
                 )
     results = [pooled(name, rs) for name, rs in runs.items()]
-    peer_result = results[0]
+    peers = [r for r in results if r["server"].startswith("llama-server")]
+
+    def best(workload: str, key: str, fn: Callable[..., float]) -> float:
+        """The peer's best figure over its set-ups in this run."""
+        return fn(p[workload][key] for p in peers)
+
+    ps_ttft, pm_ttft = best("shared_system", "ttft_p50_s", min), best("multi_turn", "ttft_p50_s", min)
+    ps_tps = best("shared_system", "output_tokens_per_s", max)
+    pm_tps = best("multi_turn", "output_tokens_per_s", max)
     rows = []
     for r in results:
         s, m = r["shared_system"], r["multi_turn"]
-        ps, pm = peer_result["shared_system"], peer_result["multi_turn"]
         rows.append(
             [
                 r["server"],
-                f"{s['ttft_p50_s']:.2f} ({s['ttft_p50_s'] / ps['ttft_p50_s']:.2f})",
+                f"{s['ttft_p50_s']:.2f} ({s['ttft_p50_s'] / ps_ttft:.2f})",
                 f"{s['ttft_p50_first_wave_s']:.2f} / {s['ttft_p50_later_s']:.2f}",
-                f"{s['output_tokens_per_s']:.1f} ({s['output_tokens_per_s'] / ps['output_tokens_per_s']:.2f})",
-                f"{m['ttft_p50_s']:.2f} ({m['ttft_p50_s'] / pm['ttft_p50_s']:.2f})",
+                f"{s['output_tokens_per_s']:.1f} ({s['output_tokens_per_s'] / ps_tps:.2f})",
+                f"{m['ttft_p50_s']:.2f} ({m['ttft_p50_s'] / pm_ttft:.2f})",
                 f"{m['ttft_p50_last_turn_s']:.2f}",
-                f"{m['output_tokens_per_s']:.1f} ({m['output_tokens_per_s'] / pm['output_tokens_per_s']:.2f})",
+                f"{m['output_tokens_per_s']:.1f} ({m['output_tokens_per_s'] / pm_tps:.2f})",
                 "-" if r["hit_rate_shared"] is None else f"{r['hit_rate_shared']:.2f}",
                 " ".join(f"{t:.2f}" for t in s["ttft_p50_s_repeats"])
                 + " / "
@@ -279,28 +305,29 @@ def main() -> None:
     print_table(
         [
             "server",
-            "shared: TTFT p50 s (to peer)",
+            "shared: TTFT p50 s (to best peer)",
             "shared: first wave / later",
-            "shared: out tok/s (to peer)",
-            "multi-turn: TTFT p50 s (to peer)",
+            "shared: out tok/s (to best peer)",
+            "multi-turn: TTFT p50 s (to best peer)",
             "multi-turn: last turn TTFT p50",
-            "multi-turn: out tok/s (to peer)",
+            "multi-turn: out tok/s (to best peer)",
             "hit rate (shared)",
             "TTFT p50 by repeat: shared / multi-turn",
         ],
         rows,
     )
     save_json(args.out, results)
-    plot(results, Path("docs/figures/prefix-cache.png"))
+    plot(results, figure, args.variant)
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> None:
+def plot(results: list[dict[str, Any]], path: Path, variant: str) -> None:
     from loadtest.plots import png, pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    names = [r["server"].replace(", ", "\n") for r in results]
-    colors = ["#888", "#2a7", "#27a", "#a72"][: len(results)]
+    names = [r["server"].replace(", ", "\n").replace(" (best)", "\n(best)") for r in results]
+    palette = iter(["#2a7", "#27a", "#a72", "#a27", "#7a2"])
+    colors = ["#888" if r["server"].startswith("llama-server") else next(palette) for r in results]
     panels = [
         ("shared_system", ["ttft_p50_first_wave_s", "ttft_p50_later_s"], "shared system prompt: TTFT p50 (s)"),
         ("shared_system", ["output_tokens_per_s"], "shared system prompt: output tok/s"),
@@ -316,7 +343,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         subtitle = {1: "", 2: " (left: first wave / all turns; right: later / last turn)"}[len(keys)]
         ax.set_title(label + subtitle, fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle("Prefix cache: 8 users, SmolLM2-135M Q4_1, 2 cores, beside llama-server in one run")
+    fig.suptitle(f"Prefix cache: 8 users, {variant}, 2 cores, beside llama-server in one run")
     path.write_bytes(png(fig))
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from rich.progress import Progress
 
 from benchmarks.common import baseline_env, percentile, print_table, save_json
-from benchmarks.prefix_cache import USERS, Turn, chat, console, lightgate, peer_command
+from benchmarks.prefix_cache import USERS, VARIANT, Turn, chat, console, lightgate, peer_command
 from leanhttp.client import Client
 from leanhttp.local import server_process
 from loadtest.prompts import wikitext
@@ -71,11 +71,11 @@ def main() -> None:
     system = wikitext(700, seed=1, count=1).prompts[0].text  # ~1,000 tokens
     questions = [p.text for p in wikitext(22, seed=3, count=USERS * args.bursts + 1).prompts]  # ~32 tokens
     servers: list[tuple[str, list[str], int, str, dict[str, str]]] = [
-        ("llama-server (best)", *peer_command(args.llama_server), "/health", {}),
-        ("Lightgate", *lightgate({}), "/ready", {}),
+        ("llama-server (best)", *peer_command(args.llama_server, VARIANT), "/health", {}),
+        ("Lightgate", *lightgate(VARIANT, {}), "/ready", {}),
     ]
     if args.baseline:
-        servers.append(("Lightgate@baseline", *lightgate({}), "/ready", baseline_env(args.baseline)))
+        servers.append(("Lightgate@baseline", *lightgate(VARIANT, {}), "/ready", baseline_env(args.baseline)))
     runs: dict[str, list[dict[str, Any]]] = {}
     with Progress(console=console) as progress:
         task = progress.add_task("servers", total=len(servers) * args.repeats)

@@ -27,8 +27,11 @@ SIZES = (1, 2, 3, 4, 6, 8, 16, 32)
 CONTEXT = 200
 
 
-def cpu_engine(path: str, threads: int, sequences: int = 4, unified: bool = False) -> LlamaEngine:
-    """The engine as the llamacpp backend sets it up on a CPU: 2,048 cells a sequence."""
+def cpu_engine(
+    path: str, threads: int, sequences: int = 4, unified: bool = False, flash_attn: bool | None = None
+) -> LlamaEngine:
+    """The engine as the llamacpp backend sets it up on a CPU: 2,048 cells a sequence
+    (`flash_attn` None: llama.cpp's choice, on for a CPU)."""
     config = EngineConfig(
         path=path,
         n_ctx_seq=2048,
@@ -38,7 +41,7 @@ def cpu_engine(path: str, threads: int, sequences: int = 4, unified: bool = Fals
         n_threads_batch=threads,
         n_gpu_layers=0,
         use_mmap=True,
-        flash_attn=None,
+        flash_attn=flash_attn,
         verbose=False,
         kv_unified=unified,
     )

@@ -121,12 +121,16 @@ def parts(events: list[list[Any]], sent: list[dict[str, Any]]) -> list[dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4, help="requests per user")
+    parser.add_argument("--variant", default=VARIANT, help="another GGUF of SmolLM2-135M")
+    parser.add_argument("--flash-attn-off", action="store_true", help="the backend's flash_attn: false")
     parser.add_argument("--out", default="bench-results/ttft_trace.json")
     parser.add_argument("--serve", nargs=3, metavar=("CONFIG", "PORT", "EVENTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         sys.exit(traced_serve(args.serve[0], int(args.serve[1]), args.serve[2]))
-    model = {"name": MODEL, "backend": "llamacpp", "variant": VARIANT, "options": {"n_ctx": 2048}}
+    model = {"name": MODEL, "backend": "llamacpp", "variant": args.variant, "options": {"n_ctx": 2048}}
+    if args.flash_attn_off:
+        model["options"]["flash_attn"] = False
     config = lightgate_config([{**model, "max_queue_wait_s": 600}])
     events_path = Path(tempfile.mkdtemp()) / "events.json"
     port = free_port()
