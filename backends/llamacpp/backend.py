@@ -55,7 +55,13 @@ class LlamaCppConfig:
     n_threads_batch: int = 0  # 0: same as n_threads
     n_gpu_layers: int = 0  # layers offloaded to a GPU (a CUDA/Metal build); -1: all
     use_mmap: bool = True
-    flash_attn: bool | None = None  # None: llama.cpp's choice (on for CPU); changes logits slightly
+    # Flash attention; None: llama.cpp's choice (on for a CPU). Either way moves logits
+    # slightly. On a CPU, off pays where steps of a few to ~60 rows meet long contexts
+    # (ggml's flash attention takes such rows one at a time): a 40-token chat turn after
+    # 800-1,600 cached tokens in 0.44-0.80x the time; and costs on one-row decode steps
+    # and long prompts (its tiled path, from 64 rows): up to 1.23x and 1.43x
+    # (benchmarks/kv_layout.py).
+    flash_attn: bool | None = None
     prefix_cache: bool = True  # a prompt reuses the KV of whatever slot holds its prefix
     # Host memory for prompts' KV once their slot serves others (llama-server's --cache-ram); 0: off.
     cache_ram_mib: int = 256
