@@ -18,7 +18,9 @@ and seconds summed over the repeats.
 
 Servers: llama-server without speculation and with each of its n-gram modes (its
 best is the peer), 4 slots, `-t 2`; Lightgate's llamacpp backend with and without
-`speculate: ngram` (in one KV stream, its default, and with a stream per slot). And
+`speculate: ngram` (in one KV stream, its default, and with a stream per slot, with
+and without flash attention: without it, steps of a few rows a sequence at long
+contexts cost less, see benchmarks/kv_layout.py). And
 a ceiling: Lightgate with every answer known in advance, which no drafter beats on
 these kernels. It runs each batch twice and is timed the second time, its prefix
 cache off so every prompt is computed again: its history then drafts each answer
@@ -233,6 +235,12 @@ def main() -> None:
             "/ready",
             {},
         ),
+        (  # the same, attention without flash: a few rows a sequence at long contexts cost less
+            "Lightgate, a stream per slot, flash_attn off, speculate: ngram",
+            *lightgate(variant, {"speculate": "ngram", "kv_unified": False, "flash_attn": False}),
+            "/ready",
+            {},
+        ),
         (ceiling, *lightgate(variant, {"speculate": "ngram", "prefix_cache": False}), "/ready", {}),
     ]
     if args.baseline:  # the same server on an earlier checkout's code, in the same run
@@ -315,14 +323,14 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], keys: list[str], variant
     from loadtest.plots import png, pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(14, 4.5))
+    fig, ax = plt.subplots(figsize=(14, 4.5), layout="constrained")
     width = 0.8 / len(results)
     for i, (server, figures) in enumerate(results.items()):
         heights = [figures[k]["tokens_per_s"] for k in keys]
         ax.bar([k + i * width for k in range(len(keys))], heights, width, label=server)
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], keys, fontsize=7)
     ax.set_ylabel("output tokens/s")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, not over them
     fig.suptitle(f"Speculation inside the batcher: {variant}, 2 cores, 4 slots, beside llama-server")
     path.write_bytes(png(fig))
 
