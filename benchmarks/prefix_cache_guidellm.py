@@ -4,9 +4,12 @@ chat requests, one ~1,000-token system prompt shared by all (`prefix_tokens`,
 `prefix_count=1`), ~32-token user turns, 128-token answers, 8 concurrent streams.
 
 llama-server in its best set-up (as in prefix_cache.py) and Lightgate's defaults, one
-after the other in one run. GuideLLM is not a project dependency (torch, transformers):
-give its executable, and a tokenizer folder (the catalog's Hugging Face export of
-SmolLM2 has one).
+after the other in one run; `--variant` puts both on another GGUF of SmolLM2 (a
+`models build-gguf` one), `--flash-attn-off` adds each without flash attention
+(llama-server `-fa off`, Lightgate `flash_attn: false`), ratios then to the better
+llama-server figure. GuideLLM is not a project dependency (torch, transformers):
+give its executable. Its tokenizer is the Hugging Face export of SmolLM2 (`lightgate
+models export-hf smollm2-135m-instruct-q4_1` first, half a minute).
 
     .venv/bin/python -m benchmarks.prefix_cache_guidellm --guidellm /tmp/gvenv/bin/guidellm \\
         --llama-server .cache/llama-server/bin/llama-server
@@ -15,15 +18,13 @@ SmolLM2 has one).
 from __future__ import annotations
 
 import argparse
-import sys
 
-from benchmarks.common import guidellm, lightgate_config, print_table, save_json
+from benchmarks.common import guidellm, print_table, save_json
+from benchmarks.prefix_cache import MODEL, VARIANT, lightgate, peer_command
 from compressed_models.catalog import resolve
-from leanhttp.local import free_port, server_process
+from leanhttp.local import server_process
 
-VARIANT = "smollm2-135m-instruct-q4_1"
 TOKENIZER = "smollm2-135m-instruct-bf16-from-q4_1"  # the same vocabulary as a Hugging Face folder
-MODEL = "smollm2-135m"
 DATA = "kind=synthetic_text,prompt_tokens=32,output_tokens=128,prefix_tokens=1000,prefix_count=1"
 
 
@@ -32,34 +33,38 @@ def main() -> None:
     parser.add_argument("--guidellm", required=True)
     parser.add_argument("--llama-server", required=True)
     parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--variant", default=VARIANT, help="another GGUF of SmolLM2-135M, for both servers")
+    parser.add_argument("--flash-attn-off", action="store_true", help="each server once more without flash attention")
     parser.add_argument("--out", default="bench-results/prefix_cache_guidellm.json")
     args = parser.parse_args()
     tokenizer = str(resolve(TOKENIZER))
-    gguf = str(resolve(VARIANT))
-    port = free_port()
-    peer = [args.llama_server, "-m", gguf, "--port", str(port), "-np", "8", "-c", str(8 * 2048), "-t", "2"]
-    peer += ["--kv-unified", "--cache-ram", "4096", "--cache-reuse", "256", "--jinja"]
-    lg_port = free_port()
-    model = {"name": MODEL, "backend": "llamacpp", "variant": VARIANT, "options": {"n_ctx": 2048}}
-    config = lightgate_config([{**model, "max_queue_wait_s": 600}])
-    ours = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(lg_port)]
+    exe, variant = args.llama_server, args.variant
+    servers = [("llama-server (best)", *peer_command(exe, variant), "/health")]
+    if args.flash_attn_off:
+        servers += [("llama-server (best), -fa off", *peer_command(exe, variant, "off"), "/health")]
+    servers += [("Lightgate", *lightgate(variant, {}), "/ready")]
+    if args.flash_attn_off:
+        servers += [("Lightgate, flash_attn off", *lightgate(variant, {"flash_attn": False}), "/ready")]
     results: dict[str, dict[str, float]] = {}
-    for name, cmd, p, ready in [("llama-server (best)", peer, port, "/health"), ("Lightgate", ours, lg_port, "/ready")]:
+    for name, cmd, p, ready in servers:
         with server_process(cmd, p, ready) as (base, _pid):
             results[name] = guidellm(args.guidellm, tokenizer, base, MODEL, DATA, 8, args.requests)
             print(name, results[name], flush=True)
-    peer_r = results["llama-server (best)"]
+    peers = [r for name, r in results.items() if name.startswith("llama-server")]
+    best_ttft = min(r["ttft_p50_ms"] for r in peers)
+    best_tps = max(r["output_tokens_per_s"] for r in peers)
     rows = [
         [
             name,
             str(int(r["requests"])),
-            f"{r['ttft_p50_ms']:.0f} ({r['ttft_p50_ms'] / peer_r['ttft_p50_ms']:.2f})",
+            f"{r['ttft_p50_ms']:.0f} ({r['ttft_p50_ms'] / best_ttft:.2f})",
             f"{r['ttft_p99_ms']:.0f}",
-            f"{r['output_tokens_per_s']:.1f} ({r['output_tokens_per_s'] / peer_r['output_tokens_per_s']:.2f})",
+            f"{r['output_tokens_per_s']:.1f} ({r['output_tokens_per_s'] / best_tps:.2f})",
         ]
         for name, r in results.items()
     ]
-    print_table(["server", "requests", "TTFT p50 ms (to peer)", "TTFT p99 ms", "output tok/s (to peer)"], rows)
+    heads = ["server", "requests", "TTFT p50 ms (to best peer)", "TTFT p99 ms", "output tok/s (to best peer)"]
+    print_table(heads, rows)
     save_json(args.out, results)
 
 
