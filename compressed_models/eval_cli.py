@@ -66,6 +66,9 @@ def main(args: argparse.Namespace) -> int:
         if unknown := [t for t in types if t not in CACHE_TYPES]:
             console.print(f"[red]unknown cache type {unknown[0]!r}: one of {', '.join(CACHE_TYPES)}[/red]")
             return 2
+        if args.cache_type_v not in ("f16", "f32") and flash_attn is False:  # as the backend refuses it
+            console.print("[red]a quantized --cache-type-v needs flash attention (--flash-attn off was given)[/red]")
+            return 2
     text = args.text.read_text(encoding="utf-8")
     protocol = perplexity.Protocol.of(args.protocol, args.ctx)
     with Progress(console=console) as progress:

@@ -58,9 +58,9 @@ class LlamaCppConfig:
     # Flash attention; None: llama.cpp's choice (on for a CPU). Either way moves logits
     # slightly. On a CPU, off pays where steps of a few to ~60 rows meet long contexts
     # (ggml's flash attention takes such rows one at a time): a 40-token chat turn after
-    # 800-1,600 cached tokens in 0.44-0.80x the time; and costs on one-row decode steps
-    # and long prompts (its tiled path, from 64 rows): up to 1.23x and 1.43x
-    # (benchmarks/kv_layout.py).
+    # 800-1,600 cached tokens in 0.44-0.87x the time; and costs on one-row decode steps
+    # at short contexts and on long prompts (its tiled path, from 64 rows): up to 1.4x
+    # and 1.5x (benchmarks/kv_layout.py, two runs in docs/benchmarks.md).
     flash_attn: bool | None = None
     prefix_cache: bool = True  # a prompt reuses the KV of whatever slot holds its prefix
     # Host memory for prompts' KV once their slot serves others (llama-server's --cache-ram); 0: off.

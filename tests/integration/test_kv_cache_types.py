@@ -99,6 +99,7 @@ def test_perplexity_reads_the_cache_type_and_keeps_the_variants_own_figure(
         ("smollm2-135m-instruct-q4_1", ["--cache-type-v", "q8_0", "--base-url", "http://127.0.0.1:9"]),  # a server
         ("smollm2-135m-instruct-bf16-from-q4_1", ["--cache-type-k", "q8_0"]),  # PyTorch would ignore it
         ("smollm2-135m-instruct-q4_1", ["--flash-attn", "off", "--base-url", "http://127.0.0.1:9"]),  # a server
+        ("smollm2-135m-instruct-q4_1", ["--cache-type-v", "q8_0", "--flash-attn", "off"]),  # plain attention: f16 V
     ],
 )
 def test_eval_ppl_refuses_a_cache_type_it_cannot_honour(variant: str, extra: list[str], tmp_path: Path) -> None:
