@@ -2,20 +2,21 @@
 context the sequences hold, with ggml's flash attention and without: the price of
 `kv_unified` and of `flash_attn` on a CPU.
 
-Four sequences each hold `context` cells; then steps of 1, 4 and 9 rows from each
-(a decode step, and steps where every sequence drafts 3 or 8 tokens), prompts of 16
-and 40 tokens (chat turns after a cached system prompt), the 40-token prompt beside
-a decode row of each other sequence (the step a chat turn joins in a server), and a
-256-token prompt chunk of one sequence beside the other three's cells; the median of `--repeats` timings, on
-llama.cpp through the engine the llamacpp backend drives. In one stream every row's
-attention runs over every sequence's cells, masked: ggml's CPU flash attention skips
-a masked cell's dot product, but still reads and tests its mask entry, per row and
-head and layer; without flash attention every row's dot products run over every
-cell. With a stream per sequence a row sees only its own cells, but a step whose
-sequences bring different numbers of rows is split into weight passes
-(backends/lookup.py, `passes`); every step here is one pass in both. Flash attention
-on a CPU takes one query row at a time; without it the scores are a matrix product,
-which ggml tiles over the rows.
+Four sequences each hold `context` cells; then steps of 1, 4 and 9 rows from each (a
+decode step, and steps where every sequence drafts 3 or 8 tokens), prompts of 16 and
+40 tokens (chat turns after a cached system prompt), the 40-token prompt beside a
+decode row of each other sequence (the step a chat turn joins in a server), and a
+256-token prompt chunk of one sequence beside the other three's cells; the median of
+`--repeats` timings, on llama.cpp through the engine the llamacpp backend drives. In
+one stream every row's attention runs over every sequence's cells, masked: ggml's
+CPU flash attention skips a masked cell's dot product, but still reads and tests its
+mask entry, per row and head and layer; without flash attention every row's dot
+products run over every cell. With a stream per sequence a row sees only its own
+cells, but a step whose sequences bring different numbers of rows is split into
+weight passes (backends/lookup.py, `passes`): every step here is one pass in both
+but the prompt beside decode rows, which with a stream per sequence is two, as in a
+server. Flash attention on a CPU takes one query row at a time; without it the
+scores are a matrix product, which ggml tiles over the rows.
 
     .venv/bin/python -m benchmarks.kv_layout qwen2.5-coder-0.5b-instruct-iq4_nl-output-iq4_nl-from-q4_k_m
 
