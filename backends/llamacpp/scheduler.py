@@ -67,7 +67,7 @@ from functools import partial
 from backends.base import BackendError, Chunk, Preparable
 from backends.engine_thread import Job, Outbox
 from backends.llamacpp.engine import LlamaEngine
-from backends.llamacpp.prompt_store import PromptStore, State, common_prefix
+from backends.llamacpp.prompt_store import PromptStore, State, common_prefix, new_buffer
 from backends.llamacpp.sampler import SamplerChain, sampler_steps
 from backends.llamacpp.sequence import Phase, Sequence
 from backends.logprobs import entry, first_prompt_entry
@@ -262,8 +262,9 @@ class Scheduler:
         tokens = self.slot_tokens[slot]
         if self.store is None or len(tokens) - keep < _MIN_REUSE or tokens in self.store:
             return
-        spare = self.store.reserve(self.engine.state_size(slot), keep=reading)
-        self.store.put(tokens, self.engine.save_sequence(slot, spare))
+        size = self.engine.state_size(slot)
+        spare = self.store.reserve(size, keep=reading)
+        self.store.put(tokens, self.engine.save_sequence(slot, spare if spare is not None else new_buffer(size)))
 
     def _cacheable(self, job: Job) -> bool:
         # Prompt logprobs need every prompt token's logits: such a prompt is computed whole.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from backends.llamacpp.prompt_store import PromptStore, common_prefix
+from backends.llamacpp.prompt_store import PromptStore, common_prefix, new_buffer
 
 
 def test_the_entry_with_the_longest_shared_prefix_is_found() -> None:
@@ -69,3 +69,17 @@ def test_a_buffer_about_to_be_read_is_never_handed_out() -> None:
     assert found is not None
     assert store.reserve(6, keep=found[1]) is None  # it fits, but the caller restores from it next
     assert [1] not in store and store.used == 0  # dropped all the same: the old behaviour
+
+
+def test_a_new_buffer_takes_the_next_save_a_few_tokens_longer() -> None:
+    """Saved sequences differ by a few tokens: a new buffer has an eighth to spare, so
+    the save that displaces its entry, a little longer, is written into it, not into
+    fresh pages."""
+    size = 23 * 2**20  # SmolLM2's ~1,000-token sequence
+    buffer = new_buffer(size)
+    assert size + size // 8 <= len(buffer) < size + size // 8 + 4096 and len(buffer) % 4096 == 0
+    store = PromptStore(budget_bytes=len(buffer) + 100)
+    store.put([1], memoryview(buffer)[:size])
+    assert store.reserve(size + 100 * 23 * 1024) is buffer  # 100 tokens longer: still fits
+    store.put([2], buffer)
+    assert store.reserve(size * 2) is None and len(store) == 0  # twice as long: dropped, but no fit
