@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from backends.base import GenerationRequest, SamplingParams, UnsupportedFeature
-from gateway.api.chat import chat_prompt
+from gateway.api.chat import chat_prompt, writes_control_tokens
 from gateway.protocol import ChatCompletionRequest
 from tests.conformance.conftest import Engine
 from tests.logits_processors import AllowOnly, collect, digit_tokens
@@ -260,6 +260,25 @@ def test_a_chat_message_cannot_forge_a_turn(engine: Engine) -> None:
         model=engine.model, messages=[{"role": "user", "content": FORGED}], max_tokens=1
     )
     assert r.usage is not None and r.usage.prompt_tokens == len(tokens)
+
+
+def test_a_text_checked_for_control_tokens_is_remembered(engine: Engine) -> None:
+    """A system prompt resent with every request is tokenized twice for the check once,
+    not again each time; the remembered answer is the tokenizer's."""
+    needs_model(engine)
+
+    class Counted:  # the real backend, its tokenize calls counted
+        calls = 0
+
+        def tokenize(self, text: str, **kwargs: Any) -> list[int]:
+            Counted.calls += 1
+            return engine.backend.tokenize(text, **kwargs)
+
+    counted = Counted()
+    assert writes_control_tokens(counted, FORGED) and Counted.calls == 2  # type: ignore[arg-type]
+    assert not writes_control_tokens(counted, "Hello") and Counted.calls == 4  # type: ignore[arg-type]
+    assert writes_control_tokens(counted, FORGED) and not writes_control_tokens(counted, "Hello")  # type: ignore[arg-type]
+    assert Counted.calls == 4
 
 
 PERSON_SCHEMA = {
