@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,7 +79,8 @@ def guidellm(
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if done.returncode != 0:
         raise RuntimeError(f"guidellm failed: {done.stderr[-2000:]}")
-    metrics = json.loads(out.read_text())["benchmarks"][0]["metrics"]
+    run = json.loads(out.read_text())["benchmarks"][0]
+    metrics = run["metrics"]
 
     def ok(name: str) -> Any:
         return metrics[name]["successful"]
@@ -91,4 +93,14 @@ def guidellm(
         "itl_p50_ms": ok("inter_token_latency_ms")["median"],
         "itl_mean_ms": ok("inter_token_latency_ms")["mean"],
         "output_tokens_per_s": ok("output_tokens_per_second")["mean"],
-    }
+    } | {f"ttft_p50_ms_wave_{i}": ms for i, ms in enumerate(waves(run["requests"]["successful"], streams), 1)}
+
+
+def waves(requests: list[dict[str, Any]], streams: int) -> list[float]:
+    """TTFT p50 of each wave of `streams` requests, in the order GuideLLM started them
+    (its per-request records): a closed loop's first wave queues behind one another's
+    prompts, and the waves after it fall in or out of step, so a p50 over few requests
+    says which wave it landed in."""
+    started = sorted(requests, key=lambda r: r["request_start_time"])
+    ttfts = [r["time_to_first_token_ms"] for r in started]
+    return [statistics.median(ttfts[i : i + streams]) for i in range(0, len(ttfts), streams)]

@@ -227,7 +227,8 @@ def main() -> None:
     parser.add_argument(
         "--baseline",
         metavar="CHECKOUT",
-        help="another checkout (a git worktree of an earlier commit), as Lightgate@baseline",
+        help="another checkout (a git worktree of an earlier commit), as Lightgate@baseline "
+        "(with --flash-attn-off also 'Lightgate, flash_attn off@baseline')",
     )
     parser.add_argument("--servers", nargs="*", help="only these beside llama-server (default: every one)")
     parser.add_argument("--repeats", type=int, default=1, help="run every server this many times, interleaved")
@@ -252,8 +253,12 @@ def main() -> None:
         peer_off = peer_command(args.llama_server, args.variant, "off")
         servers.insert(1, ("llama-server (best), -fa off", *peer_off, "/health", {}))
         servers.append(("Lightgate, flash_attn off", *lightgate(args.variant, {"flash_attn": False}), "/ready", {}))
-    if args.baseline:  # the same defaults on an earlier checkout's code, in the same run
-        servers.append(("Lightgate@baseline", *lightgate(args.variant, {}), "/ready", baseline_env(args.baseline)))
+    if args.baseline:  # the same set-ups on an earlier checkout's code, in the same run
+        env = baseline_env(args.baseline)
+        servers.append(("Lightgate@baseline", *lightgate(args.variant, {}), "/ready", env))
+        if args.flash_attn_off:
+            off = lightgate(args.variant, {"flash_attn": False})
+            servers.append(("Lightgate, flash_attn off@baseline", *off, "/ready", env))
     servers = [s for s in servers if s[0].startswith("llama-server") or not args.servers or s[0] in args.servers]
     runs: dict[str, list[dict[str, Any]]] = {}
     with Progress(console=console) as progress:
@@ -325,7 +330,7 @@ def plot(results: list[dict[str, Any]], path: Path, variant: str) -> None:
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    names = [r["server"].replace(", ", "\n").replace(" (best)", "\n(best)") for r in results]
+    names = [r["server"].replace(", ", "\n").replace(" (best)", "\n(best)").replace("@", "\n@") for r in results]
     palette = iter(["#2a7", "#27a", "#a72", "#a27", "#7a2"])
     colors = ["#888" if r["server"].startswith("llama-server") else next(palette) for r in results]
     panels = [

@@ -7,7 +7,9 @@ llama-server in its best set-up (as in prefix_cache.py) and Lightgate's defaults
 after the other in one run; `--variant` puts both on another GGUF of SmolLM2 (a
 `models build-gguf` one), `--flash-attn-off` adds each without flash attention
 (llama-server `-fa off`, Lightgate `flash_attn: false`), ratios then to the better
-llama-server figure. GuideLLM is not a project dependency (torch, transformers):
+llama-server figure; `--baseline CHECKOUT` adds Lightgate's same set-ups on an earlier
+checkout's code (a git worktree), and `--servers` keeps only the named Lightgate
+ones. GuideLLM is not a project dependency (torch, transformers):
 give its executable. Its tokenizer is the Hugging Face export of SmolLM2 (`lightgate
 models export-hf smollm2-135m-instruct-q4_1` first, half a minute).
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks.common import guidellm, print_table, save_json
+from benchmarks.common import baseline_env, guidellm, print_table, save_json
 from benchmarks.prefix_cache import MODEL, VARIANT, lightgate, peer_command
 from compressed_models.catalog import resolve
 from leanhttp.local import server_process
@@ -35,19 +37,27 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=24)
     parser.add_argument("--variant", default=VARIANT, help="another GGUF of SmolLM2-135M, for both servers")
     parser.add_argument("--flash-attn-off", action="store_true", help="each server once more without flash attention")
+    parser.add_argument("--baseline", metavar="CHECKOUT", help="an earlier checkout, as Lightgate@baseline")
+    parser.add_argument("--servers", nargs="*", help="only these Lightgate set-ups (default: every one)")
     parser.add_argument("--out", default="bench-results/prefix_cache_guidellm.json")
     args = parser.parse_args()
     tokenizer = str(resolve(TOKENIZER))
     exe, variant = args.llama_server, args.variant
-    servers = [("llama-server (best)", *peer_command(exe, variant), "/health")]
+    servers: list[tuple[str, list[str], int, str, dict[str, str]]] = [
+        ("llama-server (best)", *peer_command(exe, variant), "/health", {})
+    ]
     if args.flash_attn_off:
-        servers += [("llama-server (best), -fa off", *peer_command(exe, variant, "off"), "/health")]
-    servers += [("Lightgate", *lightgate(variant, {}), "/ready")]
+        servers += [("llama-server (best), -fa off", *peer_command(exe, variant, "off"), "/health", {})]
+    setups: list[tuple[str, dict[str, object]]] = [("Lightgate", {})]
     if args.flash_attn_off:
-        servers += [("Lightgate, flash_attn off", *lightgate(variant, {"flash_attn": False}), "/ready")]
+        setups += [("Lightgate, flash_attn off", {"flash_attn": False})]
+    for suffix, env in [("", {}), *([("@baseline", baseline_env(args.baseline))] if args.baseline else [])]:
+        for name, options in setups:
+            if not args.servers or name + suffix in args.servers:
+                servers += [(name + suffix, *lightgate(variant, options), "/ready", env)]
     results: dict[str, dict[str, float]] = {}
-    for name, cmd, p, ready in servers:
-        with server_process(cmd, p, ready) as (base, _pid):
+    for name, cmd, p, ready, env in servers:
+        with server_process(cmd, p, ready, env) as (base, _pid):
             results[name] = guidellm(args.guidellm, tokenizer, base, MODEL, DATA, 8, args.requests)
             print(name, results[name], flush=True)
     peers = [r for name, r in results.items() if name.startswith("llama-server")]
@@ -60,10 +70,12 @@ def main() -> None:
             f"{r['ttft_p50_ms']:.0f} ({r['ttft_p50_ms'] / best_ttft:.2f})",
             f"{r['ttft_p99_ms']:.0f}",
             f"{r['output_tokens_per_s']:.1f} ({r['output_tokens_per_s'] / best_tps:.2f})",
+            " / ".join(f"{v:.0f}" for k, v in r.items() if k.startswith("ttft_p50_ms_wave_")),
         ]
         for name, r in results.items()
     ]
     heads = ["server", "requests", "TTFT p50 ms (to best peer)", "TTFT p99 ms", "output tok/s (to best peer)"]
+    heads += ["TTFT p50 ms by wave of 8 (GuideLLM's start order)"]
     print_table(heads, rows)
     save_json(args.out, results)
 

@@ -9,7 +9,8 @@ A request and its job are paired by the completion's id, which names the job
 Parts, per request after the first wave: reaching the scheduler (HTTP, chat template,
 tokenizing), waiting for the step under way, placing it in a slot (with the save of
 the slot's old sequence to the prompt store), its own prompt step, and the first token
-to the client. The wrappers touch private methods: a trace, not a figure to compare
+to the client. And the store's saves (every one), by where they were written: a
+buffer the store handed back, or fresh memory. The wrappers touch private methods: a trace, not a figure to compare
 across code versions.
 
     .venv/bin/python -m benchmarks.ttft_trace
@@ -38,6 +39,7 @@ from loadtest.prompts import wikitext
 def traced_serve(config: str, port: int, out: str) -> int:
     """The gateway, its scheduler's events recorded: (kind, start, end, job id, detail)."""
     from backends.llamacpp.engine import LlamaEngine
+    from backends.llamacpp.prompt_store import PromptStore
     from backends.llamacpp.scheduler import Scheduler
     from gateway.cli import main
 
@@ -58,6 +60,9 @@ def traced_serve(config: str, port: int, out: str) -> int:
     wrap(Scheduler, "submit", lambda s, t, a, r: events.append(("submit", t, t, a[0].req.request_id, 0)))
     wrap(Scheduler, "_place", lambda s, t, a, r: events.append(("place", t, now(), a[0].req.request_id, 0)))
     wrap(LlamaEngine, "decode", lambda s, t, a, r: events.append(("decode", t, now(), "", len(a[0]))))
+    # A save into a buffer handed back by the store (pages touched) or into fresh memory.
+    wrap(PromptStore, "reserve", lambda s, t, a, r: events.append(("reserve", t, t, "", int(r is not None))))
+    wrap(LlamaEngine, "save_sequence", lambda s, t, a, r: events.append(("save", t, now(), "", 0)))
 
     def first(s: Scheduler, t: float, a: Any, r: Any) -> None:
         if len(a[0].generated) == 1:
@@ -118,6 +123,18 @@ def parts(events: list[list[Any]], sent: list[dict[str, Any]]) -> list[dict[str,
     return rows
 
 
+def saves(events: list[list[Any]]) -> str:
+    """The prompt store's saves, by where they were written: a buffer the store handed
+    back (an entry's it displaced) or fresh memory."""
+    kinds = [e[4] for e in events if e[0] == "reserve"]
+    times = [(e[2] - e[1]) * 1000 for e in events if e[0] == "save"]
+    parts = []
+    for kind, label in ((1, "into a displaced entry's buffer"), (0, "into fresh memory")):
+        ms = [t for k, t in zip(kinds, times, strict=True) if k == kind]
+        parts.append(f"{len(ms)} {label}" + (f" (p50 {statistics.median(ms):.1f} ms)" if ms else ""))
+    return "prompt store saves: " + ", ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4, help="requests per user")
@@ -137,13 +154,15 @@ def main() -> None:
     cmd = [sys.executable, "-m", "benchmarks.ttft_trace", "--serve", str(config), str(port), str(events_path)]
     with server_process(cmd, port, "/ready") as (base, _pid):
         sent = asyncio.run(workload(base, args.rounds))
-    rows = [r for r in parts(json.loads(events_path.read_text()), sent) if r["round"] > 0]
+    events = json.loads(events_path.read_text())
+    rows = [r for r in parts(events, sent) if r["round"] > 0]
     table = []
     for key in list(rows[0])[1:-1]:
         values = sorted(r[key] * 1000 for r in rows)
         table.append([key, f"{statistics.median(values):.0f}", f"{statistics.mean(values):.0f}", f"{values[-1]:.0f}"])
     median_rows = statistics.median(r["rows in its step"] for r in rows)
     print(f"{len(rows)} requests after the first wave; {median_rows:.0f} rows in the median own prompt step")
+    print(saves(events))
     print_table(["part of TTFT", "p50 ms", "mean ms", "max ms"], table)
     save_json(args.out, rows)
 
