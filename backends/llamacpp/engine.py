@@ -13,10 +13,14 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import llama_cpp
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from backends.llamacpp.prompt_store import Buffer, State
 
 # The KV cell types llama-server accepts for --cache-type-k/-v, by name.
 CACHE_TYPES = {
@@ -293,7 +297,7 @@ class LlamaEngine(LlamaVocab):
         """The bytes `save_sequence` needs for this sequence."""
         return int(llama_cpp.llama_state_seq_get_size(self.ctx, seq_id))
 
-    def save_sequence(self, seq_id: int, into: bytearray | None = None) -> memoryview:
+    def save_sequence(self, seq_id: int, into: Buffer | None = None) -> memoryview:
         """A sequence's KV cells as llama.cpp serializes them (positions, keys, values):
         what `restore_sequence` puts back, in this slot or another; written into `into`
         when it is large enough (pages already touched: see prompt_store.py), else into
@@ -307,7 +311,7 @@ class LlamaEngine(LlamaVocab):
         del view
         return memoryview(buffer)[:n]
 
-    def restore_sequence(self, state: bytearray | memoryview, seq_id: int) -> bool:
+    def restore_sequence(self, state: State, seq_id: int) -> bool:
         """Replace a sequence's cells with saved ones; False when llama.cpp found no room."""
         self.free_sequence(seq_id)
         buf = (ctypes.c_uint8 * len(state)).from_buffer(state)  # read in place, not copied

@@ -12,23 +12,36 @@ tokens in this VM, against ~2 ms into pages already touched). A new buffer has r
 for a state an eighth larger: saved sequences differ by a few tokens (a user turn, an
 answer), and one a token longer than the entry it displaces would otherwise miss that
 entry's buffer and pay for fresh pages again (half the saves, 16-21 ms each, in a
-trace of the shared-system-prompt workload)."""
+trace of the shared-system-prompt workload).
+
+Until the store first fills there is nothing to displace, and each save takes fresh
+memory. A buffer is an anonymous map (`mmap`), not a bytearray: a bytearray is zeroed
+when made, and that first touch of every page ran with the GIL held, so the event loop
+(streaming the running requests' tokens, reading new ones) stopped for it too; a map's
+pages fault in as llama.cpp writes the state, with the GIL released. In this VM memory
+the guest has not touched lately costs ~10 ms a MB on first touch (300-420 ms for a
+30 MB state, traced under GuideLLM's load: 8 such saves in its second wave of
+requests), so it showed."""
 
 from __future__ import annotations
 
+import mmap
 from collections import OrderedDict
 from collections.abc import Sequence
 
+# Where a state is written: an anonymous map (see the module's docstring), or any
+# bytearray (the tests' small ones).
+Buffer = bytearray | mmap.mmap
 # A saved sequence: the bytes llama.cpp wrote, a view of the start of a buffer that
 # may be longer (one recycled from an entry that went).
-State = bytearray | memoryview
+State = Buffer | memoryview
 _PAGE = 4096
 
 
-def _buffer(state: State) -> bytearray:
+def _buffer(state: State) -> Buffer:
     """The buffer a state was written into."""
     buffer = state.obj if isinstance(state, memoryview) else state
-    assert isinstance(buffer, bytearray)
+    assert isinstance(buffer, bytearray | mmap.mmap)
     return buffer
 
 
@@ -49,11 +62,11 @@ class PromptStore:
     def __contains__(self, tokens: list[int]) -> bool:
         return tuple(tokens) in self._entries
 
-    def reserve(self, size: int, keep: State | None = None) -> bytearray | None:
+    def reserve(self, size: int, keep: State | None = None) -> Buffer | None:
         """Make room for a state of `size` bytes, dropping the least recently used
         entries, and hand back the smallest dropped buffer it fits in (None: none did),
         never `keep`'s, which its caller is about to read (it may still be dropped)."""
-        spare: bytearray | None = None
+        spare: Buffer | None = None
         kept = _buffer(keep) if keep is not None else None
         while self._entries and self.used + size > self.budget:
             _, dropped = self._entries.popitem(last=False)
@@ -90,10 +103,10 @@ class PromptStore:
         return best, self._entries[found]
 
 
-def new_buffer(size: int) -> bytearray:
+def new_buffer(size: int) -> mmap.mmap:
     """A buffer for a state of `size` bytes, with room for one an eighth larger, in
-    whole pages."""
-    return bytearray(-(-(size + size // 8) // _PAGE) * _PAGE)
+    whole pages, none of them touched yet."""
+    return mmap.mmap(-1, -(-(size + size // 8) // _PAGE) * _PAGE)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

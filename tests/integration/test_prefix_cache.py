@@ -14,7 +14,7 @@ import pytest
 from backends.base import BackendError, GenerationRequest, SamplingParams
 from backends.llamacpp.backend import LlamaCppBackend
 from backends.llamacpp.engine import EngineConfig, LlamaEngine
-from backends.llamacpp.prompt_store import PromptStore, State
+from backends.llamacpp.prompt_store import Buffer, PromptStore, State
 from compressed_models.catalog import resolve
 from tests.llama_recording import RecordingEngine, collect_chunks, prefilled, recording_backend
 from tests.server import wait_until
@@ -196,10 +196,10 @@ def test_a_save_written_over_a_displaced_entry_restores_bit_for_bit(monkeypatch:
     B's save displaces A's and is written into A's buffer, whose pages are touched
     already. B then comes back from that buffer (C's save, which displaces it, takes
     a new one): one token computed, the answer the slot gave, logprobs bit for bit."""
-    spares: list[bytearray | None] = []
+    spares: list[Buffer | None] = []
     reserve = PromptStore.reserve
 
-    def recorded(self: PromptStore, size: int, keep: State | None = None) -> bytearray | None:
+    def recorded(self: PromptStore, size: int, keep: State | None = None) -> Buffer | None:
         spares.append(reserve(self, size, keep))
         return spares[-1]
 
@@ -222,7 +222,7 @@ def test_a_restore_that_finds_no_room_computes_the_prompt_whole(monkeypatch: pyt
     slot then holds nothing, and the prompt is computed from its start, not from
     cells that are gone."""
 
-    def no_room(self: LlamaEngine, state: bytearray, seq_id: int) -> bool:
+    def no_room(self: LlamaEngine, state: State, seq_id: int) -> bool:
         self.free_sequence(seq_id)
         return False
 
@@ -242,7 +242,7 @@ def test_a_failure_while_placing_a_request_ends_that_request_only(monkeypatch: p
     calls: list[int] = []
     reserve = PromptStore.reserve
 
-    def fails_once(self: PromptStore, size: int, keep: State | None = None) -> bytearray | None:
+    def fails_once(self: PromptStore, size: int, keep: State | None = None) -> Buffer | None:
         calls.append(size)
         if len(calls) == 1:
             raise MemoryError("no room")

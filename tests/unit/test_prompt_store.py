@@ -3,7 +3,11 @@ out first under a byte budget, and the prefix function against a plain loop."""
 
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
+
+import pytest
 
 from backends.llamacpp.prompt_store import PromptStore, common_prefix, new_buffer
 
@@ -83,3 +87,20 @@ def test_a_new_buffer_takes_the_next_save_a_few_tokens_longer() -> None:
     assert store.reserve(size + 100 * 23 * 1024) is buffer  # 100 tokens longer: still fits
     store.put([2], buffer)
     assert store.reserve(size * 2) is None and len(store) == 0  # twice as long: dropped, but no fit
+
+
+def _resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads Linux's /proc")
+def test_a_new_buffer_leaves_its_pages_to_the_save_that_writes_them() -> None:
+    """A bytearray is zeroed when made, every page touched with the GIL held (the event
+    loop stopped for it); a new buffer is a map whose pages fault in only as llama.cpp
+    writes the state, with the GIL released."""
+    size = 64 * 2**20
+    before = _resident_bytes()
+    buffer = new_buffer(size)
+    assert len(buffer) >= size and _resident_bytes() - before < 4 * 2**20
+    buffer[: 2**20] = b"x" * 2**20  # written: now resident
+    assert _resident_bytes() - before >= 2**20
