@@ -64,16 +64,27 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 
 
 def guidellm(
-    exe: str, tokenizer: str, base: str, model: str, data: str, streams: int, requests: int, nice: int = 0
+    exe: str,
+    tokenizer: str,
+    base: str,
+    model: str,
+    data: str,
+    streams: int,
+    requests: int,
+    nice: int = 0,
+    seed: int = 42,
 ) -> dict[str, float]:
     """One GuideLLM run (`exe`, its own venv: it is not a project dependency) against
     `base`: `streams` concurrent streams of its synthetic requests (`data`, GuideLLM's
     syntax) until `requests` are done; its own figures of the successful requests.
     `tokenizer`: a Hugging Face folder with the served model's vocabulary. `nice`: the
-    client's scheduling niceness, where it shares the server's few cores."""
+    client's scheduling niceness, where it shares the server's few cores. `seed`: its
+    synthetic text's (42 is GuideLLM's default; another gives other prompts, a shared
+    prefix included)."""
     out = Path(tempfile.mkdtemp()) / "guidellm.json"
     cmd = ["nice", "-n", str(nice), exe, "run", "--backend", f"kind=openai_http,target={base},model={model}"]
     cmd += ["--profile", f"kind=concurrent,streams={streams}", "--constraint", f"kind=max_requests,count={requests}"]
+    cmd += ["--seed", f"kind=static,value={seed}"]
     cmd += ["--tokenizer", f"kind=hf_auto,model={tokenizer}", "--data", data]
     cmd += ["--output", f"kind=json,path={out}", "--disable-progress", "--disable-console"]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
