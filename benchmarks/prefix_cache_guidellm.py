@@ -26,6 +26,7 @@ models export-hf smollm2-135m-instruct-q4_1` first, half a minute).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from benchmarks.common import baseline_env, guidellm, print_table, save_json
 from benchmarks.prefix_cache import MODEL, VARIANT, lightgate, peer_command
@@ -49,6 +50,7 @@ def main() -> None:
         "--warm", action="store_true", help="first one unmeasured run of other prompts (another seed) on each server"
     )
     parser.add_argument("--out", default="bench-results/prefix_cache_guidellm.json")
+    parser.add_argument("--figure", help="a PNG of each server's TTFT p50 by wave (default: none)")
     args = parser.parse_args()
     tokenizer = str(resolve(TOKENIZER))
     exe, variant = args.llama_server, args.variant
@@ -92,6 +94,30 @@ def main() -> None:
     heads += ["TTFT p50 ms by wave of 8 (GuideLLM's start order)"]
     print_table(heads, rows)
     save_json(args.out, results)
+    if args.figure:
+        title = f"GuideLLM, 24 shared-prompt requests at 8 streams, {variant}" + (", warmed" if args.warm else "")
+        Path(args.figure).write_bytes(plot(results, title))
+
+
+def plot(results: dict[str, dict[str, float]], title: str) -> bytes:
+    """Each server's TTFT p50 by wave of 8, and over all 24, on a log scale (a cold
+    llama-server's first wave is ten times the rest)."""
+    from loadtest.plots import png, pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    keys = sorted((k for k in next(iter(results.values())) if k.startswith("ttft_p50_ms_wave_")), key=len)
+    labels = [f"wave {k.rsplit('_', 1)[1]}" for k in keys] + ["all (p50)"]
+    width = 0.8 / len(results)
+    for i, (name, r) in enumerate(results.items()):
+        xs = [x + (i - (len(results) - 1) / 2) * width for x in range(len(labels))]
+        ax.bar(xs, [r[k] for k in keys] + [r["ttft_p50_ms"]], width, label=name)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("TTFT p50, ms")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return png(fig)
 
 
 if __name__ == "__main__":
