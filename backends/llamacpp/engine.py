@@ -19,6 +19,8 @@ import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
+from backends.llamacpp.prompt_store import new_buffer
+
 if TYPE_CHECKING:
     from backends.llamacpp.prompt_store import Buffer, State
 
@@ -300,12 +302,13 @@ class LlamaEngine(LlamaVocab):
     def save_sequence(self, seq_id: int, into: Buffer | None = None) -> memoryview:
         """A sequence's KV cells as llama.cpp serializes them (positions, keys, values):
         what `restore_sequence` puts back, in this slot or another; written into `into`
-        when it is large enough (pages already touched: see prompt_store.py), else into
-        a new buffer. llama.cpp writes straight into the buffer: a save runs on the
-        scheduler's thread between steps, and a second copy of its tens of megabytes
-        (SmolLM2 at 1,000 tokens: 24 MB) took 5-15 ms more there."""
+        when it is large enough (a store's buffer, see prompt_store.py), else into a new
+        one (`new_buffer`: its pages fault in as llama.cpp writes). llama.cpp writes
+        straight into the buffer: a save runs on the scheduler's thread between steps,
+        and a second copy of its tens of megabytes (SmolLM2 at 1,000 tokens: 24 MB) took
+        5-15 ms more there."""
         size = self.state_size(seq_id)
-        buffer = into if into is not None and len(into) >= size else bytearray(size)
+        buffer = into if into is not None and len(into) >= size else new_buffer(size)
         view = (ctypes.c_uint8 * size).from_buffer(buffer)
         n = llama_cpp.llama_state_seq_get_data(self.ctx, view, size, seq_id)
         del view

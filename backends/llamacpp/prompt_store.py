@@ -19,7 +19,7 @@ memory. A buffer is an anonymous map (`mmap`), not a bytearray: a bytearray is z
 when made, and that first touch of every page ran with the GIL held, so the event loop
 (streaming the running requests' tokens, reading new ones) stopped for it too; a map's
 pages fault in as llama.cpp writes the state, with the GIL released. In this VM memory
-the guest has not touched lately costs ~10 ms a MB on first touch (300-420 ms for a
+the guest has not touched lately costs ~10 ms a MB on first touch (250-420 ms for a
 30 MB state, traced under GuideLLM's load: 8 such saves in its second wave of
 requests), so it showed."""
 
