@@ -15,7 +15,9 @@ prompt store full and its memory touched, meets a new system prompt. Cold, a run
 requests is much of it warm-up: in this VM memory not touched lately costs ~10 ms a MB
 on first touch, and the store's first saves (30 MB each here) fall in the second wave.
 The table has TTFT's mean beside its p50, as a p50 over 24 requests says which wave
-it fell in. GuideLLM is not a project dependency (torch, transformers):
+it fell in. `--nice 19` runs GuideLLM at the lowest priority, as
+benchmarks/batching_guidellm.py can: on these 2 cores its per-token work otherwise
+takes CPU from whichever server it measures. GuideLLM is not a project dependency (torch, transformers):
 give its executable. Its tokenizer is the Hugging Face export of SmolLM2 (`lightgate
 models export-hf smollm2-135m-instruct-q4_1` first, half a minute).
 
@@ -49,6 +51,9 @@ def main() -> None:
     parser.add_argument(
         "--warm", action="store_true", help="first one unmeasured run of other prompts (another seed) on each server"
     )
+    parser.add_argument(
+        "--nice", type=int, default=0, help="GuideLLM's niceness, on the servers' cores (19: it yields to them)"
+    )
     parser.add_argument("--out", default="bench-results/prefix_cache_guidellm.json")
     parser.add_argument("--figure", help="a PNG of each server's TTFT p50 by wave (default: none)")
     args = parser.parse_args()
@@ -70,8 +75,8 @@ def main() -> None:
     for name, cmd, p, ready, env in servers:
         with server_process(cmd, p, ready, env) as (base, _pid):
             if args.warm:
-                guidellm(args.guidellm, tokenizer, base, MODEL, DATA, 8, args.requests, seed=7)
-            results[name] = guidellm(args.guidellm, tokenizer, base, MODEL, DATA, 8, args.requests)
+                guidellm(args.guidellm, tokenizer, base, MODEL, DATA, 8, args.requests, args.nice, seed=7)
+            results[name] = guidellm(args.guidellm, tokenizer, base, MODEL, DATA, 8, args.requests, args.nice)
             print(name, results[name], flush=True)
     peers = [r for name, r in results.items() if name.startswith("llama-server")]
     best_ttft = min(r["ttft_p50_ms"] for r in peers)

@@ -145,7 +145,10 @@ def test_other_prompts_take_prompt_chunk_and_an_interactive_one_a_step_of_its_ow
     steps = RecordingEngine.steps  # slots: short 0, long 1, urgent 2 (packed in arrival order)
     long_chunks = [s for s in steps if s.get(1, 0) > 1]
     assert sum(s[1] for s in long_chunks) == 200 and all(s[1] <= 8 for s in long_chunks), long_chunks
-    assert all(s.get(0) == 1 for s in long_chunks)  # beside the short one's decode
+    assert all(s.get(0) == 1 for s in long_chunks[:-1])  # beside the short one's decode
+    # The chunk that gives it its first token is decoded alone, the short one's row right after.
+    last = max(i for i, s in enumerate(steps) if s.get(1, 0) > 1)
+    assert steps[last] == long_chunks[-1] == {1: long_chunks[-1][1]} and steps[last + 1] == {0: 1}
     urgent_chunks = [s for s in steps if s.get(2, 0) > 1]
     assert urgent_chunks == [{2: 32}, {2: 8}], urgent_chunks  # the whole budget, nobody else's rows
     # ... and it came while the long prompt was still being read: that waited, then went on.
@@ -162,11 +165,21 @@ def test_prompts_that_arrive_together_get_first_tokens_a_step_apart_on_a_cpu(
     """Three short prompts reach the scheduler together, while a step is held. On a
     CPU each is read in a step of its own, so the first gets its first token after
     one prompt's compute, not after all three; where steps are nearly free in their
-    rows (a GPU: `prompts_share_steps`), one step takes all three."""
+    rows (a GPU: `prompts_share_steps`), one step takes all three. On a CPU the
+    prompt's rows are decoded before the step's other rows, and its first token is
+    handed to the event loop (the outbox flushed) before those are decoded."""
     backend = small_batches
     scheduler = backend._scheduler
     assert scheduler is not None and scheduler.prompts_share_steps is False  # the weights are on the CPU
     scheduler.prompts_share_steps = share
+    flushed_after: list[int] = []  # how many decodes had run at each hand-off to the event loop
+    flush = scheduler.outbox.flush
+
+    def recorded_flush() -> None:
+        flushed_after.append(len(RecordingEngine.steps))
+        flush()
+
+    scheduler.outbox.flush = recorded_flush  # type: ignore[method-assign]
     holder = GenerationRequest("holder", backend.tokenize("Hi"), SamplingParams(max_tokens=30, ignore_eos=True))
     prompts = [backend.tokenize(p) for p in PROMPTS[:3]]
     assert sum(len(p) for p in prompts) + 1 <= 32  # all three fit in one step's budget
@@ -197,7 +210,11 @@ def test_prompts_that_arrive_together_get_first_tokens_a_step_apart_on_a_cpu(
         assert reading == [[1, 2, 3]], reading
     else:
         assert reading == [[1], [2], [3]], reading
-        assert all(step.get(0) == 1 for step in RecordingEngine.steps[1:4])  # each beside the holder's decode
+        steps = RecordingEngine.steps
+        for slot in (1, 2, 3):  # each alone, its token handed out, then the step's decode rows
+            i = next(i for i, step in enumerate(steps) if step.get(slot, 0) > 1)
+            assert list(steps[i]) == [slot] and steps[i + 1].get(0) == 1, steps
+            assert i + 1 in flushed_after, (i, flushed_after)
 
 
 def test_slots_stay_packed_and_batches_list_them_in_slot_order(small_batches: LlamaCppBackend) -> None:
